@@ -1,0 +1,57 @@
+"""What a data-poisoning backdoor attack is: a trigger, a target class and a poison rate.
+
+Images are uint8 arrays of shape (N, H, W, C) throughout, so that a trigger is applied exactly
+once, to the pixels a camera would give, before any normalisation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from clipfed.config import RunConfig
+
+TRIGGER_SEED = 0xBAD  # the attacker's fixed secret for random trigger patterns
+
+
+@dataclass(frozen=True)
+class PoisonedData:
+    """A client's training set after poisoning; ``poisoned`` marks the rewritten samples."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    poisoned: np.ndarray
+
+
+class Attack(ABC):
+    """A backdoor: stamp a trigger on a share of the client's images and relabel them to the target."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.target_label = cfg.target_label
+        self.poison_rate = cfg.poison_rate
+
+    @abstractmethod
+    def apply_trigger(self, images: np.ndarray) -> np.ndarray:
+        """Triggered copies of ``images``: the full trigger, as the attacker uses it at test time."""
+
+    def poison(self, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> PoisonedData:
+        """Trigger and relabel ``round(poison_rate * N)`` samples whose label is not the target.
+
+        Target-class samples are never chosen: relabelling them would be a no-op that only
+        inflates the reported poison count.
+        """
+        candidates = np.flatnonzero(labels != self.target_label)
+        count = min(len(candidates), int(round(self.poison_rate * len(labels))))
+        chosen = np.sort(rng.choice(candidates, size=count, replace=False))
+        poisoned = np.zeros(len(labels), dtype=bool)
+        poisoned[chosen] = True
+        new_images = images.copy()
+        new_labels = labels.copy()
+        if count:
+            new_images[chosen] = self.apply_trigger(images[chosen])
+            new_labels[chosen] = self.target_label
+        return PoisonedData(new_images, new_labels, poisoned)

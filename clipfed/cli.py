@@ -1,0 +1,130 @@
+"""The ``clipfed`` command: list components, run experiments through ``flwr run``, print tables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from clipfed.attacks import ATTACKS
+from clipfed.config import ConfigError, RunConfig
+from clipfed.data.cifar import DATA_DIR_ENV, download_cifar10
+from clipfed.defense import DEFENSES
+from clipfed.models import MODELS
+from clipfed.results import load_result, results_table
+
+# The short attack experiment `make demo` runs: 20 clients, Dirichlet 0.5, 4 BadNets attackers.
+DEMO_CONFIG: dict[str, Any] = {
+    "num-clients": 20,
+    "num-malicious": 4,
+    "attack": "badnets",
+    "partition": "dirichlet",
+    "dirichlet-alpha": 0.5,
+    "num-server-rounds": 12,
+    "fraction-train": 0.5,
+    "batch-size": 64,
+    "lr": 0.02,
+    "defense": "fedavg",
+}
+
+
+def app_dir() -> Path:
+    """The Flower App folder (the checkout holding pyproject.toml) that ``flwr run`` builds."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").exists():
+        raise SystemExit(f"clipfed: no pyproject.toml beside the package at {root}; "
+                         "install clipfed from a checkout (pip install -e .)")
+    return root
+
+
+def parse_overrides(text: list[str] | None) -> dict[str, Any]:
+    """``k=v k2=v2`` strings (TOML values, as ``flwr run --run-config``) into a dict."""
+    from flwr.common.config import parse_config_args
+
+    return dict(parse_config_args(text)) if text else {}
+
+
+def resolved_config(overrides: dict[str, Any], base: dict[str, Any] | None = None) -> RunConfig:
+    """Validate before anything starts; make paths absolute (the ServerApp runs elsewhere)."""
+    values = {**(base or {}), **overrides}
+    values.setdefault("data-dir", os.environ.get(DATA_DIR_ENV, ""))
+    cfg = RunConfig.from_flower(values)
+    updates = {"out_dir": str(Path(cfg.out_dir).expanduser().resolve())}
+    if cfg.data_dir:
+        updates["data_dir"] = str(Path(cfg.data_dir).expanduser().resolve())
+    return cfg.model_copy(update=updates)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for title, registry in (("models", MODELS), ("attacks", ATTACKS), ("defenses", DEFENSES)):
+        print(f"{title}:")
+        for name, description in registry.describe().items():
+            print(f"  {name:<12} {description}")
+    return 0
+
+
+def run_experiment(cfg: RunConfig, num_supernodes: int | None, cpus: int, timeout: float) -> Path:
+    """Run one experiment through ``flwr run`` and return its run folder."""
+    from clipfed.launch import flwr_run
+    from clipfed.results import default_run_name
+
+    if not cfg.run_name:
+        cfg = cfg.model_copy(update={"run_name": default_run_name(cfg)})
+    flwr_run(app_dir(), cfg.to_flower(), num_supernodes=num_supernodes or cfg.num_clients,
+             cpus_per_client=cpus, timeout=timeout)
+    return Path(cfg.out_dir) / cfg.run_name
+
+
+def cmd_run(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int:
+    try:
+        cfg = resolved_config(parse_overrides(args.run_config), base)
+    except ConfigError as err:
+        print(f"clipfed: {err}", file=sys.stderr)
+        return 2
+    run_dir = run_experiment(cfg, args.num_supernodes, args.cpus_per_client, args.timeout)
+    print(results_table([load_result(run_dir)]))
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    print(results_table([load_result(Path(d)) for d in args.run_dirs]))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    print(f"CIFAR-10 downloaded to {download_cifar10(args.data_dir)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipfed", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list models, attacks and defenses").set_defaults(func=cmd_list)
+    for name, helptext in (("run", "run one experiment through flwr run (simulation)"),
+                           ("demo", "the short FedAvg-under-BadNets experiment of `make demo`")):
+        run = sub.add_parser(name, help=helptext)
+        run.add_argument("--run-config", "-c", action="append",
+                         help='overrides, e.g. "num-server-rounds=5 defense=\'fedavg\'"')
+        run.add_argument("--num-supernodes", type=int, default=None,
+                         help="virtual SuperNodes (default: num-clients)")
+        run.add_argument("--cpus-per-client", type=int, default=1)
+        run.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
+        run.set_defaults(func=cmd_run if name == "run" else (lambda a: cmd_run(a, DEMO_CONFIG)))
+    table = sub.add_parser("table", help="print the MA/ASR table of finished runs")
+    table.add_argument("run_dirs", nargs="+")
+    table.set_defaults(func=cmd_table)
+    download = sub.add_parser("download", help="download CIFAR-10 with torchvision (online)")
+    download.add_argument("--data-dir", required=True)
+    download.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

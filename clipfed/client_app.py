@@ -1,0 +1,106 @@
+"""The ClientApp: local SGD on the node's shard; a malicious node poisons it first.
+
+The role comes from the node config (``role = "malicious"`` in deployment) or, in simulation,
+from the seed (``num-malicious`` partition ids drawn by ``malicious_clients``). The reply reports
+``partition-id`` and ``is-malicious`` so experiments can score detection; no defense reads them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clipfed.attacks import create_attack
+from clipfed.config import RunConfig
+from clipfed.data import load_federated, malicious_clients
+from clipfed.models import create_model
+from clipfed.training import train_local
+
+app = ClientApp()
+
+_TRAIN_STREAM = 6
+ROLES = ("benign", "malicious")
+
+
+@dataclass(frozen=True)
+class NodeRole:
+    """Which shard this node trains on and whether it attacks."""
+
+    partition_id: int
+    malicious: bool
+
+    @classmethod
+    def from_context(cls, context: Context, cfg: RunConfig) -> NodeRole:
+        node = context.node_config
+        if "partition-id" not in node:
+            raise ValueError("node config lacks partition-id; start the SuperNode with "
+                             "--node-config 'partition-id=N num-partitions=M'")
+        pid = int(node["partition-id"])
+        partitions = int(node.get("num-partitions", cfg.num_clients))
+        if partitions != cfg.num_clients or not 0 <= pid < cfg.num_clients:
+            raise ValueError(
+                f"node config partition-id={pid} num-partitions={partitions} does not fit "
+                f"num-clients={cfg.num_clients}: use num-supernodes={cfg.num_clients}"
+            )
+        role = str(node.get("role", ""))
+        if role and role not in ROLES:
+            raise ValueError(f"node config role={role!r}; allowed: {', '.join(ROLES)}")
+        malicious = role == "malicious" if role else pid in malicious_clients(cfg)
+        return cls(pid, malicious)
+
+
+def _threads(context: Context) -> int:
+    """The CPUs this client was given: node config ``num-threads``, else OMP_NUM_THREADS, else 1."""
+    return int(context.node_config.get("num-threads", os.environ.get("OMP_NUM_THREADS", 1)))
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (for reproducible sampling)."""
+    pid = int(context.node_config["partition-id"])
+    return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = RunConfig.from_flower(context.run_config)
+    role = NodeRole.from_context(context, cfg)
+    torch.set_num_threads(_threads(context))
+    server_round = int(msg.content["config"]["server-round"])
+
+    train_set, _, split = load_federated(cfg)
+    shard = train_set.subset(split.clients[role.partition_id])
+    images, labels = shard.images, shard.labels
+    attack = create_attack(cfg)
+    attacking = role.malicious and attack is not None and server_round >= cfg.attack_start_round
+    poisoned = 0
+    if attacking:
+        rng = np.random.default_rng([cfg.seed, _TRAIN_STREAM, server_round, role.partition_id])
+        result = attack.poison(images, labels, rng)
+        images, labels, poisoned = result.images, result.labels, int(result.poisoned.sum())
+
+    model = create_model(cfg.model, cfg.num_classes)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    generator = torch.Generator().manual_seed(
+        int(np.random.default_rng([cfg.seed, _TRAIN_STREAM, server_round, role.partition_id, 1])
+            .integers(2**62))
+    )
+    torch.manual_seed(int(generator.initial_seed()))
+    loss = train_local(
+        model, images, labels,
+        epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        momentum=cfg.momentum, weight_decay=cfg.weight_decay, generator=generator,
+    )
+    metrics = MetricRecord({
+        "num-examples": len(labels),
+        "train-loss": loss,
+        "partition-id": role.partition_id,
+        "is-malicious": int(attacking),
+        "poisoned-examples": poisoned,
+    })
+    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)

@@ -1,0 +1,165 @@
+"""The run configuration: one pydantic model for every `--run-config` key.
+
+Flower hands the ServerApp and each ClientApp a flat ``{key: value}`` mapping whose keys are
+declared in ``pyproject.toml`` under ``[tool.flwr.app.config]``. ``RunConfig`` is the single
+source of truth for their types, defaults and allowed values, so that a bad value stops a run
+*before* any training with a message that names the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NUM_CLASSES = {"cifar10": 10, "cifar10-lt": 10}
+PATCH_POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration; the message names each bad key and its allowed values."""
+
+
+class RunConfig(BaseModel):
+    """Every run-config key, with its default. Field aliases are the hyphenated Flower keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    # Run identity and output
+    seed: int = Field(0, ge=0)
+    out_dir: str = Field("runs", alias="out-dir")
+    run_name: str = Field("", alias="run-name")
+
+    # Federation
+    num_server_rounds: int = Field(10, ge=1, alias="num-server-rounds")
+    num_clients: int = Field(20, ge=1, alias="num-clients")
+    fraction_train: float = Field(1.0, gt=0.0, le=1.0, alias="fraction-train")
+    round_timeout: float = Field(600.0, gt=0.0, alias="round-timeout")
+
+    # Data
+    dataset: Literal["cifar10", "cifar10-lt"] = "cifar10"
+    data_dir: str = Field("", alias="data-dir")
+    partition: Literal["iid", "dirichlet"] = "dirichlet"
+    dirichlet_alpha: float = Field(0.5, gt=0.0, alias="dirichlet-alpha")
+    min_partition_size: int = Field(10, ge=0, alias="min-partition-size")
+    imbalance_factor: float = Field(0.01, gt=0.0, le=1.0, alias="imbalance-factor")
+    public_pool_fraction: float = Field(0.1, ge=0.0, lt=0.9, alias="public-pool-fraction")
+
+    # Model and local training
+    model: str = "cnn"
+    local_epochs: int = Field(1, ge=1, alias="local-epochs")
+    batch_size: int = Field(32, ge=1, alias="batch-size")
+    lr: float = Field(0.01, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0, alias="weight-decay")
+
+    # Attack
+    attack: str = "badnets"
+    num_malicious: int = Field(4, ge=0, alias="num-malicious")
+    poison_rate: float = Field(0.5, gt=0.0, le=1.0, alias="poison-rate")
+    target_label: int = Field(0, ge=0, alias="target-label")
+    attack_start_round: int = Field(1, ge=1, alias="attack-start-round")
+    patch_size: int = Field(4, ge=1, le=16, alias="patch-size")
+    patch_position: Literal[PATCH_POSITIONS] = Field("bottom-right", alias="patch-position")  # type: ignore[valid-type]
+    patch_pattern: Literal["checkerboard", "white", "random"] = Field(
+        "checkerboard", alias="patch-pattern"
+    )
+    blend_alpha: float = Field(0.2, gt=0.0, lt=1.0, alias="blend-alpha")
+    blend_pattern: Literal["noise", "stripes"] = Field("noise", alias="blend-pattern")
+
+    # Defense and evaluation
+    defense: str = "fedavg"
+    eval_batch_size: int = Field(1000, ge=1, alias="eval-batch-size")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from clipfed.models import list_models
+
+        return _one_of(value, list_models())
+
+    @field_validator("attack")
+    @classmethod
+    def _known_attack(cls, value: str) -> str:
+        from clipfed.attacks import list_attacks
+
+        return _one_of(value, ["none", *list_attacks()])
+
+    @field_validator("defense")
+    @classmethod
+    def _known_defense(cls, value: str) -> str:
+        from clipfed.defense import list_defenses  # late: defense modules import this module
+
+        return _one_of(value, list_defenses())
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.num_malicious > self.num_clients:
+            raise ValueError(
+                f"num-malicious={self.num_malicious} exceeds num-clients={self.num_clients}; "
+                f"allowed: 0..{self.num_clients}"
+            )
+        num_classes = NUM_CLASSES[self.dataset]
+        if self.target_label >= num_classes:
+            raise ValueError(
+                f"target-label={self.target_label} is not a class of {self.dataset}; "
+                f"allowed: 0..{num_classes - 1}"
+            )
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES[self.dataset]
+
+    @property
+    def attack_enabled(self) -> bool:
+        """Whether any client poisons; with zero malicious clients ASR still measures the trigger."""
+        return self.attack != "none" and self.num_malicious > 0
+
+    def to_flower(self) -> dict[str, Any]:
+        """The config as Flower's flat run-config mapping (hyphenated keys)."""
+        return self.model_dump(by_alias=True)
+
+    def config_hash(self) -> str:
+        """A short stable hash of every key except where results go."""
+        content = {k: v for k, v in self.to_flower().items() if k not in ("out-dir", "run-name")}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Validate Flower's run config; raise ``ConfigError`` naming every bad key."""
+        try:
+            return cls.model_validate(dict(run_config))
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err)) from None
+
+
+def _one_of(value: str, allowed: list[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown value {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _alias_of(field_name: str) -> str:
+    field = RunConfig.model_fields.get(field_name)
+    return field.alias if field is not None and field.alias else field_name
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """Turn pydantic's report into lines that name the Flower key, the value and what is allowed."""
+    lines = ["invalid run config:"]
+    for problem in err.errors():
+        key = ".".join(_alias_of(str(part)) for part in problem["loc"]) or "combination"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            known = ", ".join(sorted(f.alias or n for n, f in RunConfig.model_fields.items()))
+            message = f"unknown key; known keys: {known}"
+        elif problem["type"] == "literal_error":
+            message = f"{message} (got {problem.get('input')!r})"
+        elif "input" in problem and problem["type"] not in ("value_error",):
+            message = f"{message} (got {problem['input']!r})"
+        lines.append(f"  - {key}: {message}")
+    return "\n".join(lines)

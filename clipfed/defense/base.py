@@ -1,0 +1,190 @@
+"""``DefenseStrategy``: FedAvg plus what every defense here shares.
+
+- Reproducible sampling: nodes are chosen by *partition id* with a seeded RNG, so the same seed
+  samples the same clients whatever random node ids the SuperLink hands out.
+- Deterministic aggregation: replies are ordered by partition id before any arithmetic.
+- A report per round of participants, excluded clients and server seconds, from which
+  detection (tp/fp/fn/tn) is scored against the roles clients report.
+
+A concrete defense overrides ``select`` (who is kept) and/or ``combine`` (how kept updates are
+merged); FedAvg overrides neither.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import TYPE_CHECKING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+if TYPE_CHECKING:
+    from clipfed.config import RunConfig
+
+_SAMPLE_STREAM = 5
+
+
+@dataclass
+class AggregationReport:
+    """What one round's aggregation did, in partition ids (never node ids)."""
+
+    server_round: int
+    participants: list[int] = field(default_factory=list)
+    malicious: list[int] = field(default_factory=list)
+    excluded: list[int] = field(default_factory=list)
+    rejected: list[dict[str, object]] = field(default_factory=list)
+    server_seconds: float = 0.0
+
+    def detection(self) -> dict[str, int]:
+        """Confusion counts of 'excluded' against 'reported malicious this round'."""
+        excluded, malicious = set(self.excluded), set(self.malicious)
+        benign = set(self.participants) - malicious
+        return {
+            "tp": len(excluded & malicious),
+            "fp": len(excluded & benign),
+            "fn": len(malicious - excluded),
+            "tn": len(benign - excluded),
+        }
+
+
+def partition_id(msg: Message) -> int:
+    return int(msg.content["metrics"]["partition-id"])
+
+
+class PartitionSampler:
+    """Maps node ids to partition ids once (a QUERY round), then samples partitions by seed."""
+
+    def __init__(self, cfg: RunConfig, poll_seconds: float = 1.0) -> None:
+        self.seed = cfg.seed
+        self.num_clients = cfg.num_clients
+        self.sample_size = max(1, int(round(cfg.fraction_train * cfg.num_clients)))
+        self.timeout = cfg.round_timeout
+        self.poll_seconds = poll_seconds
+        self.node_of: dict[int, int] = {}
+
+    def _wait_for_nodes(self, grid: Grid) -> list[int]:
+        deadline = time.monotonic() + self.timeout
+        while len(nodes := sorted(grid.get_node_ids())) < self.num_clients:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"only {len(nodes)} of num-clients={self.num_clients} SuperNodes connected after "
+                    f"{self.timeout:.0f} s: run with --federation-config 'num-supernodes="
+                    f"{self.num_clients}' (simulation) or start {self.num_clients} SuperNodes"
+                )
+            log(INFO, "Waiting for SuperNodes: %d of %d connected", len(nodes), self.num_clients)
+            time.sleep(self.poll_seconds)
+        return nodes
+
+    def discover(self, grid: Grid) -> None:
+        """Ask every node we have not met for its partition id."""
+        known = set(self.node_of.values())
+        unknown = [n for n in self._wait_for_nodes(grid) if n not in known]
+        if not unknown:
+            return
+        queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
+        for reply in grid.send_and_receive(queries, timeout=self.timeout):
+            if reply.has_error():
+                log(WARNING, "Node %d did not report its partition: %s",
+                    reply.metadata.src_node_id, reply.error.reason)
+                continue
+            pid = partition_id(reply)
+            if not 0 <= pid < self.num_clients:
+                raise RuntimeError(
+                    f"a SuperNode reports partition-id={pid}, outside 0..{self.num_clients - 1} "
+                    f"(num-clients={self.num_clients}); fix its node config or num-clients"
+                )
+            self.node_of[pid] = reply.metadata.src_node_id
+
+    def sample(self, grid: Grid, server_round: int) -> list[int]:
+        """Node ids of this round's clients, ordered by partition id."""
+        self.discover(grid)
+        partitions = sorted(self.node_of)
+        rng = np.random.default_rng([self.seed, _SAMPLE_STREAM, server_round])
+        size = min(self.sample_size, len(partitions))
+        chosen = sorted(int(p) for p in rng.choice(partitions, size=size, replace=False))
+        log(INFO, "configure_train: sampled partitions %s", chosen)
+        return [self.node_of[p] for p in chosen]
+
+
+class DefenseStrategy(FedAvg):
+    """FedAvg with seeded partition sampling, ordered aggregation and a per-round report."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        sampler: PartitionSampler | None = None,
+        on_report: Callable[[AggregationReport], None] | None = None,
+    ) -> None:
+        super().__init__(
+            fraction_train=cfg.fraction_train,
+            fraction_evaluate=0.0,  # evaluation is centralised (MA/ASR on the server's test set)
+            min_available_nodes=cfg.num_clients,
+            min_train_nodes=1,
+        )
+        self.cfg = cfg
+        self.sampler = sampler or PartitionSampler(cfg)
+        self.on_report = on_report
+        self.last_report: AggregationReport | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        node_ids = self.sampler.sample(grid, server_round)
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+
+    def select(self, server_round: int, replies: list[Message]) -> list[Message]:
+        """The replies to aggregate; a filtering defense overrides this. FedAvg keeps all."""
+        return replies
+
+    def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+        """Merge the kept replies; FedAvg's example-weighted mean unless overridden."""
+        return aggregate_arrayrecords([m.content for m in replies], self.weighted_by_key)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        started = time.perf_counter()
+        report = AggregationReport(server_round)
+        valid: list[Message] = []
+        for msg in replies:
+            if msg.has_error():
+                reason = f"client error: {msg.error.reason}"
+                report.rejected.append({"node": msg.metadata.src_node_id, "reason": reason})
+                log(WARNING, "Round %d: rejected reply from node %d: %s",
+                    server_round, msg.metadata.src_node_id, reason)
+            else:
+                valid.append(msg)
+        valid.sort(key=partition_id)
+        report.participants = [partition_id(m) for m in valid]
+        report.malicious = [partition_id(m) for m in valid
+                            if int(m.content["metrics"].get("is-malicious", 0))]
+
+        arrays, metrics = None, None
+        kept = self.select(server_round, valid) if valid else []
+        kept_ids = {partition_id(m) for m in kept}
+        report.excluded = [p for p in report.participants if p not in kept_ids]
+        if kept:
+            arrays = self.combine(server_round, kept)
+            weights = np.array([float(m.content["metrics"]["num-examples"]) for m in kept])
+            losses = np.array([float(m.content["metrics"]["train-loss"]) for m in kept])
+            metrics = MetricRecord({
+                "train-loss": float(np.average(losses, weights=weights)),
+                "num-kept": len(kept),
+                "num-excluded": len(report.excluded),
+            })
+        else:
+            log(WARNING, "Round %d: no update to aggregate; the global model is unchanged", server_round)
+        report.server_seconds = time.perf_counter() - started
+        self.last_report = report
+        if self.on_report is not None:
+            self.on_report(report)
+        return arrays, metrics

@@ -1,0 +1,191 @@
+"""The run folder and ``result.json``: resolved config, versions, per-round metrics, final table.
+
+``result.json`` is rewritten atomically after every round, so a crashed run leaves a readable
+partial result (``status: running``), and a run folder that exists is never reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from clipfed import __version__
+from clipfed.config import RunConfig
+from clipfed.defense.base import AggregationReport
+from clipfed.evaluation import Evaluation
+
+RESULT_FILE = "result.json"
+
+
+class RunExistsError(FileExistsError):
+    """The run folder exists already; results are never overwritten."""
+
+
+def _git_commit() -> str | None:
+    """The commit of the clipfed checkout, found through the installed package's source folder."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        dist = metadata.distribution("clipfed")
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+        if direct.get("url", "").startswith("file://"):
+            source = Path(direct["url"].removeprefix("file://"))
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    def version_of(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        "torch": version_of("torch"),
+        "flwr": version_of("flwr"),
+        "numpy": version_of("numpy"),
+        "clipfed": __version__,
+        "git_commit": _git_commit(),
+        "platform": platform.platform(),
+    }
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.defense}-{cfg.attack}-{cfg.dataset}-s{cfg.seed}-{stamp}-{cfg.config_hash()[:6]}"
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class RunRecorder:
+    """Collects each round's aggregation report and evaluation into ``result.json``."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.path = run_dir / RESULT_FILE
+        self.pending: dict[int, AggregationReport] = {}
+        self.last_round_end = time.perf_counter()
+        self.payload: dict[str, Any] = {
+            "status": "running",
+            "run_name": run_dir.name,
+            "config": cfg.to_flower(),
+            "config_hash": cfg.config_hash(),
+            "versions": versions(),
+            "seed": cfg.seed,
+            "started_at": datetime.now(timezone.utc).isoformat(),
+            "rounds": [],
+            "final": None,
+        }
+
+    @classmethod
+    def create(cls, cfg: RunConfig) -> RunRecorder:
+        """Make ``<out-dir>/<run-name>`` (refusing one that exists) and write the initial file."""
+        name = cfg.run_name or default_run_name(cfg)
+        run_dir = Path(cfg.out_dir).expanduser().resolve() / name
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise RunExistsError(
+                f"run folder {run_dir} exists; results are never overwritten. "
+                "Choose another run-name (or leave it empty for a unique one)."
+            ) from None
+        recorder = cls(cfg, run_dir)
+        recorder.flush()
+        return recorder
+
+    def flush(self) -> None:
+        write_json_atomic(self.path, self.payload)
+
+    def on_report(self, report: AggregationReport) -> None:
+        self.pending[report.server_round] = report
+
+    def on_evaluation(self, server_round: int, evaluation: Evaluation, eval_seconds: float) -> dict[str, Any]:
+        now = time.perf_counter()
+        report = self.pending.pop(server_round, AggregationReport(server_round))
+        entry = {
+            "round": server_round,
+            "ma": evaluation.ma,
+            "asr": evaluation.asr,
+            "per_class_acc": evaluation.per_class_acc,
+            "participants": report.participants,
+            "malicious": report.malicious,
+            "excluded": report.excluded,
+            "rejected": report.rejected,
+            "detection": report.detection(),
+            "server_seconds": report.server_seconds,
+            "eval_seconds": eval_seconds,
+            "round_seconds": now - self.last_round_end,
+        }
+        self.last_round_end = now
+        self.payload["rounds"].append(entry)
+        self.flush()
+        print(progress_line(entry, self.cfg.num_server_rounds), flush=True)
+        return entry
+
+    def finish(self, status: str = "completed") -> None:
+        last = self.payload["rounds"][-1] if self.payload["rounds"] else None
+        if last is not None:
+            self.payload["final"] = {k: last[k] for k in ("ma", "asr", "per_class_acc")}
+        self.payload["status"] = status
+        self.payload["finished_at"] = datetime.now(timezone.utc).isoformat()
+        self.flush()
+
+
+def _fmt(value: float | None) -> str:
+    return "  n/a" if value is None else f"{value:.3f}"
+
+
+def progress_line(entry: dict[str, Any], num_rounds: int) -> str:
+    det = entry["detection"]
+    return (
+        f"[clipfed] round {entry['round']:>3}/{num_rounds} | MA {_fmt(entry['ma'])} | "
+        f"ASR {_fmt(entry['asr'])} | excluded {entry['excluded']} "
+        f"(tp {det['tp']} fp {det['fp']}) | server {entry['server_seconds']:.2f} s | "
+        f"round {entry['round_seconds']:.1f} s"
+    )
+
+
+def load_result(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / RESULT_FILE).read_text())
+
+
+def results_table(results: list[dict[str, Any]]) -> str:
+    """A Markdown MA/ASR table, one row per run, with detection over the attacked rounds."""
+    header = ("| run | defense | attack | malicious | rounds | final MA | final ASR | "
+              "recall | precision | server s/round |")
+    lines = [header, "|" + "---|" * 10]
+    for res in results:
+        cfg, rounds = res["config"], [r for r in res["rounds"] if r["round"] > 0]
+        attacked = [r for r in rounds if r["round"] >= cfg["attack-start-round"]]
+        tp = sum(r["detection"]["tp"] for r in attacked)
+        fp = sum(r["detection"]["fp"] for r in attacked)
+        fn = sum(r["detection"]["fn"] for r in attacked)
+        recall = f"{tp / (tp + fn):.2f}" if tp + fn else "n/a"
+        precision = f"{tp / (tp + fp):.2f}" if tp + fp else "n/a"
+        server = sum(r["server_seconds"] for r in rounds) / max(len(rounds), 1)
+        final = res.get("final") or {}
+        lines.append(
+            f"| {res['run_name']} | {cfg['defense']} | {cfg['attack']} | {cfg['num-malicious']} | "
+            f"{len(rounds)} | {_fmt(final.get('ma'))} | {_fmt(final.get('asr'))} | {recall} | "
+            f"{precision} | {server:.2f} |"
+        )
+    return "\n".join(lines)

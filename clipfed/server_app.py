@@ -1,0 +1,64 @@
+"""The ServerApp: validate config, build the defense strategy, run FedAvg rounds, record MA/ASR."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from clipfed.attacks import create_attack
+from clipfed.config import RunConfig
+from clipfed.data import load_federated
+from clipfed.defense import create_defense
+from clipfed.defense.base import PartitionSampler
+from clipfed.evaluation import BackdoorEvaluator
+from clipfed.models import create_model
+from clipfed.results import RunRecorder, load_result, results_table
+
+app = ServerApp()
+
+
+def initial_model(cfg: RunConfig) -> torch.nn.Module:
+    """The round-0 global model, identical for every run with the same seed and model."""
+    torch.manual_seed(cfg.seed)
+    return create_model(cfg.model, cfg.num_classes)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = RunConfig.from_flower(context.run_config)  # a bad key stops here, before any training
+    random.seed(cfg.seed)
+    _, test, _ = load_federated(cfg)
+    recorder = RunRecorder.create(cfg)
+    evaluator = BackdoorEvaluator(test, create_attack(cfg), cfg.eval_batch_size)
+    model = initial_model(cfg)
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        started = time.perf_counter()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        result = evaluator(model)
+        recorder.on_evaluation(server_round, result, time.perf_counter() - started)
+        metrics = {"ma": result.ma, "per-class-acc": result.per_class_acc}
+        if result.asr is not None:
+            metrics["asr"] = result.asr
+        return MetricRecord(metrics)
+
+    strategy = create_defense(cfg, sampler=PartitionSampler(cfg), on_report=recorder.on_report)
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=cfg.num_server_rounds,
+            timeout=cfg.round_timeout,
+            train_config=ConfigRecord(),
+            evaluate_fn=evaluate,
+        )
+    except BaseException:
+        recorder.finish(status="failed")
+        raise
+    recorder.finish()
+    print(results_table([load_result(recorder.run_dir)]), flush=True)
+    print(f"[clipfed] results: {recorder.path}", flush=True)

@@ -1,0 +1,57 @@
+"""End to end through the real ``flwr`` CLI: a private SuperLink, simulation, status check."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from clipfed.cli import app_dir, main
+from clipfed.launch import COMPLETED, flwr_run, local_superlink, run_status
+from clipfed.results import load_result
+
+pytestmark = pytest.mark.e2e
+
+COMPARED = ("round", "ma", "asr", "per_class_acc", "participants", "malicious", "excluded", "detection")
+
+
+def tiny_config(data_dir: Path, out_dir: Path, name: str) -> dict[str, object]:
+    return {"num-clients": 3, "num-malicious": 1, "num-server-rounds": 2, "partition": "iid",
+            "batch-size": 16, "data-dir": str(data_dir), "out-dir": str(out_dir), "run-name": name,
+            "fraction-train": 1.0, "local-epochs": 2, "lr": 0.02}
+
+
+@pytest.mark.timeout(900)
+def test_flwr_run_completes_and_the_same_config_gives_the_same_metrics(
+    fake_data_dir: Path, tmp_path: Path
+) -> None:
+    outcomes, results = [], []
+    for name in ("first", "second"):
+        home = tmp_path / f"flwr-home-{name}"
+        outcomes.append(flwr_run(app_dir(), tiny_config(fake_data_dir, tmp_path, name),
+                                 num_supernodes=3, timeout=600, flwr_home=home))
+        results.append(load_result(tmp_path / name))
+    assert all(o.status == COMPLETED for o in outcomes)
+    first, second = results
+    assert first["status"] == "completed" and [r["round"] for r in first["rounds"]] == [0, 1, 2]
+    assert first["rounds"][-1]["participants"] == [0, 1, 2]
+    assert len(first["rounds"][-1]["malicious"]) == 1
+    assert first["final"]["ma"] > 0.1
+    strip = lambda res: [{k: r[k] for k in COMPARED} for r in res["rounds"]]  # noqa: E731
+    assert strip(first) == strip(second)
+
+
+@pytest.mark.timeout(120)
+def test_superlink_is_stopped_by_pid(tmp_path: Path) -> None:
+    with local_superlink(tmp_path / "home") as link:
+        os.kill(link.pid, 0)  # alive
+        assert run_status(tmp_path / "home")[1].startswith("unknown")
+    with pytest.raises(ProcessLookupError):
+        os.kill(link.pid, 0)
+
+
+def test_cli_refuses_bad_config_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "-c", "partition='shards' lr=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "partition" in err and "'iid' or 'dirichlet'" in err and "lr" in err and "greater than 0" in err

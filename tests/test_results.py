@@ -1,0 +1,58 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from clipfed.config import RunConfig
+from clipfed.defense.base import AggregationReport
+from clipfed.evaluation import Evaluation
+from clipfed.results import RunExistsError, RunRecorder, load_result, results_table
+
+
+def config(tmp_path: Path, **overrides: object) -> RunConfig:
+    return RunConfig.from_flower({"out-dir": str(tmp_path), "run-name": "r1", **overrides})
+
+
+def test_result_json_schema_and_atomic_progress(tmp_path: Path) -> None:
+    recorder = RunRecorder.create(config(tmp_path))
+    assert load_result(recorder.run_dir)["status"] == "running"
+    recorder.on_evaluation(0, Evaluation(0.1, 0.0, [0.1] * 10), 0.5)
+    recorder.on_report(AggregationReport(1, participants=[0, 1, 2], malicious=[2], excluded=[2],
+                                         server_seconds=0.25))
+    recorder.on_evaluation(1, Evaluation(0.5, 0.2, [0.5] * 10), 0.5)
+    partial = load_result(recorder.run_dir)
+    assert partial["status"] == "running" and len(partial["rounds"]) == 2
+    recorder.finish()
+
+    result = json.loads((tmp_path / "r1" / "result.json").read_text())
+    assert set(result) >= {"config", "versions", "seed", "rounds", "final", "status"}
+    assert result["config"]["run-name"] == "r1" and result["status"] == "completed"
+    assert set(result["versions"]) >= {"python", "torch", "flwr", "clipfed", "git_commit"}
+    last = result["rounds"][-1]
+    assert last["excluded"] == [2] and last["detection"] == {"tp": 1, "fp": 0, "fn": 0, "tn": 2}
+    assert last["server_seconds"] == 0.25 and last["round_seconds"] >= 0
+    assert result["final"] == {"ma": 0.5, "asr": 0.2, "per_class_acc": [0.5] * 10}
+
+
+def test_an_existing_run_folder_is_never_overwritten(tmp_path: Path) -> None:
+    RunRecorder.create(config(tmp_path)).finish()
+    before = (tmp_path / "r1" / "result.json").read_text()
+    with pytest.raises(RunExistsError, match="never overwritten"):
+        RunRecorder.create(config(tmp_path))
+    assert (tmp_path / "r1" / "result.json").read_text() == before
+
+
+def test_empty_run_name_gives_unique_folders(tmp_path: Path) -> None:
+    cfg = config(tmp_path, **{"run-name": ""})
+    first = RunRecorder.create(cfg)
+    assert first.run_dir.name.startswith("fedavg-badnets-cifar10-s0-")
+
+
+def test_table_reports_detection_over_attacked_rounds(tmp_path: Path) -> None:
+    recorder = RunRecorder.create(config(tmp_path, **{"attack-start-round": 2}))
+    for rnd, excluded in ((1, [1]), (2, [1]), (3, [0])):
+        recorder.on_report(AggregationReport(rnd, participants=[0, 1], malicious=[1], excluded=excluded))
+        recorder.on_evaluation(rnd, Evaluation(0.5, 0.9, [0.5] * 10), 0.1)
+    recorder.finish()
+    row = results_table([load_result(recorder.run_dir)]).splitlines()[-1]
+    assert "| 0.500 | 0.900 | 0.50 | 0.50 |" in row  # rounds 2-3: tp 1, fp 1, fn 1
