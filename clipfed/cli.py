@@ -58,7 +58,10 @@ def resolved_config(overrides: dict[str, Any], base: dict[str, Any] | None = Non
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    for title, registry in (("models", MODELS), ("attacks", ATTACKS), ("defenses", DEFENSES)):
+    from clipfed.teacher import TEACHERS
+
+    for title, registry in (("models", MODELS), ("attacks", ATTACKS), ("defenses", DEFENSES),
+                            ("teachers", TEACHERS)):
         print(f"{title}:")
         for name, description in registry.describe().items():
             print(f"  {name:<12} {description}")
@@ -98,6 +101,70 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth_build(args: argparse.Namespace) -> int:
+    from clipfed.data_synth import SynthConfig, build_server_dataset
+
+    cfg = SynthConfig.from_file(args.config) if args.config else SynthConfig()
+    data_dir = args.data_dir or cfg.data_dir or os.environ.get(DATA_DIR_ENV, "")
+    cfg = cfg.model_copy(update={"data_dir": data_dir})
+    result = build_server_dataset(cfg, Path(args.out))
+    manifest = result.dataset.manifest
+    print(f"artifact: {result.dataset.path}")
+    print(f"teacher:  {manifest['teacher']['label']}")
+    if result.cache_hit:
+        print("cache hit: verified the existing artifact; no teacher was loaded, no forward pass made")
+    for stage, seconds in result.seconds.items():
+        print(f"  {stage:<18} {seconds:8.2f} s")
+    counts = manifest["counts"]
+    print(f"images: {counts['total']} ({sum(counts['clean_per_class'])} clean, "
+          f"augmented {counts['augmented_by_kind']})")
+    print("clean per class: " + ", ".join(f"{c} {n}" for c, n in zip(manifest["classes"], counts["clean_per_class"], strict=True)))
+    return 0
+
+
+def cmd_synth_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from clipfed.data_synth.service import create_app
+
+    uvicorn.run(create_app(Path(args.store), args.data_dir or os.environ.get(DATA_DIR_ENV, "")),
+                host=args.host, port=args.port)
+    return 0
+
+
+def cmd_teacher_eval(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+    import torch
+
+    from clipfed.data import load_cifar10
+    from clipfed.data_synth.pipeline import public_pool
+    from clipfed.data_synth import SynthConfig
+    from clipfed.teacher import TeacherSpec, create_teacher
+
+    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV, "")
+    spec = TeacherSpec(backend=args.teacher, model=args.model, pretrained=args.pretrained,
+                       checkpoint=args.checkpoint)
+    pool = public_pool(SynthConfig(seed=args.seed, data_dir=data_dir)) if args.teacher == "reference" else None
+    teacher = create_teacher(spec, pool)
+    _, test = load_cifar10(data_dir)
+    images = np.asarray(test.images[: args.limit] if args.limit else test.images)
+    labels = torch.from_numpy(np.asarray(test.labels[: len(images)], dtype=np.int64))
+    started = time.perf_counter()
+    embeddings = teacher.encode_images(images)
+    rate = len(images) / (time.perf_counter() - started)
+    pred = teacher.zero_shot_logits(embeddings, teacher.class_prototypes(test.classes)).argmax(1)
+    from clipfed.training import per_class_accuracy
+
+    print(f"teacher: {teacher.label}")
+    print(f"dataset: {args.dataset} test, {len(images)} images")
+    print(f"zero-shot top-1: {(pred == labels).double().mean().item():.4f}   ({rate:.0f} images/s)")
+    for name, acc in zip(test.classes, per_class_accuracy(pred, labels, len(test.classes)), strict=True):
+        print(f"  {name:<12} {acc:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipfed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +182,30 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="print the MA/ASR table of finished runs")
     table.add_argument("run_dirs", nargs="+")
     table.set_defaults(func=cmd_table)
+    synth = sub.add_parser("synth", help="the server-dataset synthesis service").add_subparsers(
+        dest="synth_command", required=True)
+    build = synth.add_parser("build", help="build (or find in the cache) a server dataset")
+    build.add_argument("--config", help="a SynthConfig TOML/JSON file (default: the defaults)")
+    build.add_argument("--out", required=True, help="artifact store folder")
+    build.add_argument("--data-dir", default="")
+    build.set_defaults(func=cmd_synth_build)
+    serve = synth.add_parser("serve", help="serve builds over HTTP (FastAPI)")
+    serve.add_argument("--store", required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--data-dir", default="")
+    serve.set_defaults(func=cmd_synth_serve)
+    teacher = sub.add_parser("teacher", help="teacher tools").add_subparsers(dest="teacher_command", required=True)
+    evaluate = teacher.add_parser("eval", help="zero-shot top-1, per-class accuracy and images/s")
+    evaluate.add_argument("--teacher", choices=["reference", "openclip"], default="reference")
+    evaluate.add_argument("--model", default="ViT-B-32")
+    evaluate.add_argument("--pretrained", default="")
+    evaluate.add_argument("--checkpoint", default="")
+    evaluate.add_argument("--dataset", choices=["cifar10"], default="cifar10")
+    evaluate.add_argument("--data-dir", default="")
+    evaluate.add_argument("--seed", type=int, default=0, help="the split whose public pool trains 'reference'")
+    evaluate.add_argument("--limit", type=int, default=0, help="evaluate the first N test images only")
+    evaluate.set_defaults(func=cmd_teacher_eval)
     download = sub.add_parser("download", help="download CIFAR-10 with torchvision (online)")
     download.add_argument("--data-dir", required=True)
     download.set_defaults(func=cmd_download)

@@ -70,6 +70,14 @@ class RunConfig(BaseModel):
     blend_alpha: float = Field(0.2, gt=0.0, lt=1.0, alias="blend-alpha")
     blend_pattern: Literal["noise", "stripes"] = Field("noise", alias="blend-pattern")
 
+    # Teacher and server dataset (used by defenses that need them; see clipfed/data_synth)
+    teacher: Literal["reference", "openclip"] = "reference"
+    teacher_model: str = Field("ViT-B-32", alias="teacher-model")
+    teacher_pretrained: str = Field("", alias="teacher-pretrained")
+    teacher_checkpoint: str = Field("", alias="teacher-checkpoint")
+    synth_config: str = Field("", alias="synth-config")
+    synth_url: str = Field("", alias="synth-url")
+
     # Defense and evaluation
     defense: str = "fedavg"
     eval_batch_size: int = Field(1000, ge=1, alias="eval-batch-size")

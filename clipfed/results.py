@@ -14,12 +14,15 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipfed import __version__
 from clipfed.config import RunConfig
 from clipfed.defense.base import AggregationReport
 from clipfed.evaluation import Evaluation
+
+if TYPE_CHECKING:
+    from clipfed.data_synth.artifact import ServerDataset
 
 RESULT_FILE = "result.json"
 
@@ -111,6 +114,18 @@ class RunRecorder:
         recorder = cls(cfg, run_dir)
         recorder.flush()
         return recorder
+
+    def note_server_data(self, dataset: ServerDataset) -> None:
+        """Record which server dataset and teacher the defense used (and if it is the stand-in)."""
+        manifest = dataset.manifest
+        self.payload["server_data"] = {
+            "artifact": dataset.path.name,
+            "content_hash": manifest["content_hash"],
+            "teacher": manifest["teacher"]["label"],
+            "reference_teacher": manifest["teacher"]["is_reference"],
+            "images": manifest["counts"]["total"],
+        }
+        self.flush()
 
     def flush(self) -> None:
         write_json_atomic(self.path, self.payload)

@@ -12,7 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from clipfed.attacks import create_attack
 from clipfed.config import RunConfig
 from clipfed.data import load_federated
-from clipfed.defense import create_defense
+from clipfed.defense import DEFENSES, create_defense
 from clipfed.defense.base import PartitionSampler
 from clipfed.evaluation import BackdoorEvaluator
 from clipfed.models import create_model
@@ -46,7 +46,14 @@ def main(grid: Grid, context: Context) -> None:
             metrics["asr"] = result.asr
         return MetricRecord(metrics)
 
-    strategy = create_defense(cfg, sampler=PartitionSampler(cfg), on_report=recorder.on_report)
+    context = {}
+    if DEFENSES.get(cfg.defense).needs_server_data:
+        from clipfed.data_synth.provider import obtain_server_dataset, synth_config_for
+
+        server_data = obtain_server_dataset(synth_config_for(cfg), cfg.synth_url)
+        recorder.note_server_data(server_data)
+        context["server_data"] = server_data
+    strategy = create_defense(cfg, sampler=PartitionSampler(cfg), on_report=recorder.on_report, **context)
     try:
         strategy.start(
             grid=grid,

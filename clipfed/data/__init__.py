@@ -6,7 +6,13 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from clipfed.data.cifar import DataNotFoundError, ImageSet, load_cifar10, resolve_data_dir
-from clipfed.data.partition import FederatedSplit, long_tail_counts, malicious_clients, split_train
+from clipfed.data.partition import (
+    FederatedSplit,
+    long_tail_counts,
+    malicious_clients,
+    public_pool_indices,
+    split_train,
+)
 
 if TYPE_CHECKING:
     from clipfed.config import RunConfig
@@ -19,6 +25,7 @@ __all__ = [
     "load_cifar10",
     "long_tail_counts",
     "malicious_clients",
+    "public_pool_indices",
     "resolve_data_dir",
     "split_train",
 ]

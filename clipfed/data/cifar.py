@@ -20,6 +20,7 @@ NPZ_NAME = "cifar10_recon_v1.npz"
 TORCHVISION_DIR = "cifar-10-batches-py"
 DATA_DIR_ENV = "CLIPFED_DATA_DIR"
 CACHE_DIR_ENV = "CLIPFED_CACHE_DIR"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -147,6 +148,6 @@ def load_cifar10(data_dir: str = "") -> tuple[ImageSet, ImageSet]:
             _atomic_save(folder / f"{name}.npy", arrays[name])
     loaded = {n: np.load(folder / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in names}
     classes = tuple(str(c) for c in loaded["classes"])
-    train = ImageSet(loaded["train_images"], np.asarray(loaded["train_labels"]), classes)
-    test = ImageSet(loaded["test_images"], np.asarray(loaded["test_labels"]), classes)
+    train = ImageSet(loaded["train_images"], np.array(loaded["train_labels"]), classes)
+    test = ImageSet(loaded["test_images"], np.array(loaded["test_labels"]), classes)
     return train, test

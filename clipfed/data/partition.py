@@ -68,11 +68,14 @@ def _dirichlet_shards(labels: np.ndarray, cfg: RunConfig) -> list[np.ndarray]:
             for i in range(cfg.num_clients)]
 
 
+def public_pool_indices(train_labels: np.ndarray, seed: int, fraction: float) -> np.ndarray:
+    """The server's public pool: a stratified ``fraction`` of the train split, drawn from ``seed``."""
+    return _stratified_holdout(train_labels, fraction, np.random.default_rng([seed, _POOL_STREAM]))
+
+
 def split_train(train_labels: np.ndarray, cfg: RunConfig) -> FederatedSplit:
     """Hold out the public pool (stratified), apply the LT profile, then shard among clients."""
-    pool = _stratified_holdout(
-        train_labels, cfg.public_pool_fraction, np.random.default_rng([cfg.seed, _POOL_STREAM])
-    )
+    pool = public_pool_indices(train_labels, cfg.seed, cfg.public_pool_fraction)
     remaining = np.setdiff1d(np.arange(len(train_labels)), pool)
     if cfg.dataset == "cifar10-lt":
         rng = np.random.default_rng([cfg.seed, _LT_STREAM])

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -115,6 +115,8 @@ class PartitionSampler:
 
 class DefenseStrategy(FedAvg):
     """FedAvg with seeded partition sampling, ordered aggregation and a per-round report."""
+
+    needs_server_data: ClassVar[bool] = False  # true: the ServerApp passes server_data=, teacher=
 
     def __init__(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from clipfed.registry import Registry
@@ -11,7 +10,7 @@ if TYPE_CHECKING:
     from clipfed.config import RunConfig
     from clipfed.defense.base import DefenseStrategy
 
-DEFENSES: Registry[Callable[..., DefenseStrategy]] = Registry("defense")
+DEFENSES: Registry[type[DefenseStrategy]] = Registry("defense")
 
 
 def list_defenses(pattern: str = "*") -> list[str]:
@@ -19,5 +18,6 @@ def list_defenses(pattern: str = "*") -> list[str]:
 
 
 def create_defense(cfg: RunConfig, **context: Any) -> DefenseStrategy:
-    """The strategy for ``cfg.defense``; ``context`` carries server-side helpers (sampler, reporter)."""
+    """The strategy for ``cfg.defense``; ``context`` carries server-side helpers (sampler, reporter,
+    and the server dataset and teacher for defenses whose ``needs_server_data`` is true)."""
     return DEFENSES.get(cfg.defense)(cfg, **context)

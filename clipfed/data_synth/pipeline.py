@@ -1,0 +1,156 @@
+"""``build_server_dataset``: captions -> images -> teacher labels/filter -> trigger augmentation
+-> artifact, with per-stage timings. A finished artifact for the same config is a cache hit that
+loads no teacher and makes no forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipfed.data import ImageSet, load_cifar10, public_pool_indices
+from clipfed.data.cifar import CIFAR10_CLASSES
+from clipfed.data_synth.artifact import (
+    ServerDataset,
+    artifact_name,
+    load_artifact,
+    write_artifact,
+)
+from clipfed.data_synth.captions import build_captions
+from clipfed.data_synth.config import SynthConfig
+from clipfed.data_synth.frequency import AUGMENTATIONS, amplitude_spectrum, augment
+from clipfed.data_synth.images import build_candidates
+from clipfed.teacher import Teacher, create_teacher
+
+STAGE_VERSIONS = {"captions": 1, "images": 1, "filter": 1, "augment": 1, "artifact": 1}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    dataset: ServerDataset
+    cache_hit: bool
+    seconds: dict[str, float]
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str):  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    yield
+    seconds[stage] = round(time.perf_counter() - start, 3)
+
+
+def public_pool(cfg: SynthConfig) -> ImageSet:
+    """The labelled public pool (only the reference teacher trains on its labels)."""
+    train, _ = load_cifar10(cfg.data_dir)
+    return train.subset(public_pool_indices(train.labels, cfg.seed, cfg.images.pool.public_pool_fraction))
+
+
+def load_teacher(cfg: SynthConfig) -> Teacher:
+    pool = public_pool(cfg) if cfg.teacher.backend == "reference" else None
+    return create_teacher(cfg.teacher, pool)
+
+
+def select_confident(probs: torch.Tensor, intended: np.ndarray, cfg: SynthConfig,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Indices the teacher agrees with (its top class, probability >= threshold), balanced."""
+    top = probs.argmax(1).numpy()
+    confidence = probs[torch.arange(len(intended)), torch.from_numpy(intended)].numpy()
+    agreed = np.flatnonzero((top == intended) & (confidence >= cfg.filter.threshold))
+    counts = np.bincount(intended[agreed], minlength=probs.shape[1])
+    present = counts[counts > 0]
+    cap = {"none": counts.max(initial=0), "median": int(np.median(present)) if present.size else 0,
+           "min": present.min(initial=0)}[cfg.filter.balance]
+    if cfg.filter.max_per_class:
+        cap = min(cap, cfg.filter.max_per_class)
+    kept = []
+    for c in range(probs.shape[1]):
+        members = agreed[intended[agreed] == c]
+        kept.append(np.sort(rng.choice(members, size=min(cap, len(members)), replace=False)))
+    return np.concatenate(kept) if kept else np.empty(0, dtype=np.int64)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("numpy", "torch", "scipy", "open_clip_torch", "diffusers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def build_server_dataset(cfg: SynthConfig, out_root: Path, teacher: Teacher | None = None) -> BuildResult:
+    """Build (or find) the artifact for ``cfg`` under ``out_root``."""
+    content_hash = cfg.content_hash()
+    existing = out_root / artifact_name(content_hash)
+    if existing.exists():  # a tampered artifact raises ArtifactIntegrityError here
+        return BuildResult(load_artifact(existing), True, {})
+    torch.set_num_threads(cfg.threads)
+    seconds: dict[str, float] = {}
+    rng = np.random.default_rng([cfg.seed, 7])
+    classes = list(CIFAR10_CLASSES)
+
+    with _timed(seconds, "teacher"):
+        teacher = teacher or load_teacher(cfg)
+    with _timed(seconds, "captions"):
+        captions = build_captions(classes, cfg.captions, cfg.seed)
+    with _timed(seconds, "images"):
+        candidates = build_candidates(cfg, classes, captions, teacher)
+    with _timed(seconds, "label_filter"):
+        embeddings = candidates.embeddings if candidates.embeddings is not None \
+            else teacher.encode_images(candidates.images)
+        prototypes = teacher.class_prototypes(classes, captions)
+        logits = teacher.zero_shot_logits(embeddings, prototypes)
+        kept = select_confident(logits.softmax(1), candidates.intended, cfg, rng)
+        clean_images, clean_labels = candidates.images[kept], candidates.intended[kept]
+    with _timed(seconds, "augment"):
+        spectrum = amplitude_spectrum(clean_images)
+        aug_images, sources, codes = augment(clean_images, cfg.augment, spectrum, rng)
+    with _timed(seconds, "teacher_augmented"):
+        aug_embeddings = teacher.encode_images(aug_images) if len(aug_images) else embeddings[:0]
+        aug_logits = teacher.zero_shot_logits(aug_embeddings, prototypes)
+
+    arrays = {
+        "images": np.concatenate([clean_images, aug_images]),
+        "labels": np.concatenate([clean_labels, clean_labels[sources]]).astype(np.int64),
+        "augmentation": np.concatenate([np.zeros(len(kept), np.int64), codes]),
+        "source_index": np.concatenate([np.arange(len(kept)), sources]).astype(np.int64),
+        "teacher_logits": torch.cat([logits[kept], aug_logits]).numpy().astype(np.float32),
+        "teacher_embeddings": torch.cat([embeddings[kept], aug_embeddings]).numpy().astype(np.float32),
+        "prototypes": prototypes.numpy().astype(np.float32),
+        "spectrum_dct": spectrum.dct,
+        "spectrum_fft": spectrum.fft,
+    }
+    manifest: dict[str, Any] = {
+        "config": cfg.model_dump(mode="json", exclude={"data_dir"}),
+        "stage_versions": STAGE_VERSIONS,
+        "library_versions": _versions(),
+        "classes": classes,
+        "augmentation_codes": list(AUGMENTATIONS),
+        "teacher": {"id": teacher.id, "label": teacher.label, "is_reference": teacher.is_reference,
+                    "logit_scale": teacher.logit_scale, "embed_dim": teacher.embed_dim},
+        "sources": {"captions": f"{cfg.captions.backend} ({cfg.captions.per_class} per class)",
+                    "images": candidates.source},
+        "counts": {
+            "candidates": int(len(candidates.intended)),
+            "clean_per_class": np.bincount(clean_labels, minlength=len(classes)).tolist(),
+            "augmented_by_kind": {k: int((codes == i).sum()) for i, k in enumerate(AUGMENTATIONS) if i},
+            "total": int(len(arrays["labels"])),
+        },
+        "captions": {classes[c]: caps for c, caps in captions.items()},
+        "client_data_used": False,
+    }
+    with _timed(seconds, "write"):
+        out_root.mkdir(parents=True, exist_ok=True)
+        path = write_artifact(out_root, content_hash, arrays, manifest, seconds)
+    (path / "build.json").write_text(json.dumps({"seconds": seconds}, indent=2) + "\n")
+    return BuildResult(load_artifact(path), False, seconds)

@@ -1,0 +1,78 @@
+"""Where the ServerApp gets its server dataset: a local build (default) or the service at
+``synth-url``, cached by content hash either way.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+import httpx
+
+from clipfed.data.cifar import cache_dir
+from clipfed.data_synth.artifact import ServerDataset, artifact_name, load_artifact, unpack_artifact
+from clipfed.data_synth.config import ImageConfig, PoolConfig, SynthConfig
+from clipfed.data_synth.pipeline import build_server_dataset
+from clipfed.teacher import TeacherSpec
+
+if TYPE_CHECKING:
+    from clipfed.config import RunConfig
+
+
+def default_store() -> Path:
+    return cache_dir() / "synth"
+
+
+def fetch_artifact(url: str, cfg: SynthConfig, store: Path, timeout: float = 3600.0,
+                   poll_seconds: float = 1.0) -> ServerDataset:
+    """Ask the service to build ``cfg``, wait, download, verify and cache the artifact."""
+    key = cfg.content_hash()
+    local = store / artifact_name(key)
+    if local.exists():
+        return load_artifact(local)
+    base = url.rstrip("/")
+    with httpx.Client(timeout=60.0) as client:
+        status = client.post(f"{base}/builds", json=cfg.model_dump(mode="json")).raise_for_status().json()
+        deadline = time.monotonic() + timeout
+        while status["status"] in ("queued", "running"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"synthesis service {base}: build {key[:16]} not done after {timeout:.0f} s")
+            time.sleep(poll_seconds)
+            status = client.get(f"{base}/builds/{key}").raise_for_status().json()
+        if status["status"] != "done":
+            raise RuntimeError(f"synthesis service {base}: build {key[:16]} failed: {status.get('error')}")
+        blob = client.get(f"{base}/artifacts/{key}").raise_for_status().content
+    store.mkdir(parents=True, exist_ok=True)
+    return load_artifact(unpack_artifact(blob, store, key))
+
+
+def obtain_server_dataset(cfg: SynthConfig, synth_url: str = "", store: Path | None = None) -> ServerDataset:
+    """The artifact for ``cfg``: from the local cache, the service, or a local build."""
+    store = store or default_store()
+    if synth_url:
+        return fetch_artifact(synth_url, cfg, store)
+    return build_server_dataset(cfg, store).dataset
+
+
+def synth_config_for(run: RunConfig) -> SynthConfig:
+    """The server dataset recipe of a run: ``synth-config`` if given, else the defaults, with the
+    run's teacher keys. A public-pool source must use the run's own split (seed and pool fraction),
+    or the 'public' pool could contain client samples: that is refused."""
+    teacher = TeacherSpec(backend=run.teacher, model=run.teacher_model,
+                          pretrained=run.teacher_pretrained, checkpoint=run.teacher_checkpoint)
+    if run.synth_config:
+        cfg = SynthConfig.from_file(run.synth_config)
+        cfg = cfg.model_copy(update={"data_dir": cfg.data_dir or run.data_dir})
+    else:
+        pool = PoolConfig(public_pool_fraction=run.public_pool_fraction)
+        cfg = SynthConfig(seed=run.seed, data_dir=run.data_dir, images=ImageConfig(pool=pool), teacher=teacher)
+    if cfg.images.backend == "pool" and cfg.images.pool.source == "public-pool" and (
+        cfg.seed != run.seed or cfg.images.pool.public_pool_fraction != run.public_pool_fraction
+    ):
+        raise ValueError(
+            f"synth-config draws the public pool with seed={cfg.seed}, fraction="
+            f"{cfg.images.pool.public_pool_fraction}, but the run splits with seed={run.seed}, "
+            f"public-pool-fraction={run.public_pool_fraction}: the pool would overlap client data")
+    return cfg
