@@ -86,9 +86,8 @@ def cmd_run(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int
     except ConfigError as err:
         print(f"clipfed: {err}", file=sys.stderr)
         return 2
-    run_dir = run_experiment(cfg, args.num_supernodes, args.cpus_per_client, args.timeout)
-    print(results_table([load_result(run_dir)]))
-    return 0
+    run_experiment(cfg, args.num_supernodes, args.cpus_per_client, args.timeout)
+    return 0  # the ServerApp printed the progress lines and the table
 
 
 def cmd_table(args: argparse.Namespace) -> int:

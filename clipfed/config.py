@@ -78,6 +78,23 @@ class RunConfig(BaseModel):
     synth_config: str = Field("", alias="synth-config")
     synth_url: str = Field("", alias="synth-url")
 
+    # CLIP-Fed (defense=clipfed; METHOD.md parts 3-4)
+    clipfed_pre: bool = Field(True, alias="clipfed-pre")
+    clipfed_post: bool = Field(True, alias="clipfed-post")
+    clipfed_signals: str = Field("proto,sybil", alias="clipfed-signals")
+    clipfed_z_threshold: float = Field(1.5, gt=0.0, alias="clipfed-z-threshold")
+    clipfed_probe_size: int = Field(500, ge=10, alias="clipfed-probe-size")
+    clipfed_clip_norm: bool = Field(True, alias="clipfed-clip-norm")
+    clipfed_post_steps: int = Field(60, ge=0, alias="clipfed-post-steps")
+    clipfed_post_lr: float = Field(0.01, gt=0.0, alias="clipfed-post-lr")
+    clipfed_post_batch: int = Field(128, ge=1, alias="clipfed-post-batch")
+    clipfed_augmented: bool = Field(True, alias="clipfed-augmented")
+    clipfed_lambda_kl: float = Field(1.0, ge=0.0, alias="clipfed-lambda-kl")
+    clipfed_lambda_pc: float = Field(0.5, ge=0.0, alias="clipfed-lambda-pc")
+    clipfed_lambda_ce: float = Field(0.0, ge=0.0, alias="clipfed-lambda-ce")
+    clipfed_kd_temperature: float = Field(2.0, gt=0.0, alias="clipfed-kd-temperature")
+    clipfed_pc_temperature: float = Field(0.1, gt=0.0, alias="clipfed-pc-temperature")
+
     # Defense and evaluation
     defense: str = "fedavg"
     eval_batch_size: int = Field(1000, ge=1, alias="eval-batch-size")
@@ -102,6 +119,18 @@ class RunConfig(BaseModel):
         from clipfed.defense import list_defenses  # late: defense modules import this module
 
         return _one_of(value, list_defenses())
+
+    @field_validator("clipfed_signals")
+    @classmethod
+    def _known_signals(cls, value: str) -> str:
+        from clipfed.defense.scoring import SIGNALS
+
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        unknown = [n for n in names if n not in SIGNALS]
+        if unknown or not names:
+            raise ValueError(f"unknown signal(s) {unknown or value!r}; allowed: a comma list of "
+                             f"{', '.join(SIGNALS)}")
+        return ",".join(names)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

@@ -149,6 +149,7 @@ class RunRecorder:
             "server_seconds": report.server_seconds,
             "eval_seconds": eval_seconds,
             "round_seconds": now - self.last_round_end,
+            "defense": report.details,
         }
         self.last_round_end = now
         self.payload["rounds"].append(entry)

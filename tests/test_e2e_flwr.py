@@ -55,3 +55,16 @@ def test_cli_refuses_bad_config_before_starting(capsys: pytest.CaptureFixture[st
     assert main(["run", "-c", "partition='shards' lr=-1"]) == 2
     err = capsys.readouterr().err
     assert "partition" in err and "'iid' or 'dirichlet'" in err and "lr" in err and "greater than 0" in err
+
+
+@pytest.mark.timeout(900)
+def test_flwr_run_with_clipfed_completes(fake_data_dir: Path, tmp_path: Path) -> None:
+    config = {**tiny_config(fake_data_dir, tmp_path, "clipfed"), "defense": "clipfed",
+              "public-pool-fraction": 0.5, "clipfed-post-steps": 5, "clipfed-probe-size": 50}
+    outcome = flwr_run(app_dir(), config, num_supernodes=3, timeout=600, flwr_home=tmp_path / "home")
+    assert outcome.status == COMPLETED
+    result = load_result(tmp_path / "clipfed")
+    assert result["status"] == "completed" and result["server_data"]["reference_teacher"]
+    last = result["rounds"][-1]
+    assert {"scores", "post_seconds", "post_loss"} <= set(last["defense"])
+    assert last["defense"]["scores"]["partition"] == [0, 1, 2]

@@ -111,6 +111,10 @@ def build_server_dataset(cfg: SynthConfig, out_root: Path, teacher: Teacher | No
         prototypes = teacher.class_prototypes(classes, captions)
         logits = teacher.zero_shot_logits(embeddings, prototypes)
         kept = select_confident(logits.softmax(1), candidates.intended, cfg, rng)
+        if len(kept) == 0:
+            raise ValueError(
+                f"no candidate image passed the teacher filter (filter.threshold={cfg.filter.threshold}, "
+                f"teacher {teacher.label}): lower the threshold or use a stronger teacher")
         clean_images, clean_labels = candidates.images[kept], candidates.intended[kept]
     with _timed(seconds, "augment"):
         spectrum = amplitude_spectrum(clean_images)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from clipfed.defense.registry import DEFENSES, create_defense, list_defenses
 
+from clipfed.defense import clipfed as _clipfed  # noqa: F401  (registers "clipfed", "teacher-only")
 from clipfed.defense import fedavg as _fedavg  # noqa: F401  (registers "fedavg")
 
 __all__ = ["DEFENSES", "create_defense", "list_defenses"]

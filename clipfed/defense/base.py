@@ -41,6 +41,7 @@ class AggregationReport:
     excluded: list[int] = field(default_factory=list)
     rejected: list[dict[str, object]] = field(default_factory=list)
     server_seconds: float = 0.0
+    details: dict[str, object] = field(default_factory=dict)  # defense-specific: scores, timings
 
     def detection(self) -> dict[str, int]:
         """Confusion counts of 'excluded' against 'reported malicious this round'."""
@@ -131,6 +132,7 @@ class DefenseStrategy(FedAvg):
             min_train_nodes=1,
         )
         self.cfg = cfg
+        self.details: dict[str, object] = {}  # the current round's report details, for subclasses
         self.sampler = sampler or PartitionSampler(cfg)
         self.on_report = on_report
         self.last_report: AggregationReport | None = None
@@ -171,6 +173,7 @@ class DefenseStrategy(FedAvg):
                             if int(m.content["metrics"].get("is-malicious", 0))]
 
         arrays, metrics = None, None
+        self.details = report.details
         kept = self.select(server_round, valid) if valid else []
         kept_ids = {partition_id(m) for m in kept}
         report.excluded = [p for p in report.participants if p not in kept_ids]

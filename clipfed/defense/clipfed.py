@@ -1,0 +1,204 @@
+"""CLIP-Fed (Gai et al. 2025): teacher-guided filtering before, and CLIP alignment after, FedAvg.
+
+Pre-aggregation (``select``): score every update on the server dataset with the signals of
+``clipfed.defense.scoring``, combine their robust z-scores, exclude clients above
+``clipfed-z-threshold`` (never more than half), then clip the kept updates to their median norm.
+Post-aggregation (``combine``): fine-tune the aggregate on the server dataset (clean and
+trigger-like copies, all with clean labels) with
+
+    lambda_kl * T^2 * KL(softmax(z_teacher / T) || softmax(z_model / T))
+  + lambda_pc * CE(normalize(P f(x)) @ prototypes^T / tau, y)   (+ lambda_ce * CE(z_model, y))
+
+where ``f`` are the model's penultimate features and ``P`` a projection head into the teacher's
+embedding space that lives on the server and persists across rounds. Teacher logits and
+prototypes come from the server-dataset artifact: computed once, never recomputed here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+
+from clipfed.defense.base import DefenseStrategy, partition_id
+from clipfed.defense.registry import DEFENSES
+from clipfed.defense.scoring import Probe, combine, score_clients, view
+from clipfed.defense.updates import flatten, float_keys, unflatten
+from clipfed.models import create_model
+from clipfed.training import to_tensor
+
+if TYPE_CHECKING:
+    from clipfed.config import RunConfig
+    from clipfed.data_synth import ServerDataset
+    from clipfed.defense.base import AggregationReport, PartitionSampler
+
+_PROBE_STREAM, _POST_STREAM = 11, 12
+
+
+def build_probe(data: ServerDataset, size: int, num_classes: int, seed: int) -> Probe:
+    """A class-balanced set of clean server images and every trigger-like copy of them."""
+    rng = np.random.default_rng([seed, _PROBE_STREAM])
+    clean_rows = np.flatnonzero(data.clean)
+    per_class = max(1, size // num_classes)
+    chosen = np.sort(np.concatenate([
+        rng.choice(rows, size=min(per_class, len(rows)), replace=False)
+        for c in range(num_classes) if len(rows := clean_rows[data.labels[clean_rows] == c])
+    ]))
+    source = data.arrays["source_index"]  # a copy's clean image, as a position among clean rows
+    probe_position = {int(row): i for i, row in enumerate(chosen)}
+    keep = [r for r in np.flatnonzero(~data.clean) if int(clean_rows[source[r]]) in probe_position]
+    sources = [probe_position[int(clean_rows[source[r]])] for r in keep]
+    return Probe(
+        clean_x=to_tensor(data.images[chosen]),
+        clean_y=torch.from_numpy(data.labels[chosen]),
+        teacher_logits=torch.from_numpy(data.arrays["teacher_logits"][chosen]),
+        augmented_x=to_tensor(data.images[keep]) if keep else to_tensor(data.images[chosen][:0]),
+        augmented_y=torch.from_numpy(data.labels[keep]),
+        augmented_source=torch.as_tensor(sources, dtype=torch.long),
+        num_classes=num_classes,
+    )
+
+
+@DEFENSES.register("clipfed", "CLIP-Fed: teacher-guided pre-aggregation filter + CLIP alignment")
+class ClipFedDefense(DefenseStrategy):
+    needs_server_data = True
+
+    def __init__(self, cfg: RunConfig, server_data: ServerDataset,
+                 sampler: PartitionSampler | None = None,
+                 on_report: Callable[[AggregationReport], None] | None = None) -> None:
+        super().__init__(cfg, sampler=sampler, on_report=on_report)
+        self.signals = cfg.clipfed_signals.split(",")
+        self.model = create_model(cfg.model, cfg.num_classes)
+        self.probe = build_probe(server_data, cfg.clipfed_probe_size, cfg.num_classes, cfg.seed)
+        rows = np.arange(len(server_data.labels)) if cfg.clipfed_augmented else np.flatnonzero(server_data.clean)
+        self.train_x = to_tensor(server_data.images[rows])
+        self.train_y = torch.from_numpy(server_data.labels[rows])
+        self.teacher_logits = torch.from_numpy(server_data.arrays["teacher_logits"][rows])
+        self.prototypes = torch.from_numpy(server_data.arrays["prototypes"])
+        torch.manual_seed(cfg.seed)
+        self.projector = torch.nn.Linear(self.model.feature_dim, self.prototypes.shape[1])
+        self.global_arrays: ArrayRecord | None = None
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.global_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+    # -- pre-aggregation -------------------------------------------------------------------
+    def _load(self, arrays: ArrayRecord) -> torch.nn.Module:
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        return self.model
+
+    def select(self, server_round: int, replies: list[Message]) -> list[Message]:
+        if not self.cfg.clipfed_pre or len(replies) < 3 or self.global_arrays is None:
+            return replies
+        started = time.perf_counter()
+        keys = float_keys(self.global_arrays)
+        base = flatten(self.global_arrays, keys)
+        updates = torch.stack([flatten(m.content["arrays"], keys) - base for m in replies])
+        global_view = view(self._load(self.global_arrays), self.probe)
+        views = [view(self._load(m.content["arrays"]), self.probe) for m in replies]
+        scores = score_clients(self.signals, views, global_view, self.probe, updates)
+        combined = combine(scores)
+        limit = (len(replies) - 1) // 2  # never exclude a majority
+        order = torch.argsort(combined, descending=True)
+        flagged = {int(i) for i in order[:limit] if combined[i] > self.cfg.clipfed_z_threshold}
+        pids = [partition_id(m) for m in replies]
+        self.details["scores"] = {
+            "partition": pids,
+            "combined": [round(float(v), 4) for v in combined],
+            **{name: [round(float(v), 4) for v in values] for name, values in scores.items()},
+        }
+        self.details["pre_seconds"] = round(time.perf_counter() - started, 4)
+        return [m for i, m in enumerate(replies) if i not in flagged]
+
+    # -- aggregation + post-aggregation -----------------------------------------------------
+    def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+        started = time.perf_counter()
+        if not self.cfg.clipfed_clip_norm or self.global_arrays is None:
+            aggregate = super().combine(server_round, replies)
+        else:
+            keys = float_keys(self.global_arrays)
+            base = flatten(self.global_arrays, keys)
+            updates = torch.stack([flatten(m.content["arrays"], keys) - base for m in replies])
+            norms = updates.norm(dim=1)
+            bound = norms.quantile(0.5)  # the true median (torch.median takes the lower middle)
+            clipped = updates * (bound / norms.clamp_min(1e-12)).clamp(max=1.0).unsqueeze(1)
+            weights = torch.tensor([float(m.content["metrics"]["num-examples"]) for m in replies])
+            mean_update = (clipped * (weights / weights.sum()).unsqueeze(1)).sum(0)
+            self.details["clip_bound"] = round(float(bound), 4)
+            averaged = super().combine(server_round, replies)  # for non-float buffers
+            aggregate = unflatten(base + mean_update, averaged, keys)
+        self.details["aggregate_seconds"] = round(time.perf_counter() - started, 4)
+        if self.cfg.clipfed_post and self.cfg.clipfed_post_steps > 0:
+            aggregate = self.post_align(server_round, aggregate)
+        return aggregate
+
+    def post_align(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        """A few SGD steps aligning the model with the teacher on the server dataset."""
+        started = time.perf_counter()
+        cfg = self.cfg
+        model = self._load(arrays)
+        model.train()
+        params = list(model.parameters()) + list(self.projector.parameters())
+        optimizer = torch.optim.SGD(params, lr=cfg.clipfed_post_lr, momentum=0.9, weight_decay=5e-4)
+        generator = torch.Generator().manual_seed(int(np.random.default_rng(
+            [cfg.seed, _POST_STREAM, server_round]).integers(2**62)))
+        temperature = cfg.clipfed_kd_temperature
+        totals = {"kl": 0.0, "pc": 0.0, "ce": 0.0}
+        for _ in range(cfg.clipfed_post_steps):
+            idx = torch.randint(len(self.train_y), (cfg.clipfed_post_batch,), generator=generator)
+            features = model.features(self.train_x[idx])
+            logits = model.head(features)
+            losses = {}
+            if cfg.clipfed_lambda_kl:
+                losses["kl"] = cfg.clipfed_lambda_kl * temperature**2 * F.kl_div(
+                    F.log_softmax(logits / temperature, 1),
+                    F.softmax(self.teacher_logits[idx] / temperature, 1), reduction="batchmean")
+            if cfg.clipfed_lambda_pc:
+                projected = F.normalize(self.projector(features), dim=1)
+                losses["pc"] = cfg.clipfed_lambda_pc * F.cross_entropy(
+                    projected @ self.prototypes.T / cfg.clipfed_pc_temperature, self.train_y[idx])
+            if cfg.clipfed_lambda_ce:
+                losses["ce"] = cfg.clipfed_lambda_ce * F.cross_entropy(logits, self.train_y[idx])
+            if not losses:
+                break
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[union-attr]
+            optimizer.step()
+            for name, value in losses.items():
+                totals[name] += value.item() / cfg.clipfed_post_steps
+        self.details["post_loss"] = {k: round(v, 4) for k, v in totals.items()}
+        self.details["post_seconds"] = round(time.perf_counter() - started, 4)
+        return ArrayRecord(model.state_dict())
+
+
+@DEFENSES.register("teacher-only", "no clients: the server distils the teacher on its own dataset")
+class TeacherOnlyDefense(ClipFedDefense):
+    """The control row of every efficacy table: what the teacher alone gives the global model."""
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.global_arrays = arrays
+        return []
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        from clipfed.defense.base import AggregationReport
+
+        started = time.perf_counter()
+        report = AggregationReport(server_round)
+        self.details = report.details
+        assert self.global_arrays is not None
+        arrays = self.post_align(server_round, self.global_arrays)
+        report.server_seconds = time.perf_counter() - started
+        if self.on_report is not None:
+            self.on_report(report)
+        return arrays, MetricRecord({"num-kept": 0})

@@ -1,0 +1,38 @@
+"""Model updates as flat float vectors, for geometry, clipping and robust aggregation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+
+def float_keys(arrays: ArrayRecord) -> list[str]:
+    """The trainable-like entries (floating point); integer buffers are not updates."""
+    return [k for k, v in arrays.items() if np.issubdtype(np.dtype(v.dtype), np.floating)]
+
+
+def flatten(arrays: ArrayRecord, keys: list[str]) -> torch.Tensor:
+    return torch.cat([torch.from_numpy(np.asarray(arrays[k].numpy(), dtype=np.float32)).reshape(-1) for k in keys])
+
+
+def unflatten(vector: torch.Tensor, like: ArrayRecord, keys: list[str]) -> ArrayRecord:
+    """``like`` with its ``keys`` entries replaced by slices of ``vector`` (others copied)."""
+    out: dict[str, Array] = {}
+    offset = 0
+    replaced = set(keys)
+    for key, value in like.items():
+        array = value.numpy()
+        if key in replaced:
+            size = array.size
+            array = vector[offset : offset + size].reshape(array.shape).numpy().astype(array.dtype)
+            offset += size
+        out[key] = Array(np.ascontiguousarray(array))
+    return ArrayRecord(out)
+
+
+def robust_z(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """(x - median) / (1.4826 * MAD) along ``dim``; a zero MAD is treated as a tiny spread."""
+    median = values.median(dim=dim, keepdim=True).values
+    mad = (values - median).abs().median(dim=dim, keepdim=True).values
+    return (values - median) / (1.4826 * mad).clamp_min(1e-6 * (1 + median.abs()))

@@ -1,0 +1,151 @@
+"""CLIP-Fed: scoring flags backdoored updates, post-alignment removes a backdoor, mock replies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipfed.attacks import create_attack
+from clipfed.config import RunConfig
+from clipfed.data import load_cifar10, public_pool_indices
+from clipfed.data_synth import SynthConfig, build_server_dataset
+from clipfed.data_synth.config import FilterConfig, ImageConfig, PoolConfig
+from clipfed.defense import create_defense
+from clipfed.defense.base import AggregationReport
+from clipfed.evaluation import BackdoorEvaluator
+from clipfed.models import create_model
+from clipfed.teacher import TeacherSpec
+from clipfed.training import train_local
+
+from conftest import SHARED_ASSETS
+from flower_mocks import arrays_of, server_identity, train_reply  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("server_identity")
+
+
+@pytest.fixture(scope="module")
+def server_data(fake_data_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    cfg = SynthConfig(data_dir=str(fake_data_dir), images=ImageConfig(pool=PoolConfig(public_pool_fraction=0.5)),
+                      teacher=TeacherSpec(backend="reference", reference_epochs=25),
+                      filter=FilterConfig(threshold=0.2), threads=1)
+    return build_server_dataset(cfg, tmp_path_factory.mktemp("synth")).dataset
+
+
+def run_cfg(data_dir: Path, **overrides: object) -> RunConfig:
+    return RunConfig.from_flower({"defense": "clipfed", "num-clients": 8, "num-malicious": 2,
+                                  "data-dir": str(data_dir), "public-pool-fraction": 0.5,
+                                  "poison-rate": 0.6, "patch-size": 6, **overrides})
+
+
+def train_copy(initial: dict, images: np.ndarray, labels: np.ndarray, seed: int, epochs: int = 3) -> dict:
+    model = create_model("cnn", 10)
+    model.load_state_dict(initial)
+    train_local(model, images, labels, epochs=epochs, batch_size=16, lr=0.02, momentum=0.9,
+                weight_decay=0.0, generator=torch.Generator().manual_seed(seed))
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def state_of(arrays) -> dict:  # type: ignore[no-untyped-def]
+    return {k: torch.from_numpy(v.numpy().copy()) for k, v in arrays.items()}
+
+
+@pytest.fixture(scope="module")
+def real_setup(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Real CIFAR-10: a server dataset from the seed-0 public pool and a briefly pre-trained model."""
+    if not (SHARED_ASSETS / "cifar10").exists():
+        pytest.skip("needs the offline CIFAR-10 in shared/assets")
+    cfg = SynthConfig(data_dir=str(SHARED_ASSETS), teacher=TeacherSpec(backend="reference", reference_epochs=5),
+                      filter=FilterConfig(threshold=0.1), threads=2)
+    data = build_server_dataset(cfg, tmp_path_factory.mktemp("synth-real")).dataset
+    train, _ = load_cifar10(str(SHARED_ASSETS))
+    pool = public_pool_indices(train.labels, 0, 0.1)
+    torch.manual_seed(0)
+    initial = train_copy(create_model("cnn", 10).state_dict(), np.asarray(train.images[pool]),
+                         train.labels[pool], seed=0, epochs=2)
+    return data, train, {k: torch.from_numpy(v) for k, v in initial.items()}
+
+
+def test_scoring_flags_backdoored_models_among_benign_ones(real_setup) -> None:  # type: ignore[no-untyped-def]
+    server_data, train, initial = real_setup
+    cfg = RunConfig.from_flower({"defense": "clipfed", "num-clients": 8, "num-malicious": 2,
+                                 "poison-rate": 0.5, "data-dir": str(SHARED_ASSETS)})
+    attack = create_attack(cfg)
+    rng = np.random.default_rng(0)
+    replies = []
+    for pid in range(8):
+        classes = rng.choice(10, size=4, replace=False)  # label-skewed shards, as under Non-IID
+        rows = rng.choice(np.flatnonzero(np.isin(train.labels, classes)), size=600, replace=False)
+        images, labels = np.asarray(train.images[rows]), train.labels[rows]
+        malicious = pid in (2, 6)
+        if malicious:
+            poisoned = attack.poison(images, labels, rng)
+            images, labels = poisoned.images, poisoned.labels
+        replies.append(train_reply(100 + pid, pid, train_copy(initial, images, labels, seed=pid, epochs=2),
+                                   600, malicious))
+    reports: list[AggregationReport] = []
+    strategy = create_defense(cfg, server_data=server_data, on_report=reports.append)
+    strategy.global_arrays = arrays_of({k: v.numpy() for k, v in initial.items()})
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    report = reports[0]
+    scores = report.details["scores"]
+    assert arrays is not None and metrics is not None
+    assert set(report.excluded) == {2, 6}, scores
+    assert report.detection() == {"tp": 2, "fp": 0, "fn": 0, "tn": 6}
+    assert set(scores) >= {"partition", "combined", "proto", "sybil"}
+    assert {"pre_seconds", "post_seconds", "post_loss", "clip_bound"} <= set(report.details)
+
+
+def test_post_alignment_lowers_the_asr_of_a_backdoored_model(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
+    cfg = run_cfg(fake_data_dir, **{"clipfed-pre": False, "clipfed-post-steps": 150,
+                                    "clipfed-post-lr": 0.02})
+    train, test = load_cifar10(str(fake_data_dir))
+    attack = create_attack(cfg)
+    poisoned = attack.poison(np.asarray(train.images), train.labels, np.random.default_rng(0))
+    torch.manual_seed(0)
+    backdoored = train_copy(create_model("cnn", 10).state_dict(), poisoned.images, poisoned.labels,
+                            seed=0, epochs=8)
+    evaluator = BackdoorEvaluator(test, attack)
+    model = create_model("cnn", 10)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in backdoored.items()})
+    before = evaluator(model)
+    assert before.asr > 0.8, "the backdoor did not take; the test would prove nothing"
+
+    strategy = create_defense(cfg, server_data=server_data)
+    aligned = strategy.post_align(1, arrays_of(backdoored))
+    model.load_state_dict(state_of(aligned))
+    after = evaluator(model)
+    assert after.asr < before.asr - 0.3, (before, after)
+    assert after.ma >= before.ma - 0.2
+
+
+def test_clipfed_aggregates_mock_replies_and_clips_to_the_median_norm(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
+    cfg = run_cfg(fake_data_dir, **{"clipfed-pre": False, "clipfed-post": False})
+    torch.manual_seed(0)
+    base = {k: v.numpy() for k, v in create_model("cnn", 10).state_dict().items()}
+    scales = [1.0, 2.0, 3.0, 100.0]
+    direction = {k: np.ones_like(v) for k, v in base.items()}
+    replies = [train_reply(10 + i, i, {k: base[k] + s * direction[k] for k in base}, 10)
+               for i, s in enumerate(scales)]
+    strategy = create_defense(cfg, server_data=server_data)
+    strategy.global_arrays = arrays_of(base)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    # median norm is that of scale 2.5; updates are clipped to it, then averaged
+    expected = np.mean([min(s, 2.5) for s in scales])
+    key = next(iter(base))
+    np.testing.assert_allclose(arrays[key].numpy() - base[key], expected * direction[key], rtol=1e-3)
+
+
+def test_teacher_only_trains_without_clients(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
+    cfg = run_cfg(fake_data_dir, defense="teacher-only", **{"clipfed-post-steps": 5})
+    strategy = create_defense(cfg, server_data=server_data)
+    torch.manual_seed(0)
+    initial = arrays_of({k: v.numpy() for k, v in create_model("cnn", 10).state_dict().items()})
+    assert list(strategy.configure_train(1, initial, __import__("flwr").app.ConfigRecord(), None)) == []
+    arrays, _ = strategy.aggregate_train(1, [])
+    assert arrays is not None
+    key = next(iter(arrays.keys()))
+    assert not np.array_equal(arrays[key].numpy(), initial[key].numpy())
