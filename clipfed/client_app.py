@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clipfed.attacks import create_attack
@@ -33,6 +33,7 @@ class NodeRole:
 
     partition_id: int
     malicious: bool
+    malicious_rank: int = 0  # which part of a distributed trigger (DBA) this attacker stamps
 
     @classmethod
     def from_context(cls, context: Context, cfg: RunConfig) -> NodeRole:
@@ -50,8 +51,10 @@ class NodeRole:
         role = str(node.get("role", ""))
         if role and role not in ROLES:
             raise ValueError(f"node config role={role!r}; allowed: {', '.join(ROLES)}")
-        malicious = role == "malicious" if role else pid in malicious_clients(cfg)
-        return cls(pid, malicious)
+        attackers = sorted(malicious_clients(cfg))
+        malicious = role == "malicious" if role else pid in attackers
+        rank = int(node.get("malicious-rank", attackers.index(pid) if pid in attackers else 0))
+        return cls(pid, malicious, rank)
 
 
 def _threads(context: Context) -> int:
@@ -81,7 +84,7 @@ def train(msg: Message, context: Context) -> Message:
     poisoned = 0
     if attacking:
         rng = np.random.default_rng([cfg.seed, _TRAIN_STREAM, server_round, role.partition_id])
-        result = attack.poison(images, labels, rng)
+        result = attack.poison(images, labels, rng, role.malicious_rank)
         images, labels, poisoned = result.images, result.labels, int(result.poisoned.sum())
 
     model = create_model(cfg.model, cfg.num_classes)
@@ -96,6 +99,13 @@ def train(msg: Message, context: Context) -> Message:
         epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
         momentum=cfg.momentum, weight_decay=cfg.weight_decay, generator=generator,
     )
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    if attacking:
+        global_state = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        memory_record = context.state.get("attack-memory", ArrayRecord())
+        memory = {k: v.numpy() for k, v in memory_record.items()}
+        state = attack.craft_update(global_state, state, memory)
+        context.state["attack-memory"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in memory.items()})
     metrics = MetricRecord({
         "num-examples": len(labels),
         "train-loss": loss,
@@ -103,4 +113,5 @@ def train(msg: Message, context: Context) -> Message:
         "is-malicious": int(attacking),
         "poisoned-examples": poisoned,
     })
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)

@@ -69,6 +69,13 @@ class RunConfig(BaseModel):
     )
     blend_alpha: float = Field(0.2, gt=0.0, lt=1.0, alias="blend-alpha")
     blend_pattern: Literal["noise", "stripes"] = Field("noise", alias="blend-pattern")
+    dba_parts: int = Field(4, ge=1, le=16, alias="dba-parts")
+    freq_psnr: float = Field(32.0, ge=20.0, alias="freq-psnr")
+    freq_band_low: float = Field(0.35, ge=0.0, lt=1.0, alias="freq-band-low")
+    freq_band_high: float = Field(0.75, gt=0.0, le=1.0, alias="freq-band-high")
+    flip_source: int = Field(-1, ge=-1, alias="flip-source")
+    boost_factor: float = Field(5.0, gt=0.0, alias="boost-factor")
+    neurotoxin_keep: float = Field(0.9, gt=0.0, le=1.0, alias="neurotoxin-keep")
 
     # Teacher and server dataset (used by defenses that need them; see clipfed/data_synth)
     teacher: Literal["reference", "openclip"] = "reference"
@@ -94,6 +101,18 @@ class RunConfig(BaseModel):
     clipfed_lambda_ce: float = Field(0.0, ge=0.0, alias="clipfed-lambda-ce")
     clipfed_kd_temperature: float = Field(2.0, gt=0.0, alias="clipfed-kd-temperature")
     clipfed_pc_temperature: float = Field(0.1, gt=0.0, alias="clipfed-pc-temperature")
+
+    # Baseline defenses (clipfed list; each module documents its keys)
+    krum_f: int = Field(-1, ge=-1, alias="krum-f")
+    multikrum_m: int = Field(-1, ge=-1, alias="multikrum-m")
+    trim_beta: float = Field(0.2, ge=0.0, lt=0.5, alias="trim-beta")
+    flame_noise: float = Field(0.001, ge=0.0, alias="flame-noise")
+    fltrust_root_size: int = Field(500, ge=1, alias="fltrust-root-size")
+    rlr_threshold: int = Field(4, ge=1, alias="rlr-threshold")
+    clip_norm: float = Field(2.0, gt=0.0, alias="clip-norm")
+    dp_noise: float = Field(0.002, ge=0.0, alias="dp-noise")
+    crfl_clip: float = Field(50.0, gt=0.0, alias="crfl-clip")
+    crfl_noise: float = Field(0.001, ge=0.0, alias="crfl-noise")
 
     # Defense and evaluation
     defense: str = "fedavg"

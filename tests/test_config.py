@@ -23,8 +23,8 @@ def test_pyproject_has_no_legacy_federations_section() -> None:
     [
         ({"partition": "pathological"}, ["partition", "'iid' or 'dirichlet'", "pathological"]),
         ({"dataset": "mnist"}, ["dataset", "'cifar10' or 'cifar10-lt'"]),
-        ({"defense": "krumm"}, ["defense", "unknown value 'krumm'", "allowed: clipfed, fedavg, teacher-only"]),
-        ({"attack": "trojan"}, ["attack", "allowed: none, badnets, blended"]),
+        ({"defense": "krumm"}, ["defense", "unknown value 'krumm'", "allowed: bulyan, clipfed, crfl, fedavg, flame"]),
+        ({"attack": "trojan"}, ["attack", "allowed: none, badnets, blended, dba, frequency"]),
         ({"model": "vgg"}, ["model", "allowed: cnn, resnet18, resnet20"]),
         ({"lr": -0.1}, ["lr", "greater than 0"]),
         ({"fraction-train": 1.5}, ["fraction-train", "less than or equal to 1"]),

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from clipfed.cli import app_dir, main
+from clipfed.defense import list_defenses
 from clipfed.launch import COMPLETED, flwr_run, local_superlink, run_status
 from clipfed.results import load_result
 
@@ -68,3 +69,14 @@ def test_flwr_run_with_clipfed_completes(fake_data_dir: Path, tmp_path: Path) ->
     last = result["rounds"][-1]
     assert {"scores", "post_seconds", "post_loss"} <= set(last["defense"])
     assert last["defense"]["scores"]["partition"] == [0, 1, 2]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("defense", [d for d in list_defenses() if d not in ("fedavg", "clipfed")])
+def test_flwr_run_completes_for_every_defense(defense: str, fake_data_dir: Path, tmp_path: Path) -> None:
+    config = {**tiny_config(fake_data_dir, tmp_path, defense), "defense": defense, "num-server-rounds": 1,
+              "public-pool-fraction": 0.5, "clipfed-post-steps": 3, "fltrust-root-size": 50,
+              "krum-f": 0}
+    outcome = flwr_run(app_dir(), config, num_supernodes=3, timeout=500, flwr_home=tmp_path / "home")
+    assert outcome.status == COMPLETED
+    assert load_result(tmp_path / defense)["status"] == "completed"

@@ -38,7 +38,20 @@ class Attack(ABC):
     def apply_trigger(self, images: np.ndarray) -> np.ndarray:
         """Triggered copies of ``images``: the full trigger, as the attacker uses it at test time."""
 
-    def poison(self, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> PoisonedData:
+    def training_trigger(self, images: np.ndarray, malicious_rank: int) -> np.ndarray:
+        """The trigger one attacker stamps while training; DBA gives each its own part."""
+        return self.apply_trigger(images)
+
+    def craft_update(self, global_state: dict[str, np.ndarray], local_state: dict[str, np.ndarray],
+                     memory: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Model-level manipulation of the trained local model (scaling, Neurotoxin); identity here.
+
+        ``memory`` persists across this client's rounds (the node's state).
+        """
+        return local_state
+
+    def poison(self, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+               malicious_rank: int = 0) -> PoisonedData:
         """Trigger and relabel ``round(poison_rate * N)`` samples whose label is not the target.
 
         Target-class samples are never chosen: relabelling them would be a no-op that only
@@ -52,6 +65,6 @@ class Attack(ABC):
         new_images = images.copy()
         new_labels = labels.copy()
         if count:
-            new_images[chosen] = self.apply_trigger(images[chosen])
+            new_images[chosen] = self.training_trigger(images[chosen], malicious_rank)
             new_labels[chosen] = self.target_label
         return PoisonedData(new_images, new_labels, poisoned)

@@ -12,6 +12,7 @@ merged); FedAvg overrides neither.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,11 +20,14 @@ from logging import INFO, WARNING
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from clipfed.defense.updates import flatten, float_keys, unflatten
 
 if TYPE_CHECKING:
     from clipfed.config import RunConfig
@@ -53,6 +57,19 @@ class AggregationReport:
             "fn": len(malicious - excluded),
             "tn": len(benign - excluded),
         }
+
+
+def detached(replies: list[Message]) -> list[Message]:
+    """Shallow copies whose ArrayRecords are new mappings: flwr's FedMedian/FedTrimmedAvg pop
+    arrays out of the replies they aggregate, and ours must stay intact for the report."""
+    clones = []
+    for msg in replies:
+        clone = copy.copy(msg)
+        content = RecordDict({key: ArrayRecord(dict(value.items())) if isinstance(value, ArrayRecord) else value
+                              for key, value in msg.content.items()})
+        clone.__dict__["_content"] = content
+        clones.append(clone)
+    return clones
 
 
 def partition_id(msg: Message) -> int:
@@ -136,10 +153,12 @@ class DefenseStrategy(FedAvg):
         self.sampler = sampler or PartitionSampler(cfg)
         self.on_report = on_report
         self.last_report: AggregationReport | None = None
+        self.global_arrays: ArrayRecord | None = None  # what this round's clients started from
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self.global_arrays = arrays
         node_ids = self.sampler.sample(grid, server_round)
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
@@ -149,9 +168,28 @@ class DefenseStrategy(FedAvg):
         """The replies to aggregate; a filtering defense overrides this. FedAvg keeps all."""
         return replies
 
-    def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
-        """Merge the kept replies; FedAvg's example-weighted mean unless overridden."""
+    def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
+        """Merge the kept replies (None: keep the previous model); FedAvg's weighted mean here."""
         return aggregate_arrayrecords([m.content for m in replies], self.weighted_by_key)
+
+    # Helpers for defenses that work on flat update vectors -----------------------------------
+    def updates(self, replies: list[Message]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(n, d) client updates relative to the global model, the flat global model, float keys."""
+        if self.global_arrays is None:
+            raise RuntimeError("no global model recorded: configure_train was not called this round")
+        keys = float_keys(self.global_arrays)
+        base = flatten(self.global_arrays, keys)
+        return torch.stack([flatten(m.content["arrays"], keys) - base for m in replies]), base, keys
+
+    def apply_update(self, update: torch.Tensor, base: torch.Tensor, keys: list[str],
+                     replies: list[Message]) -> ArrayRecord:
+        """``base + update`` as an ArrayRecord; non-float buffers get FedAvg's mean of ``replies``."""
+        averaged = aggregate_arrayrecords([m.content for m in replies], self.weighted_by_key)
+        return unflatten(base + update, averaged, keys)
+
+    def example_weights(self, replies: list[Message]) -> torch.Tensor:
+        weights = torch.tensor([float(m.content["metrics"]["num-examples"]) for m in replies])
+        return weights / weights.sum()
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -179,6 +217,7 @@ class DefenseStrategy(FedAvg):
         report.excluded = [p for p in report.participants if p not in kept_ids]
         if kept:
             arrays = self.combine(server_round, kept)
+        if arrays is not None:
             weights = np.array([float(m.content["metrics"]["num-examples"]) for m in kept])
             losses = np.array([float(m.content["metrics"]["train-loss"]) for m in kept])
             metrics = MetricRecord({
@@ -187,7 +226,7 @@ class DefenseStrategy(FedAvg):
                 "num-excluded": len(report.excluded),
             })
         else:
-            log(WARNING, "Round %d: no update to aggregate; the global model is unchanged", server_round)
+            log(WARNING, "Round %d: nothing aggregated; the global model is unchanged", server_round)
         report.server_seconds = time.perf_counter() - started
         self.last_report = report
         if self.on_report is not None:

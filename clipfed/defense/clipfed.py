@@ -29,7 +29,7 @@ from flwr.serverapp import Grid
 from clipfed.defense.base import DefenseStrategy, partition_id
 from clipfed.defense.registry import DEFENSES
 from clipfed.defense.scoring import Probe, combine, score_clients, view
-from clipfed.defense.updates import flatten, float_keys, unflatten
+from clipfed.defense.updates import clip_to_norm
 from clipfed.models import create_model
 from clipfed.training import to_tensor
 
@@ -83,12 +83,6 @@ class ClipFedDefense(DefenseStrategy):
         self.prototypes = torch.from_numpy(server_data.arrays["prototypes"])
         torch.manual_seed(cfg.seed)
         self.projector = torch.nn.Linear(self.model.feature_dim, self.prototypes.shape[1])
-        self.global_arrays: ArrayRecord | None = None
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self.global_arrays = arrays
-        return super().configure_train(server_round, arrays, config, grid)
 
     # -- pre-aggregation -------------------------------------------------------------------
     def _load(self, arrays: ArrayRecord) -> torch.nn.Module:
@@ -99,9 +93,7 @@ class ClipFedDefense(DefenseStrategy):
         if not self.cfg.clipfed_pre or len(replies) < 3 or self.global_arrays is None:
             return replies
         started = time.perf_counter()
-        keys = float_keys(self.global_arrays)
-        base = flatten(self.global_arrays, keys)
-        updates = torch.stack([flatten(m.content["arrays"], keys) - base for m in replies])
+        updates, _, _ = self.updates(replies)
         global_view = view(self._load(self.global_arrays), self.probe)
         views = [view(self._load(m.content["arrays"]), self.probe) for m in replies]
         scores = score_clients(self.signals, views, global_view, self.probe, updates)
@@ -121,20 +113,15 @@ class ClipFedDefense(DefenseStrategy):
     # -- aggregation + post-aggregation -----------------------------------------------------
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         started = time.perf_counter()
-        if not self.cfg.clipfed_clip_norm or self.global_arrays is None:
+        if not self.cfg.clipfed_clip_norm:
             aggregate = super().combine(server_round, replies)
+            assert aggregate is not None
         else:
-            keys = float_keys(self.global_arrays)
-            base = flatten(self.global_arrays, keys)
-            updates = torch.stack([flatten(m.content["arrays"], keys) - base for m in replies])
-            norms = updates.norm(dim=1)
-            bound = norms.quantile(0.5)  # the true median (torch.median takes the lower middle)
-            clipped = updates * (bound / norms.clamp_min(1e-12)).clamp(max=1.0).unsqueeze(1)
-            weights = torch.tensor([float(m.content["metrics"]["num-examples"]) for m in replies])
-            mean_update = (clipped * (weights / weights.sum()).unsqueeze(1)).sum(0)
+            updates, base, keys = self.updates(replies)
+            bound = updates.norm(dim=1).quantile(0.5)  # the true median (torch.median: lower middle)
+            mean_update = (clip_to_norm(updates, bound) * self.example_weights(replies).unsqueeze(1)).sum(0)
             self.details["clip_bound"] = round(float(bound), 4)
-            averaged = super().combine(server_round, replies)  # for non-float buffers
-            aggregate = unflatten(base + mean_update, averaged, keys)
+            aggregate = self.apply_update(mean_update, base, keys, replies)
         self.details["aggregate_seconds"] = round(time.perf_counter() - started, 4)
         if self.cfg.clipfed_post and self.cfg.clipfed_post_steps > 0:
             aggregate = self.post_align(server_round, aggregate)

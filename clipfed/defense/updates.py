@@ -36,3 +36,9 @@ def robust_z(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
     median = values.median(dim=dim, keepdim=True).values
     mad = (values - median).abs().median(dim=dim, keepdim=True).values
     return (values - median) / (1.4826 * mad).clamp_min(1e-6 * (1 + median.abs()))
+
+
+def clip_to_norm(updates: torch.Tensor, bound: torch.Tensor | float) -> torch.Tensor:
+    """Scale each row down to at most ``bound`` in L2 norm (rows below it are untouched)."""
+    norms = updates.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return updates * (torch.as_tensor(bound) / norms).clamp(max=1.0)

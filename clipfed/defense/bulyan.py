@@ -1,0 +1,31 @@
+"""Bulyan (El Mhamdi et al. 2018), computed by flwr's Bulyan: Multi-Krum selection, then a
+coordinate-wise trimmed mean around the median. Needs n >= 4f + 3 updates per round; with fewer
+the round keeps the previous model and the report says why."""
+
+from __future__ import annotations
+
+from logging import WARNING
+
+from flwr.app import ArrayRecord, Message
+from flwr.common.logger import log
+from flwr.serverapp.strategy import Bulyan
+from flwr.serverapp.strategy.multikrum import select_multikrum
+
+from clipfed.defense.base import DefenseStrategy, detached
+from clipfed.defense.registry import DEFENSES
+
+
+@DEFENSES.register("bulyan", "Bulyan: Multi-Krum then trimmed mean around the median (krum-f)")
+class BulyanDefense(DefenseStrategy):
+    def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
+        f = self.cfg.num_malicious if self.cfg.krum_f < 0 else self.cfg.krum_f
+        if len(replies) < 4 * f + 3:
+            reason = f"Bulyan needs >= 4f+3 = {4 * f + 3} updates, got {len(replies)}"
+            log(WARNING, "Round %d: %s; keeping the previous model", server_round, reason)
+            self.details["skipped"] = reason
+            return None
+        self.num_malicious_nodes = f
+        self.selection_rule = select_multikrum
+        arrays, _ = Bulyan.aggregate_train(self, server_round, detached(replies))  # type: ignore[arg-type]
+        assert arrays is not None
+        return arrays

@@ -1,0 +1,17 @@
+"""Coordinate-wise median (Yin et al. 2018), computed by flwr's FedMedian."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Message
+from flwr.serverapp.strategy import FedMedian
+
+from clipfed.defense.base import DefenseStrategy, detached
+from clipfed.defense.registry import DEFENSES
+
+
+@DEFENSES.register("median", "coordinate-wise median (flwr FedMedian)")
+class MedianDefense(DefenseStrategy):
+    def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+        arrays, _ = FedMedian.aggregate_train(self, server_round, detached(replies))  # type: ignore[arg-type]
+        assert arrays is not None
+        return arrays

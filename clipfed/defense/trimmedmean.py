@@ -1,0 +1,19 @@
+"""Coordinate-wise trimmed mean (Yin et al. 2018), computed by flwr's FedTrimmedAvg; ``trim-beta``
+is the fraction cut from each end."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Message
+from flwr.serverapp.strategy import FedTrimmedAvg
+
+from clipfed.defense.base import DefenseStrategy, detached
+from clipfed.defense.registry import DEFENSES
+
+
+@DEFENSES.register("trimmedmean", "coordinate-wise trimmed mean (flwr FedTrimmedAvg, trim-beta)")
+class TrimmedMeanDefense(DefenseStrategy):
+    def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
+        self.beta = self.cfg.trim_beta
+        arrays, _ = FedTrimmedAvg.aggregate_train(self, server_round, detached(replies))  # type: ignore[arg-type]
+        assert arrays is not None
+        return arrays

@@ -1,0 +1,83 @@
+"""DBA, the frequency trigger, label flipping, scaling and Neurotoxin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clipfed.attacks import create_attack
+from clipfed.attacks.model_attacks import neurotoxin_mask
+from clipfed.config import RunConfig
+from clipfed.data_synth.frequency import band_energy
+
+from conftest import class_images
+
+
+def images(n: int = 40) -> np.ndarray:
+    return class_images(np.arange(n) % 10, np.random.default_rng(0))
+
+
+def test_dba_parts_are_disjoint_and_union_to_the_full_trigger() -> None:
+    attack = create_attack(RunConfig.from_flower({"attack": "dba", "dba-parts": 4, "patch-size": 6}))
+    masks = [attack.part_mask(k, 32, 32) for k in range(4)]
+    assert np.array_equal(np.logical_or.reduce(masks), attack.trigger_mask(32, 32))
+    assert sum(int(m.sum()) for m in masks) == 36
+    clean = images(5)
+    stamped = attack.training_trigger(clean, malicious_rank=1)
+    changed = (stamped != clean).any(axis=(0, 3))
+    assert not changed[~masks[1]].any(), "rank 1 stamped outside its part"
+    full = attack.apply_trigger(clean)
+    assert np.array_equal(full[:, attack.trigger_mask(32, 32)],
+                          np.broadcast_to(attack.pattern.reshape(-1, 3), (5, 36, 3)))
+
+
+def test_frequency_trigger_is_imperceptible_and_in_its_band() -> None:
+    cfg = RunConfig.from_flower({"attack": "frequency", "freq-psnr": 32.0})
+    attack = create_attack(cfg)
+    clean = images()
+    poisoned = attack.apply_trigger(clean)
+    mse = np.mean((poisoned.astype(np.float64) - clean) ** 2, axis=(1, 2, 3))
+    psnr = 10 * np.log10(255.0**2 / mse)
+    assert psnr.min() >= 30.0
+    band = (cfg.freq_band_low, cfg.freq_band_high)
+    delta = poisoned.astype(np.float64) - clean
+    in_band = band_energy(np.clip(delta + 128, 0, 255).astype(np.uint8), band)
+    assert in_band > 10 * band_energy(np.full_like(clean, 128), band) + 1e-9
+    assert band_energy(poisoned, band) > band_energy(clean, band)
+
+
+def test_label_flip_relabels_only_the_source_class() -> None:
+    attack = create_attack(RunConfig.from_flower({"attack": "labelflip", "flip-source": 3, "target-label": 5,
+                                                  "poison-rate": 0.05}))
+    labels = np.arange(200) % 10
+    result = attack.poison(images(200), labels, np.random.default_rng(0))
+    assert result.poisoned.sum() == 10 and np.all(labels[result.poisoned] == 3)
+    assert np.all(result.labels[result.poisoned] == 5)
+    assert np.array_equal(result.images, images(200))
+
+
+def test_scaling_multiplies_the_update() -> None:
+    attack = create_attack(RunConfig.from_flower({"attack": "scaling", "boost-factor": 4.0}))
+    global_state = {"w": np.ones(5, dtype=np.float32), "steps": np.array(3)}
+    local = {"w": np.full(5, 1.5, dtype=np.float32), "steps": np.array(4)}
+    out = attack.craft_update(global_state, local, {})
+    np.testing.assert_allclose(out["w"], 1 + 4.0 * 0.5)
+    assert out["steps"] == 4
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_neurotoxin_keeps_the_chosen_fraction_of_least_changed_coordinates(keep: float) -> None:
+    step = np.random.default_rng(0).standard_normal(1000)
+    mask = neurotoxin_mask(step, keep)
+    assert mask.sum() == int(keep * 1000)
+    assert np.abs(step[mask]).max() <= np.abs(step[~mask]).min()
+
+    attack = create_attack(RunConfig.from_flower({"attack": "neurotoxin", "neurotoxin-keep": keep}))
+    memory: dict[str, np.ndarray] = {}
+    first_global = {"w": np.zeros(1000, dtype=np.float32)}
+    local = {"w": np.ones(1000, dtype=np.float32)}
+    assert np.array_equal(attack.craft_update(first_global, local, memory)["w"], local["w"])
+    second_global = {"w": step.astype(np.float32)}
+    out = attack.craft_update(second_global, {"w": second_global["w"] + 1}, memory)
+    kept = (out["w"] - second_global["w"]) != 0
+    assert kept.sum() == int(keep * 1000)
