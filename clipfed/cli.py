@@ -15,19 +15,20 @@ from clipfed.defense import DEFENSES
 from clipfed.models import MODELS
 from clipfed.results import load_result, results_table
 
-# The short attack experiment `make demo` runs: 20 clients, Dirichlet 0.5, 4 BadNets attackers.
+# The short attack-vs-defense experiment `make demo` runs: CIFAR-10, 20 clients, Dirichlet 0.5,
+# 4 BadNets attackers, half the clients per round; once undefended, once with CLIP-Fed.
 DEMO_CONFIG: dict[str, Any] = {
     "num-clients": 20,
     "num-malicious": 4,
     "attack": "badnets",
     "partition": "dirichlet",
     "dirichlet-alpha": 0.5,
-    "num-server-rounds": 12,
+    "num-server-rounds": 6,
     "fraction-train": 0.5,
     "batch-size": 64,
     "lr": 0.02,
-    "defense": "fedavg",
 }
+DEMO_DEFENSES = ("fedavg", "clipfed")
 
 
 def app_dir() -> Path:
@@ -88,6 +89,31 @@ def cmd_run(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int
         return 2
     run_experiment(cfg, args.num_supernodes, args.cpus_per_client, args.timeout)
     return 0  # the ServerApp printed the progress lines and the table
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """FedAvg and CLIP-Fed under the same attack, then one table."""
+    try:
+        base = resolved_config(parse_overrides(args.run_config), DEMO_CONFIG)
+    except ConfigError as err:
+        print(f"clipfed: {err}", file=sys.stderr)
+        return 2
+    from clipfed.results import default_run_name
+
+    run_dirs = []
+    for defense in DEMO_DEFENSES:
+        cfg = base.model_copy(update={"defense": defense})
+        name = f"{base.run_name}-{defense}" if base.run_name else default_run_name(cfg)
+        cfg = cfg.model_copy(update={"run_name": name})
+        print(f"[clipfed demo] {defense}: {cfg.num_server_rounds} rounds, {cfg.attack} from "
+              f"{cfg.num_malicious} of {cfg.num_clients} clients", flush=True)
+        run_dirs.append(run_experiment(cfg, args.num_supernodes, args.cpus_per_client, args.timeout))
+    results = [load_result(d) for d in run_dirs]
+    print("\n" + results_table(results))
+    teacher = next((r["server_data"]["teacher"] for r in results if "server_data" in r), None)
+    if teacher:
+        print(f"\nteacher: {teacher}")
+    return 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -169,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list models, attacks and defenses").set_defaults(func=cmd_list)
     for name, helptext in (("run", "run one experiment through flwr run (simulation)"),
-                           ("demo", "the short FedAvg-under-BadNets experiment of `make demo`")):
+                           ("demo", "FedAvg vs CLIP-Fed under BadNets, the experiment of `make demo`")):
         run = sub.add_parser(name, help=helptext)
         run.add_argument("--run-config", "-c", action="append",
                          help='overrides, e.g. "num-server-rounds=5 defense=\'fedavg\'"')
@@ -177,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="virtual SuperNodes (default: num-clients)")
         run.add_argument("--cpus-per-client", type=int, default=1)
         run.add_argument("--timeout", type=float, default=3600.0, help="seconds before giving up")
-        run.set_defaults(func=cmd_run if name == "run" else (lambda a: cmd_run(a, DEMO_CONFIG)))
+        run.set_defaults(func=cmd_run if name == "run" else cmd_demo)
     table = sub.add_parser("table", help="print the MA/ASR table of finished runs")
     table.add_argument("run_dirs", nargs="+")
     table.set_defaults(func=cmd_table)

@@ -115,6 +115,7 @@ class RunConfig(BaseModel):
     crfl_noise: float = Field(0.001, ge=0.0, alias="crfl-noise")
 
     # Defense and evaluation
+    max_update_norm: float = Field(1e4, gt=0.0, alias="max-update-norm")
     defense: str = "fedavg"
     eval_batch_size: int = Field(1000, ge=1, alias="eval-batch-size")
 

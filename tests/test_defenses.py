@@ -85,7 +85,8 @@ def test_bulyan_needs_4f_plus_3_and_otherwise_agrees_with_flwr() -> None:
     result, report = run("bulyan", crafted(honest=5, outliers=2))
     assert result is None and "4f+3" in str(report.details["skipped"])
     vectors = crafted(honest=9, outliers=2)
-    result, _ = run("bulyan", vectors)
+    result, report = run("bulyan", vectors, **{"num-clients": 12})
+    assert report.rejected == []
     np.testing.assert_allclose(result, flwr_reference(Bulyan(num_malicious_nodes=2), vectors), rtol=1e-5)
 
 

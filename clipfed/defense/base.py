@@ -28,6 +28,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from clipfed.defense.updates import flatten, float_keys, unflatten
+from clipfed.defense.validation import reply_problem
 
 if TYPE_CHECKING:
     from clipfed.config import RunConfig
@@ -197,14 +198,18 @@ class DefenseStrategy(FedAvg):
         started = time.perf_counter()
         report = AggregationReport(server_round)
         valid: list[Message] = []
+        seen: set[int] = set()
         for msg in replies:
-            if msg.has_error():
-                reason = f"client error: {msg.error.reason}"
+            reason = reply_problem(msg, self.global_arrays, self.cfg.num_clients, self.cfg.max_update_norm)
+            if reason is None and partition_id(msg) in seen:
+                reason = f"a second reply for partition {partition_id(msg)}"
+            if reason is not None:
                 report.rejected.append({"node": msg.metadata.src_node_id, "reason": reason})
                 log(WARNING, "Round %d: rejected reply from node %d: %s",
                     server_round, msg.metadata.src_node_id, reason)
-            else:
-                valid.append(msg)
+                continue
+            seen.add(partition_id(msg))
+            valid.append(msg)
         valid.sort(key=partition_id)
         report.participants = [partition_id(m) for m in valid]
         report.malicious = [partition_id(m) for m in valid
