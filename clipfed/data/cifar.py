@@ -59,7 +59,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV, Path.home() / ".cache" / "clipfed")).expanduser()
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -138,7 +139,7 @@ def load_cifar10(data_dir: str = "") -> tuple[ImageSet, ImageSet]:
             f"shared/assets/README.md) or {TORCHVISION_DIR}/ (torchvision layout). When online, "
             f"`clipfed download --data-dir {root}` fetches it with torchvision."
         )
-    key = _sha256(source) if source.is_file() else _sha256(source / "test_batch")
+    key = sha256_file(source) if source.is_file() else sha256_file(source / "test_batch")
     folder = cache_dir() / "cifar10" / key[:16]
     names = ("train_images", "train_labels", "test_images", "test_labels", "classes")
     if not all((folder / f"{n}.npy").exists() for n in names):

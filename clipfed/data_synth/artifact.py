@@ -8,7 +8,6 @@ Build timings are not content, so they go to ``build.json`` beside the manifest.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from clipfed.data.cifar import sha256_file
 from clipfed.data_synth.config import PIPELINE_VERSION
 from clipfed.data_synth.frequency import AUGMENTATIONS
 
@@ -64,14 +64,6 @@ class ServerDataset:
 
 def artifact_name(content_hash: str) -> str:
     return f"synth-{content_hash[:16]}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -8,7 +8,6 @@ preprocessing config (bicubic resize to its input size, its mean/std), vectorise
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,16 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from clipfed.data import ImageSet
+from clipfed.data.cifar import sha256_file
 from clipfed.teacher.base import Teacher, TeacherSpec, normalize, resolve_device
 from clipfed.teacher.registry import TEACHERS
-
-
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
 
 
 class OpenClipTeacher(Teacher):
@@ -48,7 +40,7 @@ class OpenClipTeacher(Teacher):
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         self.mean = torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1)
-        weights_id = f"ckpt-{_file_digest(spec.checkpoint)}" if spec.checkpoint else (spec.pretrained or "random-init")
+        weights_id = f"ckpt-{sha256_file(Path(spec.checkpoint))[:12]}" if spec.checkpoint else (spec.pretrained or "random-init")
         self._id = f"openclip:{spec.model}:{weights_id}"
         self._dim = int(self.encode_texts(["a"]).shape[1])
 
