@@ -164,8 +164,8 @@ def cmd_teacher_eval(args: argparse.Namespace) -> int:
     import torch
 
     from clipfed.data import load_cifar10
-    from clipfed.data_synth.pipeline import public_pool
     from clipfed.data_synth import SynthConfig
+    from clipfed.data_synth.pipeline import public_pool
     from clipfed.teacher import TeacherSpec, create_teacher
 
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV, "")

@@ -13,7 +13,14 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 NUM_CLASSES = {"cifar10": 10, "cifar10-lt": 10}
 PATCH_POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
@@ -136,7 +143,9 @@ class RunConfig(BaseModel):
     @field_validator("defense")
     @classmethod
     def _known_defense(cls, value: str) -> str:
-        from clipfed.defense import list_defenses  # late: defense modules import this module
+        from clipfed.defense import (
+            list_defenses,  # late: defense modules import this module
+        )
 
         return _one_of(value, list_defenses())
 

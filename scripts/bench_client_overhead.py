@@ -11,7 +11,14 @@ import argparse
 import time
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    RecordDict,
+)
 from flwr.supercore.task_identity import TaskIdentity
 
 from clipfed.client_app import train

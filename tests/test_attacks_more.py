@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import class_images
 
 from clipfed.attacks import create_attack
 from clipfed.attacks.model_attacks import neurotoxin_mask
 from clipfed.config import RunConfig
 from clipfed.data_synth.frequency import band_energy
-
-from conftest import class_images
 
 
 def images(n: int = 40) -> np.ndarray:

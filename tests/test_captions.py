@@ -10,7 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from clipfed.data.cifar import CIFAR10_CLASSES
-from clipfed.data_synth.captions import CaptionReplyError, build_captions, parse_caption_reply
+from clipfed.data_synth.captions import (
+    CaptionReplyError,
+    build_captions,
+    parse_caption_reply,
+)
 from clipfed.data_synth.config import CaptionConfig, OpenAICaptionConfig
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_ASSETS
+from flower_mocks import arrays_of, server_identity, train_reply  # noqa: F401
 
 from clipfed.attacks import create_attack
 from clipfed.config import RunConfig
@@ -19,9 +21,6 @@ from clipfed.evaluation import BackdoorEvaluator
 from clipfed.models import create_model
 from clipfed.teacher import TeacherSpec
 from clipfed.training import train_local
-
-from conftest import SHARED_ASSETS
-from flower_mocks import arrays_of, server_identity, train_reply  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 

@@ -2,12 +2,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_ASSETS
 
 from clipfed.config import RunConfig
-from clipfed.data import DataNotFoundError, load_cifar10, long_tail_counts, malicious_clients, split_train
+from clipfed.data import (
+    DataNotFoundError,
+    load_cifar10,
+    long_tail_counts,
+    malicious_clients,
+    split_train,
+)
 from clipfed.data.cifar import NPZ_NAME
-
-from conftest import SHARED_ASSETS
 
 LABELS = np.repeat(np.arange(10), 5000)  # the CIFAR-10 train label histogram
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from flower_mocks import arrays_of, server_identity, train_reply  # noqa: F401
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import Bulyan, Krum, MultiKrum
 from scipy import stats
@@ -12,11 +13,9 @@ from scipy import stats
 from clipfed.config import RunConfig
 from clipfed.defense import create_defense
 from clipfed.defense.base import AggregationReport
-from clipfed.defense.foolsgold import foolsgold_weights
 from clipfed.defense.fltrust import fltrust_aggregate, fltrust_weights
+from clipfed.defense.foolsgold import foolsgold_weights
 from clipfed.defense.rlr import rlr_learning_rates
-
-from flower_mocks import arrays_of, server_identity, train_reply  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 DIM = 6

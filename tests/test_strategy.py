@@ -6,13 +6,12 @@ from collections.abc import Iterable
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flower_mocks import arrays_of, error_from, server_identity, train_reply  # noqa: F401
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from clipfed.config import RunConfig
 from clipfed.defense import create_defense, list_defenses
 from clipfed.defense.base import AggregationReport, PartitionSampler
-
-from flower_mocks import arrays_of, error_from, server_identity, train_reply  # noqa: F401
 
 SHAPES = {"w": (3, 2), "b": (2,)}
 

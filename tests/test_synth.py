@@ -11,19 +11,38 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import class_images
+from tiny_models import (
+    register_tiny_clip,
+    write_tiny_clip_checkpoint,
+    write_tiny_diffusers_pipeline,
+)
 
+from clipfed.config import RunConfig
 from clipfed.data.cifar import CIFAR10_CLASSES
-from clipfed.data_synth import ArtifactIntegrityError, SynthConfig, build_server_dataset, load_artifact
+from clipfed.data_synth import (
+    ArtifactIntegrityError,
+    SynthConfig,
+    build_server_dataset,
+    load_artifact,
+)
 from clipfed.data_synth.captions import build_captions
-from clipfed.data_synth.config import AugmentConfig, DiffusersConfig, FilterConfig, ImageConfig, PoolConfig
-from clipfed.data_synth.frequency import AUGMENTATIONS, amplitude_spectrum, augment, band_energy
+from clipfed.data_synth.config import (
+    AugmentConfig,
+    DiffusersConfig,
+    FilterConfig,
+    ImageConfig,
+    PoolConfig,
+)
+from clipfed.data_synth.frequency import (
+    AUGMENTATIONS,
+    amplitude_spectrum,
+    augment,
+    band_energy,
+)
 from clipfed.data_synth.images import build_candidates
 from clipfed.data_synth.provider import fetch_artifact, synth_config_for
-from clipfed.config import RunConfig
 from clipfed.teacher import TeacherSpec, create_teacher
-
-from conftest import class_images
-from tiny_models import register_tiny_clip, write_tiny_clip_checkpoint, write_tiny_diffusers_pipeline
 
 
 @pytest.fixture(scope="module")

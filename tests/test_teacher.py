@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import register_tiny_clip, write_tiny_clip_checkpoint
 
 from clipfed.data import load_cifar10
 from clipfed.data.cifar import CIFAR10_CLASSES
 from clipfed.teacher import TeacherSpec, create_teacher, list_teachers
 from clipfed.teacher.reference import reference_checkpoint_path
-
-from tiny_models import register_tiny_clip, write_tiny_clip_checkpoint
 
 IMAGES = np.random.default_rng(0).integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from flower_mocks import arrays_of, error_from, reply_from, server_identity, train_reply  # noqa: F401
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from clipfed.config import RunConfig
 from clipfed.defense import DEFENSES, create_defense, list_defenses
 from clipfed.defense.base import AggregationReport
-
-from flower_mocks import arrays_of, error_from, reply_from, server_identity, train_reply  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 BASE = {"w": np.zeros((4, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}

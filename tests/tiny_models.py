@@ -35,7 +35,12 @@ def write_tiny_clip_checkpoint(path: Path, seed: int = 7) -> Path:
 
 def write_tiny_diffusers_pipeline(folder: Path) -> Path:
     """A tiny Stable-Diffusion-style pipeline, saved with save_pretrained like a real one."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)

@@ -5,7 +5,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from clipfed.data.cifar import DataNotFoundError, ImageSet, load_cifar10, resolve_data_dir
+from clipfed.data.cifar import (
+    DataNotFoundError,
+    ImageSet,
+    load_cifar10,
+    resolve_data_dir,
+)
 from clipfed.data.partition import (
     FederatedSplit,
     long_tail_counts,

@@ -4,7 +4,11 @@ captions, public or generated images and a teacher, without any client sample (M
 
 from __future__ import annotations
 
-from clipfed.data_synth.artifact import ArtifactIntegrityError, ServerDataset, load_artifact
+from clipfed.data_synth.artifact import (
+           ArtifactIntegrityError,
+           ServerDataset,
+           load_artifact,
+)
 from clipfed.data_synth.config import SynthConfig
 from clipfed.data_synth.pipeline import BuildResult, build_server_dataset
 

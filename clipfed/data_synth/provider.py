@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import httpx
 
 from clipfed.data.cifar import cache_dir
-from clipfed.data_synth.artifact import ServerDataset, artifact_name, load_artifact, unpack_artifact
+from clipfed.data_synth.artifact import (
+    ServerDataset,
+    artifact_name,
+    load_artifact,
+    unpack_artifact,
+)
 from clipfed.data_synth.config import ImageConfig, PoolConfig, SynthConfig
 from clipfed.data_synth.pipeline import build_server_dataset
 from clipfed.teacher import TeacherSpec

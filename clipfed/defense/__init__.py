@@ -7,8 +7,6 @@ which clients were kept and excluded (so detection is scored the same way for ev
 
 from __future__ import annotations
 
-from clipfed.defense.registry import DEFENSES, create_defense, list_defenses
-
 from clipfed.defense import bulyan as _bulyan  # noqa: F401
 from clipfed.defense import clipfed as _clipfed  # noqa: F401  ("clipfed", "teacher-only")
 from clipfed.defense import clipping as _clipping  # noqa: F401  ("normclip", "weakdp", "crfl")
@@ -20,5 +18,6 @@ from clipfed.defense import krum as _krum  # noqa: F401  ("krum", "multikrum")
 from clipfed.defense import median as _median  # noqa: F401
 from clipfed.defense import rlr as _rlr  # noqa: F401
 from clipfed.defense import trimmedmean as _trimmedmean  # noqa: F401
+from clipfed.defense.registry import DEFENSES, create_defense, list_defenses
 
 __all__ = ["DEFENSES", "create_defense", "list_defenses"]

@@ -8,10 +8,9 @@ output made with it says so).
 
 from __future__ import annotations
 
-from clipfed.teacher.base import Teacher, TeacherSpec
-from clipfed.teacher.registry import TEACHERS, create_teacher, list_teachers
-
 from clipfed.teacher import openclip as _openclip  # noqa: F401  (registers "openclip")
 from clipfed.teacher import reference as _reference  # noqa: F401  (registers "reference")
+from clipfed.teacher.base import Teacher, TeacherSpec
+from clipfed.teacher.registry import TEACHERS, create_teacher, list_teachers
 
 __all__ = ["TEACHERS", "Teacher", "TeacherSpec", "create_teacher", "list_teachers"]
