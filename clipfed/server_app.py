@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -46,15 +47,16 @@ def main(grid: Grid, context: Context) -> None:
             metrics["asr"] = result.asr
         return MetricRecord(metrics)
 
-    context = {}
-    if DEFENSES.get(cfg.defense).needs_server_data:
-        from clipfed.data_synth.provider import obtain_server_dataset, synth_config_for
-
-        server_data = obtain_server_dataset(synth_config_for(cfg), cfg.synth_url)
-        recorder.note_server_data(server_data)
-        context["server_data"] = server_data
-    strategy = create_defense(cfg, sampler=PartitionSampler(cfg), on_report=recorder.on_report, **context)
     try:
+        defense_inputs: dict[str, Any] = {}
+        if DEFENSES.get(cfg.defense).needs_server_data:
+            from clipfed.data_synth.provider import obtain_server_dataset, synth_config_for
+
+            server_data = obtain_server_dataset(synth_config_for(cfg), cfg.synth_url)
+            recorder.note_server_data(server_data)
+            defense_inputs["server_data"] = server_data
+        strategy = create_defense(cfg, sampler=PartitionSampler(cfg), on_report=recorder.on_report,
+                                  **defense_inputs)
         strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),
