@@ -23,7 +23,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "attack": "badnets",
     "partition": "dirichlet",
     "dirichlet-alpha": 0.5,
-    "num-server-rounds": 6,
+    "num-server-rounds": 4,
     "fraction-train": 0.5,
     "batch-size": 64,
     "lr": 0.02,
