@@ -16,7 +16,7 @@ from clipfed.models import MODELS
 from clipfed.results import load_result, results_table
 
 # The short attack-vs-defense experiment `make demo` runs: CIFAR-10, 20 clients, Dirichlet 0.5,
-# 4 BadNets attackers, half the clients per round; once undefended, once with CLIP-Fed.
+# 4 BadNets attackers, 8 clients per round; once undefended, once with CLIP-Fed.
 DEMO_CONFIG: dict[str, Any] = {
     "num-clients": 20,
     "num-malicious": 4,
@@ -24,7 +24,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "partition": "dirichlet",
     "dirichlet-alpha": 0.5,
     "num-server-rounds": 4,
-    "fraction-train": 0.5,
+    "fraction-train": 0.4,
     "batch-size": 64,
     "lr": 0.02,
 }
