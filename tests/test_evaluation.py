@@ -25,9 +25,9 @@ class ConstantNet(ClassifierNet):
 
 
 class PatchDetector(ClassifierNet):
-    """Predicts the target where the bottom-right pixel is the trigger's, else the true label (by index)."""
+    """Predicts the target where a bottom-right pixel is the trigger's white square, else class 0."""
 
-    def __init__(self, target: int, clean_labels: torch.Tensor) -> None:
+    def __init__(self, target: int) -> None:
         super().__init__()
         self.feature_dim = 1
         self.head = torch.nn.Linear(1, 10)
@@ -59,7 +59,7 @@ def test_asr_detects_a_trigger_following_model() -> None:
     labels = np.arange(50) % 10
     test = ImageSet(np.zeros((50, 32, 32, 3), dtype=np.uint8), labels, tuple("abcdefghij"))
     evaluator = BackdoorEvaluator(test, create_attack(RunConfig.from_flower({"target-label": 7})))
-    result = evaluator(PatchDetector(7, torch.from_numpy(labels)))
+    result = evaluator(PatchDetector(7))
     assert result.asr == 1.0  # every triggered non-target image goes to 7
     assert result.ma == 0.1  # clean images all predicted 0
 
