@@ -39,6 +39,7 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0)
     out_dir: str = Field("runs", alias="out-dir")
     run_name: str = Field("", alias="run-name")
+    resume_from: str = Field("", alias="resume-from")  # a run folder with a checkpoint.pt
 
     # Federation
     num_server_rounds: int = Field(10, ge=1, alias="num-server-rounds")
@@ -190,8 +191,9 @@ class RunConfig(BaseModel):
         return self.model_dump(by_alias=True)
 
     def config_hash(self) -> str:
-        """A short stable hash of every key except where results go."""
-        content = {k: v for k, v in self.to_flower().items() if k not in ("out-dir", "run-name")}
+        """A short stable hash of every key that can change a result (not where results go)."""
+        content = {k: v for k, v in self.to_flower().items()
+                   if k not in ("out-dir", "run-name", "resume-from")}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod

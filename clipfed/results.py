@@ -100,8 +100,11 @@ class RunRecorder:
         }
 
     @classmethod
-    def create(cls, cfg: RunConfig) -> RunRecorder:
-        """Make ``<out-dir>/<run-name>`` (refusing one that exists) and write the initial file."""
+    def create(cls, cfg: RunConfig, resumed: dict[str, Any] | None = None) -> RunRecorder:
+        """Make ``<out-dir>/<run-name>`` (refusing one that exists) and write the initial file.
+
+        ``resumed``: the interrupted run's result, whose rounds this run carries on from.
+        """
         name = cfg.run_name or default_run_name(cfg)
         run_dir = Path(cfg.out_dir).expanduser().resolve() / name
         try:
@@ -112,6 +115,12 @@ class RunRecorder:
                 "Choose another run-name (or leave it empty for a unique one)."
             ) from None
         recorder = cls(cfg, run_dir)
+        if resumed is not None:
+            recorder.payload["rounds"] = resumed["rounds"]
+            recorder.payload["resumed_from"] = {"run": resumed["run_name"], "path": cfg.resume_from,
+                                                "after_round": resumed["rounds"][-1]["round"]}
+            if "server_data" in resumed:
+                recorder.payload["server_data"] = resumed["server_data"]
         recorder.flush()
         return recorder
 
@@ -145,6 +154,8 @@ class RunRecorder:
             "malicious": report.malicious,
             "excluded": report.excluded,
             "rejected": report.rejected,
+            "missing": report.missing,
+            "offline": report.offline,
             "detection": report.detection(),
             "server_seconds": report.server_seconds,
             "eval_seconds": eval_seconds,

@@ -1,4 +1,7 @@
-"""The ServerApp: validate config, build the defense strategy, run FedAvg rounds, record MA/ASR."""
+"""The ServerApp: validate config, build the defense strategy, run the rounds, record MA/ASR.
+
+After every round it checkpoints (``clipfed.checkpoint``); ``resume-from`` continues a run.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +14,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from clipfed.attacks import create_attack
+from clipfed.checkpoint import load_resume, restore_rng_states, snapshot
 from clipfed.config import RunConfig
 from clipfed.data import load_federated
 from clipfed.defense import DEFENSES, create_defense
-from clipfed.defense.base import PartitionSampler
+from clipfed.defense.base import DefenseStrategy, PartitionSampler
 from clipfed.evaluation import BackdoorEvaluator
 from clipfed.models import create_model
 from clipfed.results import RunRecorder, load_result, results_table
@@ -31,17 +35,21 @@ def initial_model(cfg: RunConfig) -> torch.nn.Module:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flower(context.run_config)  # a bad key stops here, before any training
+    checkpoint, previous = load_resume(cfg) if cfg.resume_from else (None, None)
     random.seed(cfg.seed)
     _, test, _ = load_federated(cfg)
-    recorder = RunRecorder.create(cfg)
+    recorder = RunRecorder.create(cfg, resumed=previous)
     evaluator = BackdoorEvaluator(test, create_attack(cfg), cfg.eval_batch_size)
     model = initial_model(cfg)
+    strategy: DefenseStrategy | None = None
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         started = time.perf_counter()
         model.load_state_dict(arrays.to_torch_state_dict())
         result = evaluator(model)
         recorder.on_evaluation(server_round, result, time.perf_counter() - started)
+        if server_round > 0 and strategy is not None:
+            snapshot(server_round, arrays, strategy.state_dict(), cfg).save(recorder.run_dir)
         metrics = {"ma": result.ma, "per-class-acc": result.per_class_acc}
         if result.asr is not None:
             metrics["asr"] = result.asr
@@ -57,13 +65,19 @@ def main(grid: Grid, context: Context) -> None:
             defense_inputs["server_data"] = server_data
         strategy = create_defense(cfg, sampler=PartitionSampler(cfg), on_report=recorder.on_report,
                                   **defense_inputs)
+        initial_arrays, first_round = ArrayRecord(model.state_dict()), 1
+        if checkpoint is not None:
+            strategy.load_state_dict(checkpoint.strategy_state)
+            restore_rng_states(checkpoint.rng)
+            initial_arrays, first_round = checkpoint.array_record(), checkpoint.server_round + 1
         strategy.start(
             grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
+            initial_arrays=initial_arrays,
             num_rounds=cfg.num_server_rounds,
             timeout=cfg.round_timeout,
             train_config=ConfigRecord(),
             evaluate_fn=evaluate,
+            first_round=first_round,
         )
     except BaseException:
         recorder.finish(status="failed")

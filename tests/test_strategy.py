@@ -85,9 +85,27 @@ def test_sampling_is_by_partition_and_independent_of_node_ids() -> None:
         nodes_a = sampler_a.sample(grid_a, server_round)
         nodes_b = sampler_b.sample(grid_b, server_round)
         parts_a = [grid_a.partition_of_node[n] for n in nodes_a]
+        assert parts_a == list(nodes_a.values())
         assert parts_a == [grid_b.partition_of_node[n] for n in nodes_b]
         assert len(parts_a) == 5 and parts_a == sorted(parts_a)
     assert grid_a.queries == 10, "nodes are queried once, not every round"
+
+
+def test_a_node_that_leaves_is_not_waited_for_and_a_silent_one_is_recorded_missing() -> None:
+    reports: list[AggregationReport] = []
+    strategy = create_defense(cfg(**{"round-timeout": 1.0}), on_report=reports.append)
+    grid = FakeGrid({1000 + p: p for p in range(4)})
+    arrays = arrays_of({k: np.zeros(s, dtype=np.float32) for k, s in SHAPES.items()})
+    list(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+    # Partition 3 dies after round 1; partition 1 is still listed but never answers round 2.
+    del grid.partition_of_node[1003]
+    messages = list(strategy.configure_train(2, arrays, ConfigRecord(), grid))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [1000, 1001, 1002]
+    arrays_out, _ = strategy.aggregate_train(2, [reply(0, 1.0, 10), reply(2, 3.0, 10)])
+    assert arrays_out is not None
+    np.testing.assert_allclose(arrays_out["b"].numpy(), [2.0, 2.0])
+    assert reports[-1].missing == [1] and reports[-1].offline == [3]
+    assert reports[-1].participants == [0, 2]
 
 
 def test_configure_train_sends_the_round_and_arrays_to_sampled_nodes() -> None:

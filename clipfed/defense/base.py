@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from flwr.app import (
 )
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from clipfed.defense.updates import flatten, float_keys, unflatten
@@ -52,6 +52,8 @@ class AggregationReport:
     malicious: list[int] = field(default_factory=list)
     excluded: list[int] = field(default_factory=list)
     rejected: list[dict[str, object]] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)  # sampled, but no reply before the timeout
+    offline: list[int] = field(default_factory=list)  # not sampled: their node had disconnected
     server_seconds: float = 0.0
     details: dict[str, object] = field(default_factory=dict)  # defense-specific: scores, timings
 
@@ -93,7 +95,8 @@ class PartitionSampler:
         self.sample_size = max(1, int(round(cfg.fraction_train * cfg.num_clients)))
         self.timeout = cfg.round_timeout
         self.poll_seconds = poll_seconds
-        self.node_of: dict[int, int] = {}
+        self.node_of: dict[int, int] = {}  # partition id -> node id
+        self.offline: list[int] = []  # partitions whose node left the SuperLink
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
         deadline = time.monotonic() + self.timeout
@@ -108,12 +111,18 @@ class PartitionSampler:
             time.sleep(self.poll_seconds)
         return nodes
 
-    def discover(self, grid: Grid) -> None:
-        """Ask every node we have not met for its partition id."""
+    def discover(self, grid: Grid) -> list[int]:
+        """Ask every node we have not met for its partition id; return the nodes online now.
+
+        Only the first round waits for all ``num-clients`` nodes; later rounds go on with the
+        nodes that are still connected (a dead SuperNode drops out of the SuperLink's list), and
+        a node that joins later (a restarted SuperNode) is asked for its partition id.
+        """
+        nodes = sorted(grid.get_node_ids()) if self.node_of else self._wait_for_nodes(grid)
         known = set(self.node_of.values())
-        unknown = [n for n in self._wait_for_nodes(grid) if n not in known]
+        unknown = [n for n in nodes if n not in known]
         if not unknown:
-            return
+            return nodes
         queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
         for reply in grid.send_and_receive(queries, timeout=self.timeout):
             if reply.has_error():
@@ -127,16 +136,20 @@ class PartitionSampler:
                     f"(num-clients={self.num_clients}); fix its node config or num-clients"
                 )
             self.node_of[pid] = reply.metadata.src_node_id
+        return nodes
 
-    def sample(self, grid: Grid, server_round: int) -> list[int]:
-        """Node ids of this round's clients, ordered by partition id."""
-        self.discover(grid)
-        partitions = sorted(self.node_of)
+    def sample(self, grid: Grid, server_round: int) -> dict[int, int]:
+        """This round's clients as {node id: partition id}, ordered by partition id."""
+        online = set(self.discover(grid))
+        partitions = sorted(p for p, node in self.node_of.items() if node in online)
+        self.offline = sorted(p for p, node in self.node_of.items() if node not in online)
+        if self.offline:
+            log(WARNING, "Round %d: partitions %s are offline", server_round, self.offline)
         rng = np.random.default_rng([self.seed, _SAMPLE_STREAM, server_round])
         size = min(self.sample_size, len(partitions))
         chosen = sorted(int(p) for p in rng.choice(partitions, size=size, replace=False))
         log(INFO, "configure_train: sampled partitions %s", chosen)
-        return [self.node_of[p] for p in chosen]
+        return {self.node_of[p]: p for p in chosen}
 
 
 class DefenseStrategy(FedAvg):
@@ -162,15 +175,60 @@ class DefenseStrategy(FedAvg):
         self.on_report = on_report
         self.last_report: AggregationReport | None = None
         self.global_arrays: ArrayRecord | None = None  # what this round's clients started from
+        self.sampled: dict[int, int] = {}  # this round's {node id: partition id}
+
+    # Checkpointing ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """State carried from round to round (a checkpoint holds it); stateless defenses: {}."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned, when a run resumes."""
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        first_round: int = 1,
+    ) -> Result:
+        """Flower's round loop, able to begin at ``first_round`` (a resumed run).
+
+        flwr's ``Strategy.start`` always begins at round 1 and evaluates round 0; a resumed run
+        must continue at k+1 from a checkpoint. Evaluation is centralised (``evaluate_fn``), so
+        the client-side evaluation phase of flwr's loop is left out.
+        """
+        log(INFO, "Starting %s strategy at round %d of %d", type(self).__name__, first_round, num_rounds)
+        train_config = ConfigRecord() if train_config is None else train_config
+        result = Result()
+        arrays = result.arrays = initial_arrays
+        if evaluate_fn is not None and first_round == 1 and (metrics := evaluate_fn(0, arrays)) is not None:
+            result.evaluate_metrics_serverapp[0] = metrics
+        for server_round in range(first_round, num_rounds + 1):
+            log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
+            replies = grid.send_and_receive(
+                messages=self.configure_train(server_round, arrays, train_config, grid), timeout=timeout)
+            new_arrays, train_metrics = self.aggregate_train(server_round, replies)
+            if new_arrays is not None:
+                arrays = result.arrays = new_arrays
+            if train_metrics is not None:
+                result.train_metrics_clientapp[server_round] = train_metrics
+            if evaluate_fn is not None and (metrics := evaluate_fn(server_round, arrays)) is not None:
+                result.evaluate_metrics_serverapp[server_round] = metrics
+        return result
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.global_arrays = arrays
-        node_ids = self.sampler.sample(grid, server_round)
+        self.sampled = self.sampler.sample(grid, server_round)
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+        return self._construct_messages(record, list(self.sampled), MessageType.TRAIN)
 
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:
         """The replies to aggregate; a filtering defense overrides this. FedAvg keeps all."""
@@ -204,6 +262,13 @@ class DefenseStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         started = time.perf_counter()
         report = AggregationReport(server_round)
+        replies = list(replies)
+        answered = {msg.metadata.src_node_id for msg in replies}
+        report.missing = sorted(p for node, p in self.sampled.items() if node not in answered)
+        report.offline = list(self.sampler.offline)
+        if report.missing:
+            log(WARNING, "Round %d: no reply from partitions %s (timeout or dead node)",
+                server_round, report.missing)
         valid: list[Message] = []
         seen: set[int] = set()
         for msg in replies:

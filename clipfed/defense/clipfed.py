@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -83,6 +83,13 @@ class ClipFedDefense(DefenseStrategy):
         self.prototypes = torch.from_numpy(server_data.arrays["prototypes"])
         torch.manual_seed(cfg.seed)
         self.projector = torch.nn.Linear(self.model.feature_dim, self.prototypes.shape[1])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The projector learns across rounds; everything else is rebuilt from the config."""
+        return {"projector": {k: v.clone() for k, v in self.projector.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.projector.load_state_dict(state["projector"])
 
     # -- pre-aggregation -------------------------------------------------------------------
     def _load(self, arrays: ArrayRecord) -> torch.nn.Module:

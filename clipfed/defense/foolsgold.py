@@ -5,7 +5,7 @@ all weights go into the round's details."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +30,9 @@ def foolsgold_weights(histories: torch.Tensor, confidence: float = 1.0) -> torch
     cs = unit @ unit.T
     cs.fill_diagonal_(0.0)
     v = cs.max(dim=1).values
-    for i in range(n):  # pardoning: a client less similar to others than they are to it
-        for j in range(n):
-            if i != j and v[j] > v[i]:
-                cs[i, j] *= v[i] / v[j]
+    # Pardoning: where v[j] > v[i], client i is less sybil-like than j, so scale cs[i, j] down.
+    pardon = v.unsqueeze(0) > v.unsqueeze(1)
+    cs = torch.where(pardon, cs * v.unsqueeze(1) / v.unsqueeze(0), cs)
     alpha = (1 - cs.max(dim=1).values).clamp(0, 1)
     alpha = alpha / alpha.max().clamp_min(1e-12)
     alpha = torch.where(alpha >= 1, torch.full_like(alpha, 0.99), alpha)
@@ -56,6 +55,12 @@ class FoolsGoldDefense(DefenseStrategy):
         self.weights = foolsgold_weights(torch.stack([self.history[p] for p in pids]))
         self.details["weights"] = [round(float(w), 4) for w in self.weights]
         return [m for m, w in zip(replies, self.weights, strict=True) if w > 0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": {pid: h.clone() for pid, h in self.history.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = {int(pid): h.clone() for pid, h in state["history"].items()}
 
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         updates, base, keys = self.updates(replies)
