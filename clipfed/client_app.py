@@ -1,7 +1,7 @@
 """The ClientApp: local SGD on the node's shard; a malicious node poisons it first.
 
-The role comes from the node config (``role = "malicious"`` in deployment) or, in simulation,
-from the seed (``num-malicious`` partition ids drawn by ``malicious_clients``). The reply reports
+The role comes from the node config (``role = "malicious"`` in deployment, with the node's own
+attack settings and ``data-dir`` if it wants) or, in simulation, from the seed (``num-malicious`` partition ids drawn by ``malicious_clients``). The reply reports
 ``partition-id`` and ``is-malicious`` so experiments can score detection; no defense reads them.
 """
 
@@ -25,6 +25,13 @@ app = ClientApp()
 
 _TRAIN_STREAM = 6
 ROLES = ("benign", "malicious")
+# Run-config keys a SuperNode's node config may set for itself: where its data lies, and a
+# malicious node's attack settings. (The server measures ASR with the run config's trigger.)
+NODE_KEYS = (
+    "data-dir", "attack", "poison-rate", "target-label", "attack-start-round", "patch-size",
+    "patch-position", "patch-pattern", "blend-alpha", "blend-pattern", "dba-parts", "freq-psnr",
+    "freq-band-low", "freq-band-high", "flip-source", "boost-factor", "neurotoxin-keep",
+)
 
 
 @dataclass(frozen=True)
@@ -69,9 +76,15 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)
 
 
+def node_run_config(context: Context) -> RunConfig:
+    """The run config, with what this node's ``--node-config`` sets for itself on top."""
+    overrides = {k: v for k, v in context.node_config.items() if k in NODE_KEYS}
+    return RunConfig.from_flower({**context.run_config, **overrides})
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg = RunConfig.from_flower(context.run_config)
+    cfg = node_run_config(context)
     role = NodeRole.from_context(context, cfg)
     torch.set_num_threads(_threads(context))
     server_round = int(msg.content["config"]["server-round"])

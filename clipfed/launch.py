@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,9 +140,13 @@ def local_superlink(flwr_home: Path, startup_timeout: float = 60.0) -> Iterator[
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def run_status(flwr_home: Path) -> tuple[int | None, str]:
-    """(run id, status) of the latest run on our SuperLink, from ``flwr list --format json``."""
-    out = subprocess.run([_bin("flwr"), "list", CONNECTION, "--format", "json"],
+def run_status(flwr_home: Path, connection: str = CONNECTION,
+               prefix: Sequence[str] = ()) -> tuple[int | None, str]:
+    """(run id, status) of the latest run on a SuperLink, from ``flwr list --format json``.
+
+    ``prefix``: what to run the CLI under (``ip netns exec NS`` where the SuperLink is reachable).
+    """
+    out = subprocess.run([*prefix, _bin("flwr"), "list", connection, "--format", "json"],
                          env=flower_env(flwr_home), capture_output=True, text=True, timeout=60)
     try:
         runs = json.loads(out.stdout).get("runs", [])

@@ -62,7 +62,7 @@ def test_fedavg_is_the_example_weighted_mean_in_partition_order() -> None:
     assert report.participants == [0, 1, 2]
     assert report.malicious == [2] and report.excluded == []
     assert report.detection() == {"tp": 0, "fp": 0, "fn": 1, "tn": 2}
-    assert report.rejected == [{"node": 77, "reason": "client error: boom"}]
+    assert report.rejected == [{"node": 77, "partition": None, "reason": "client error: boom"}]
 
 
 def test_no_valid_reply_keeps_the_previous_model() -> None:

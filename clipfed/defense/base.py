@@ -52,7 +52,7 @@ class AggregationReport:
     malicious: list[int] = field(default_factory=list)
     excluded: list[int] = field(default_factory=list)
     rejected: list[dict[str, object]] = field(default_factory=list)
-    missing: list[int] = field(default_factory=list)  # sampled, but no reply before the timeout
+    missing: list[int] = field(default_factory=list)  # sampled; no reply in time, or an error reply
     offline: list[int] = field(default_factory=list)  # not sampled: their node had disconnected
     server_seconds: float = 0.0
     details: dict[str, object] = field(default_factory=dict)  # defense-specific: scores, timings
@@ -263,7 +263,7 @@ class DefenseStrategy(FedAvg):
         started = time.perf_counter()
         report = AggregationReport(server_round)
         replies = list(replies)
-        answered = {msg.metadata.src_node_id for msg in replies}
+        answered = {msg.metadata.src_node_id for msg in replies if not msg.has_error()}
         report.missing = sorted(p for node, p in self.sampled.items() if node not in answered)
         report.offline = list(self.sampler.offline)
         if report.missing:
@@ -276,7 +276,8 @@ class DefenseStrategy(FedAvg):
             if reason is None and partition_id(msg) in seen:
                 reason = f"a second reply for partition {partition_id(msg)}"
             if reason is not None:
-                report.rejected.append({"node": msg.metadata.src_node_id, "reason": reason})
+                node = msg.metadata.src_node_id
+                report.rejected.append({"node": node, "partition": self.sampled.get(node), "reason": reason})
                 log(WARNING, "Round %d: rejected reply from node %d: %s",
                     server_round, msg.metadata.src_node_id, reason)
                 continue
