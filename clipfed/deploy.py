@@ -159,9 +159,11 @@ def node_config_string(config: Mapping[str, Any]) -> str:
 
 
 def superlink_command(host: str = "0.0.0.0", port: int = SUPERLINK_PORT, tls: TLSFiles | None = None,
-                      supernode_auth: bool = False, database: Path | None = None) -> list[str]:
+                      supernode_auth: bool = False, database: Path | str | None = None,
+                      isolation: str = "subprocess") -> list[str]:
+    """``flower-superlink``. ``isolation="process"``: a separate SuperExec runs the ServerApp."""
     command = [_bin("flower-superlink"), "--host", host, "--port", str(port),
-               "--isolation", "subprocess", "--disable-runtime-dependency-installation"]
+               "--isolation", isolation, "--disable-runtime-dependency-installation"]
     if tls is None:
         if supernode_auth:
             raise ValueError("SuperNode authentication needs TLS: pass tls=")
@@ -177,15 +179,23 @@ def superlink_command(host: str = "0.0.0.0", port: int = SUPERLINK_PORT, tls: TL
 
 
 def supernode_command(superlink: str, node_config: Mapping[str, Any], port: int = 9094,
-                      root_certificates: Path | None = None, private_key: Path | None = None,
-                      max_wait_time: float | None = None) -> list[str]:
-    command = [_bin("flower-supernode"), "--superlink", superlink, "--host", "127.0.0.1",
-               "--port", str(port), "--node-config", node_config_string(node_config)]
+                      root_certificates: Path | str | None = None, private_key: Path | str | None = None,
+                      isolation: str = "subprocess", host: str = "127.0.0.1") -> list[str]:
+    """``flower-supernode``; its Runtime API listens on ``host:port`` (``0.0.0.0`` when a
+    SuperExec on another host or container runs its ClientApps, ``isolation="process"``)."""
+    command = [_bin("flower-supernode"), "--superlink", superlink, "--isolation", isolation,
+               "--host", host, "--port", str(port), "--node-config", node_config_string(node_config)]
     command += ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
     if private_key is not None:
         command += ["--auth-supernode-private-key", str(private_key)]
-    if max_wait_time is not None:
-        command += ["--max-wait-time", str(max_wait_time)]
+    return command
+
+
+def superexec_command(runtime_api_address: str, root_certificates: Path | str | None = None) -> list[str]:
+    """``flower-superexec`` for process isolation: it pulls apps from a SuperLink (ServerApp) or a
+    SuperNode (ClientApp) Runtime API and runs them; the app's dependencies must be installed."""
+    command = [_bin("flower-superexec"), "--runtime-api-address", runtime_api_address]
+    command += ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
     return command
 
 

@@ -21,6 +21,7 @@ from clipfed.deploy import (
     make_node_keys,
     make_tls,
     register_supernode,
+    superexec_command,
     superlink_command,
     supernode_command,
     wait_healthy,
@@ -82,17 +83,23 @@ def cluster_env(home: Path, data_dir: Path, cache: Path) -> dict[str, str]:
 
 @pytest.mark.timeout(900)
 def test_clipfed_runs_across_namespaces(network: Network, fake_data_dir: Path, tmp_path: Path) -> None:
+    """Process isolation, as in docker-compose.yml: a SuperExec beside the SuperLink runs the
+    ServerApp, and one beside each SuperNode runs its ClientApps."""
     link_ns = network.add_host("link")
     link = f"{network.hosts['link']}:{SUPERLINK_PORT}"
     home = tmp_path / "flwr-home"
     write_connection(home, CONNECTION, link)
     procs = Processes(tmp_path / "logs", cluster_env(home, fake_data_dir, tmp_path / "cache"))
     try:
-        superlink = procs.start("superlink", superlink_command(database=tmp_path / "state.db"), link_ns)
+        superlink = procs.start("superlink", superlink_command(database=tmp_path / "state.db",
+                                                               isolation="process"), link_ns)
         wait_healthy(f"http://{link}/health", superlink, netns=link_ns)
+        procs.start("superexec-serverapp", superexec_command(link), link_ns)
         for pid in range(NODES):
-            procs.start(f"node{pid}", supernode_command(link, node_config(pid, fake_data_dir)),
-                        network.add_host(f"n{pid}"))
+            node_ns = network.add_host(f"n{pid}")
+            procs.start(f"node{pid}", supernode_command(link, node_config(pid, fake_data_dir),
+                                                        isolation="process", host="0.0.0.0"), node_ns)
+            procs.start(f"superexec-node{pid}", superexec_command("127.0.0.1:9094"), node_ns)
         status = flwr_run_in(network, "link", home, run_config(fake_data_dir, tmp_path, "plain"), 600)
     finally:
         procs.stop_all()
