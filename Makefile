@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 export CLIPFED_DATA_DIR ?= $(abspath ../shared/assets)
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 # pip on these machines warns about every missing local index folder; keep real errors.
+# --no-compile: byte-compiling every installed file (torch has thousands) costs over a minute;
+# Python compiles what it imports on first use.
 PIP_FILTER := grep -v "is ignored: it is neither a file nor a directory" || true
 
 .PHONY: install demo test test-fast bench-overhead clean
@@ -16,7 +18,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]' 2>&1 | $(PIP_FILTER)
+	$(PY) -m pip install -q --no-compile -e '.[test]' 2>&1 | $(PIP_FILTER)
 	$(PY) -c "import clipfed, flwr, torch, open_clip" 
 	rm -f $(VENV)/.installed-* && touch $@
 
