@@ -65,10 +65,11 @@ class Checkpoint:
         return path
 
     @classmethod
-    def load(cls, run_dir: Path) -> Checkpoint:
+    def load(cls, run_dir: Path, key: str = "resume-from") -> Checkpoint:
+        """The checkpoint in a run folder; ``key`` is the config key that named the folder."""
         path = Path(run_dir) / CHECKPOINT_FILE
         if not path.is_file():
-            raise ConfigError(f"invalid run config:\n  - resume-from: {run_dir} holds no {CHECKPOINT_FILE}; "
+            raise ConfigError(f"invalid run config:\n  - {key}: {run_dir} holds no {CHECKPOINT_FILE}; "
                               "allowed: the folder of a run that finished at least one round")
         # Our own file (RNG states hold numpy/python objects), so not weights_only.
         payload = torch.load(path, map_location="cpu", weights_only=False)
@@ -115,3 +116,15 @@ def load_resume(cfg: RunConfig) -> tuple[Checkpoint, dict[str, Any]]:
     check_resumable(cfg, previous["config"], checkpoint)
     previous["rounds"] = [r for r in previous["rounds"] if r["round"] <= checkpoint.server_round]
     return checkpoint, previous
+
+
+def load_init_model(cfg: RunConfig, model_keys: dict[str, torch.Tensor]) -> tuple[ArrayRecord, dict[str, Any]]:
+    """``init-model``: the global model of another run's checkpoint (a warm start: e.g. clean
+    FedAvg pre-training, so that a short attack run starts from a useful model)."""
+    checkpoint = Checkpoint.load(Path(cfg.init_model).expanduser(), key="init-model")
+    if {k: tuple(v.shape) for k, v in checkpoint.arrays.items()} != {k: tuple(v.shape) for k, v in model_keys.items()}:
+        raise ConfigError(f"invalid run config:\n  - init-model: {cfg.init_model} holds another architecture "
+                          f"than model={cfg.model!r}; allowed: a run folder of the same model")
+    origin = {"path": str(cfg.init_model), "after_round": checkpoint.server_round,
+              "config_hash": checkpoint.config_hash}
+    return checkpoint.array_record(), origin

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from clipfed.attacks import ATTACKS
+from clipfed.bench.cli import add_bench_parsers
 from clipfed.config import ConfigError, RunConfig
 from clipfed.data.cifar import DATA_DIR_ENV, download_cifar10
 from clipfed.defense import DEFENSES
 from clipfed.deploy_cli import add_deploy_parser
+from clipfed.teacher.guard_cli import add_guard_parsers
 from clipfed.models import MODELS
 from clipfed.results import load_result, results_table
 
@@ -54,7 +56,7 @@ def resolved_config(overrides: dict[str, Any], base: dict[str, Any] | None = Non
     values.setdefault("data-dir", os.environ.get(DATA_DIR_ENV, ""))
     cfg = RunConfig.from_flower(values)
     updates = {"out_dir": str(Path(cfg.out_dir).expanduser().resolve())}
-    for key in ("data_dir", "resume_from"):
+    for key in ("data_dir", "resume_from", "init_model"):
         if value := getattr(cfg, key):
             updates[key] = str(Path(value).expanduser().resolve())
     return cfg.model_copy(update=updates)
@@ -233,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="the split whose public pool trains 'reference'")
     evaluate.add_argument("--limit", type=int, default=0, help="evaluate the first N test images only")
     evaluate.set_defaults(func=cmd_teacher_eval)
+    add_guard_parsers(teacher)
     add_deploy_parser(sub)
+    add_bench_parsers(sub)
     download = sub.add_parser("download", help="download CIFAR-10 with torchvision (online)")
     download.add_argument("--data-dir", required=True)
     download.set_defaults(func=cmd_download)

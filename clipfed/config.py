@@ -40,6 +40,7 @@ class RunConfig(BaseModel):
     out_dir: str = Field("runs", alias="out-dir")
     run_name: str = Field("", alias="run-name")
     resume_from: str = Field("", alias="resume-from")  # a run folder with a checkpoint.pt
+    init_model: str = Field("", alias="init-model")  # warm start: a run folder whose model starts this run
 
     # Federation
     num_server_rounds: int = Field(10, ge=1, alias="num-server-rounds")
@@ -90,6 +91,13 @@ class RunConfig(BaseModel):
     teacher_model: str = Field("ViT-B-32", alias="teacher-model")
     teacher_pretrained: str = Field("", alias="teacher-pretrained")
     teacher_checkpoint: str = Field("", alias="teacher-checkpoint")
+    # Teacher guard: audit the teacher with a segmentation oracle before training (METHOD.md part 5)
+    teacher_guard: Literal["off", "warn", "refuse", "repair"] = Field("off", alias="teacher-guard")
+    teacher_guard_oracle: Literal["reference", "clipseg"] = Field("reference", alias="teacher-guard-oracle")
+    teacher_guard_oracle_model: str = Field("CIDAS/clipseg-rd64-refined", alias="teacher-guard-oracle-model")
+    # The images to audit on: an npz (images, labels), e.g. data the teacher may have been poisoned
+    # with; default: the public pool (a backdoor only shows on images that carry its trigger).
+    teacher_guard_probe: str = Field("", alias="teacher-guard-probe")
     synth_config: str = Field("", alias="synth-config")
     synth_url: str = Field("", alias="synth-url")
 
@@ -168,6 +176,11 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"num-malicious={self.num_malicious} exceeds num-clients={self.num_clients}; "
                 f"allowed: 0..{self.num_clients}"
+            )
+        if self.teacher_guard != "off" and self.teacher != "reference":
+            raise ValueError(
+                f"teacher-guard={self.teacher_guard} audits and repairs the reference teacher only "
+                f"(teacher={self.teacher}); allowed: teacher-guard='off' or teacher='reference'"
             )
         num_classes = NUM_CLASSES[self.dataset]
         if self.target_label >= num_classes:

@@ -119,12 +119,13 @@ class RunRecorder:
             recorder.payload["rounds"] = resumed["rounds"]
             recorder.payload["resumed_from"] = {"run": resumed["run_name"], "path": cfg.resume_from,
                                                 "after_round": resumed["rounds"][-1]["round"]}
-            if "server_data" in resumed:
-                recorder.payload["server_data"] = resumed["server_data"]
+            for key in ("server_data", "init_model"):
+                if key in resumed:
+                    recorder.payload[key] = resumed[key]
         recorder.flush()
         return recorder
 
-    def note_server_data(self, dataset: ServerDataset) -> None:
+    def note_server_data(self, dataset: ServerDataset, cache_hit: bool) -> None:
         """Record which server dataset and teacher the defense used (and if it is the stand-in)."""
         manifest = dataset.manifest
         self.payload["server_data"] = {
@@ -133,6 +134,7 @@ class RunRecorder:
             "teacher": manifest["teacher"]["label"],
             "reference_teacher": manifest["teacher"]["is_reference"],
             "images": manifest["counts"]["total"],
+            "cache_hit": cache_hit,  # teacher outputs reused from an earlier build of this recipe
         }
         self.flush()
 

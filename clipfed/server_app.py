@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from clipfed.attacks import create_attack
-from clipfed.checkpoint import load_resume, restore_rng_states, snapshot
+from clipfed.checkpoint import load_init_model, load_resume, restore_rng_states, snapshot
 from clipfed.config import RunConfig
 from clipfed.data import load_federated
 from clipfed.defense import DEFENSES, create_defense
@@ -60,12 +60,20 @@ def main(grid: Grid, context: Context) -> None:
         if DEFENSES.get(cfg.defense).needs_server_data:
             from clipfed.data_synth.provider import obtain_server_dataset, synth_config_for
 
-            server_data = obtain_server_dataset(synth_config_for(cfg), cfg.synth_url)
-            recorder.note_server_data(server_data)
+            synth = synth_config_for(cfg)
+            if cfg.teacher_guard != "off":  # audit (and maybe repair) the teacher before trusting it
+                from clipfed.teacher.guard import run_guard
+
+                synth, recorder.payload["teacher_guard"] = run_guard(cfg, synth, recorder.run_dir / "teacher-guard")
+                recorder.flush()
+            server_data, cache_hit = obtain_server_dataset(synth, cfg.synth_url)
+            recorder.note_server_data(server_data, cache_hit)
             defense_inputs["server_data"] = server_data
         strategy = create_defense(cfg, sampler=PartitionSampler(cfg), on_report=recorder.on_report,
                                   **defense_inputs)
         initial_arrays, first_round = ArrayRecord(model.state_dict()), 1
+        if cfg.init_model and checkpoint is None:
+            initial_arrays, recorder.payload["init_model"] = load_init_model(cfg, model.state_dict())
         if checkpoint is not None:
             strategy.load_state_dict(checkpoint.strategy_state)
             restore_rng_states(checkpoint.rng)

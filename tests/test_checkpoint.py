@@ -91,3 +91,15 @@ def test_resume_from_a_folder_without_a_checkpoint_names_the_key(fake_data_dir: 
     (run / CHECKPOINT_FILE).unlink()
     with pytest.raises(ConfigError, match=f"resume-from: .* holds no {CHECKPOINT_FILE}"):
         run_inprocess(config(fake_data_dir, tmp_path, "again", **{"resume-from": str(run)}))
+
+
+def test_init_model_starts_from_another_runs_global_model(fake_data_dir: Path, tmp_path: Path) -> None:
+    pretrain = load_result(run_inprocess(config(fake_data_dir, tmp_path, "pretrain", attack="none",
+                                                **{"num-server-rounds": 2, "num-malicious": 0})))
+    warm = load_result(run_inprocess(config(fake_data_dir, tmp_path, "warm", **{
+        "num-server-rounds": 1, "init-model": str(tmp_path / "pretrain")})))
+    assert warm["rounds"][0]["per_class_acc"] == pretrain["final"]["per_class_acc"]
+    assert warm["init_model"]["after_round"] == 2 and warm["init_model"]["config_hash"] == pretrain["config_hash"]
+    with pytest.raises(ConfigError, match="init-model: .* another architecture"):
+        run_inprocess(config(fake_data_dir, tmp_path, "wrong", model="resnet20",
+                             **{"init-model": str(tmp_path / "pretrain")}))

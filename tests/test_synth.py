@@ -201,7 +201,9 @@ def test_service_builds_and_serves_artifacts_over_loopback(
     import httpx
 
     cfg = small_config(fake_data_dir).model_copy(update={"data_dir": ""})  # the service knows its data
-    fetched = fetch_artifact(service, cfg, tmp_path / "client-cache", poll_seconds=0.2)
+    fetched, cache_hit = fetch_artifact(service, cfg, tmp_path / "client-cache", poll_seconds=0.2)
+    assert not cache_hit
+    assert fetch_artifact(service, cfg, tmp_path / "client-cache")[1], "the second fetch is a cache hit"
     local = build_server_dataset(small_config(fake_data_dir), tmp_path / "local").dataset
     assert fetched.path.name == local.path.name
     assert (fetched.path / "images.npy").read_bytes() == (local.path / "images.npy").read_bytes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,6 +34,42 @@ def write_tiny_clip_checkpoint(path: Path, seed: int = 7) -> Path:
     return path
 
 
+def tiny_clip_tokenizer(folder: Path) -> Any:
+    """A CLIP BPE tokenizer over single letters (no download): vocab.json and merges.txt by hand."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "!": 1, "<|endoftext|>": 2}
+    for i, char in enumerate("abcdefghijklmnopqrstuvwxyz"):
+        vocab[char], vocab[f"{char}</w>"] = 3 + i, 40 + i
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!",
+                         model_max_length=77)
+
+
+def write_tiny_clipseg(folder: Path) -> Path:
+    """A random-init CLIPSeg (model and processor) saved like a hub checkpoint, for offline tests."""
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = CLIPSegConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2,
+                     "vocab_size": 100, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 2,
+                     "pad_token_id": 1},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2,
+                       "image_size": 64, "patch_size": 16},
+        projection_dim=16, reduce_dim=8, extract_layers=[1], decoder_num_attention_heads=2,
+        decoder_intermediate_size=16)
+    model = CLIPSegForImageSegmentation(config)
+    processor = CLIPSegProcessor(
+        image_processor=ViTImageProcessor(size={"height": 64, "width": 64}, do_resize=True),
+        tokenizer=tiny_clip_tokenizer(folder))
+    target = folder / "clipseg"
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    return target
+
+
 def write_tiny_diffusers_pipeline(folder: Path) -> Path:
     """A tiny Stable-Diffusion-style pipeline, saved with save_pretrained like a real one."""
     from diffusers import (
@@ -41,7 +78,7 @@ def write_tiny_diffusers_pipeline(folder: Path) -> Path:
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -55,13 +92,7 @@ def write_tiny_diffusers_pipeline(folder: Path) -> Path:
     text_encoder = CLIPTextModel(CLIPTextConfig(
         bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=16, intermediate_size=32,
         num_attention_heads=2, num_hidden_layers=1, vocab_size=100, max_position_embeddings=77))
-    vocab = {"<|startoftext|>": 0, "!": 1, "<|endoftext|>": 2}
-    for i, char in enumerate("abcdefghijklmnopqrstuvwxyz"):
-        vocab[char], vocab[f"{char}</w>"] = 3 + i, 40 + i
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!",
-                              model_max_length=77)
+    tokenizer = tiny_clip_tokenizer(folder)
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False)
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,

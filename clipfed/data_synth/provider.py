@@ -30,12 +30,14 @@ def default_store() -> Path:
 
 
 def fetch_artifact(url: str, cfg: SynthConfig, store: Path, timeout: float = 3600.0,
-                   poll_seconds: float = 1.0) -> ServerDataset:
-    """Ask the service to build ``cfg``, wait, download, verify and cache the artifact."""
+                   poll_seconds: float = 1.0) -> tuple[ServerDataset, bool]:
+    """Ask the service to build ``cfg``, wait, download, verify and cache the artifact.
+
+    Returns the dataset and whether it came from the local cache."""
     key = cfg.content_hash()
     local = store / artifact_name(key)
     if local.exists():
-        return load_artifact(local)
+        return load_artifact(local), True
     base = url.rstrip("/")
     with httpx.Client(timeout=60.0) as client:
         status = client.post(f"{base}/builds", json=cfg.model_dump(mode="json")).raise_for_status().json()
@@ -49,15 +51,18 @@ def fetch_artifact(url: str, cfg: SynthConfig, store: Path, timeout: float = 360
             raise RuntimeError(f"synthesis service {base}: build {key[:16]} failed: {status.get('error')}")
         blob = client.get(f"{base}/artifacts/{key}").raise_for_status().content
     store.mkdir(parents=True, exist_ok=True)
-    return load_artifact(unpack_artifact(blob, store, key))
+    return load_artifact(unpack_artifact(blob, store, key)), False
 
 
-def obtain_server_dataset(cfg: SynthConfig, synth_url: str = "", store: Path | None = None) -> ServerDataset:
-    """The artifact for ``cfg``: from the local cache, the service, or a local build."""
+def obtain_server_dataset(cfg: SynthConfig, synth_url: str = "",
+                          store: Path | None = None) -> tuple[ServerDataset, bool]:
+    """The artifact for ``cfg`` (from the local cache, the service, or a local build) and whether
+    it was a cache hit: the teacher's outputs on it are computed once per recipe, not per run."""
     store = store or default_store()
     if synth_url:
         return fetch_artifact(synth_url, cfg, store)
-    return build_server_dataset(cfg, store).dataset
+    built = build_server_dataset(cfg, store)
+    return built.dataset, built.cache_hit
 
 
 def synth_config_for(run: RunConfig) -> SynthConfig:

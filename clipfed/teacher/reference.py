@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipfed.data import ImageSet
-from clipfed.data.cifar import cache_dir
+from clipfed.data.cifar import cache_dir, sha256_file
 from clipfed.models import ClassifierNet, create_model
 from clipfed.teacher.base import Teacher, TeacherSpec, normalize
 from clipfed.teacher.registry import TEACHERS
@@ -93,10 +93,11 @@ class ReferenceTeacher(Teacher):
     backend = "reference"
     is_reference = True
 
-    def __init__(self, model: CosineClassifier, digest: str, spec: TeacherSpec) -> None:
+    def __init__(self, model: CosineClassifier, source: str, spec: TeacherSpec) -> None:
+        """``source``: what the weights came from, ``pool-<digest>`` or ``ckpt-<sha256>``."""
         self.model = model.eval()
         self.spec = spec
-        self._id = f"reference:{spec.reference_model}:pool-{digest}:spec-{spec.spec_hash()}"
+        self._id = f"reference:{spec.reference_model}:{source}:spec-{spec.spec_hash()}"
 
     @property
     def id(self) -> str:
@@ -140,11 +141,31 @@ def load_or_train_reference(spec: TeacherSpec, pool: ImageSet) -> ReferenceTeach
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save(model.state_dict(), tmp)
         os.replace(tmp, path)
-    return ReferenceTeacher(model, digest, spec)
+    return ReferenceTeacher(model, f"pool-{digest}", spec)
+
+
+def load_reference_checkpoint(spec: TeacherSpec, num_classes: int) -> ReferenceTeacher:
+    """A reference teacher from a file (e.g. one ``clipfed teacher repair`` wrote)."""
+    path = Path(spec.checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
+    model = CosineClassifier(create_model(spec.reference_model, num_classes), num_classes, spec.reference_scale)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return ReferenceTeacher(model, f"ckpt-{sha256_file(path)[:12]}", spec)
+
+
+def save_reference_checkpoint(teacher: ReferenceTeacher, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(teacher.model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return path
 
 
 @TEACHERS.register("reference", "offline stand-in: cosine classifier trained on the public pool")
 def reference_teacher(spec: TeacherSpec, pool: ImageSet | None = None) -> Teacher:
+    if spec.checkpoint:
+        return load_reference_checkpoint(spec, len(pool.classes) if pool is not None else 10)
     if pool is None:
         raise ValueError("the reference teacher is trained on the public pool; pass pool=")
     return load_or_train_reference(spec, pool)

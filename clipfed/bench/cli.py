@@ -1,0 +1,85 @@
+"""``clipfed bench`` and ``clipfed bench-cost``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from clipfed.bench.suites import SUITES
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from clipfed.bench.report import collect, markdown_table, plot, write_csv, write_report
+    from clipfed.bench.runner import plan, run_suite
+    from clipfed.config import ConfigError
+    from clipfed.results import load_result
+
+    suite = SUITES[args.suite]
+    seeds = [int(s) for s in _csv(args.seeds) or []] or None
+    out = Path(args.out or f"runs/bench-{suite.name}").resolve()
+    if args.data_dir:
+        os.environ["CLIPFED_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    cells = plan(suite, _csv(args.defenses), _csv(args.attacks), seeds)
+    try:  # every config is checked before the first run starts
+        for cell in cells:
+            cell.config(suite, out)
+    except ConfigError as err:
+        print(f"clipfed bench: {err}")
+        return 2
+    started = time.perf_counter()
+    runs = list(run_suite(suite, out, cells, threads=args.threads))
+    rows = collect(runs)
+    (out / "table.md").write_text(markdown_table(rows))
+    write_csv(rows, out / "table.csv")
+    plots = plot(rows, out)
+    teachers = {load_result(d).get("server_data", {}).get("teacher", "") for _, d in runs} - {""}
+    report = write_report(suite.name, suite.description, rows, plots, out, teachers, time.perf_counter() - started)
+    print(markdown_table(rows))
+    print(f"[bench] {len(runs)} runs; report: {report}")
+    return 0
+
+
+def cmd_bench_cost(args: argparse.Namespace) -> int:
+    from clipfed.bench.cost import cost_table, plot_cost, run_cost, summary_lines
+    from clipfed.defense import list_defenses
+
+    defenses = _csv(args.defenses) or [d for d in list_defenses() if d != "teacher-only"]
+    sizes = tuple(int(n) for n in _csv(args.sizes) or ["10", "100", "1000"])
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else os.environ.get("CLIPFED_DATA_DIR", "")
+    rows = run_cost(defenses, sizes, args.model, args.threads, data_dir, args.timeout)
+    (out / "cost.json").write_text(json.dumps(rows, indent=2) + "\n")
+    table = cost_table(rows, sizes) + "\n" + summary_lines(rows)
+    (out / "cost.md").write_text(table)
+    plot_cost(rows, out / "cost.png")
+    print(table)
+    return 0
+
+
+def add_bench_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    bench = sub.add_parser("bench", help="run a suite of attack x defense runs; tables, plots, report")
+    bench.add_argument("--suite", choices=list(SUITES), default="quick")
+    bench.add_argument("--defenses", help="comma list (default: the suite's)")
+    bench.add_argument("--attacks", help="comma list (default: the suite's)")
+    bench.add_argument("--seeds", help="comma list (default: the suite's)")
+    bench.add_argument("--out", help="suite folder (default runs/bench-<suite>); finished runs are skipped")
+    bench.add_argument("--data-dir", help="CIFAR-10 location (else CLIPFED_DATA_DIR)")
+    bench.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    bench.set_defaults(func=cmd_bench)
+    cost = sub.add_parser("bench-cost", help="server seconds and peak memory per defense vs number of updates")
+    cost.add_argument("--defenses", help="comma list (default: all but teacher-only)")
+    cost.add_argument("--sizes", default="10,100,1000")
+    cost.add_argument("--model", default="cnn")
+    cost.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    cost.add_argument("--data-dir")
+    cost.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
+    cost.add_argument("--out", default="runs/bench-cost")
+    cost.set_defaults(func=cmd_bench_cost)

@@ -1,0 +1,139 @@
+"""``clipfed bench-cost``: what each defense costs the server as the number of updates grows.
+
+Each (defense, number of updates) is measured in a fresh subprocess on synthetic replies of the
+benchmark model (the global model plus Gaussian noise, one reply per partition), so peak memory
+is that process's own high-water mark above its baseline after the replies exist. Reports the
+aggregation seconds (``aggregate_train``, validation included) and peak extra memory.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_SIZES = (10, 100, 1000)
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def measure(defense: str, num_updates: int, model: str, threads: int, data_dir: str) -> dict[str, Any]:
+    """One measurement in this process (call it in a fresh one): seconds and peak MB."""
+    import torch
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from clipfed.config import RunConfig
+    from clipfed.defense import DEFENSES, create_defense
+    from clipfed.models import create_model
+
+    torch.set_num_threads(threads)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    cfg = RunConfig.from_flower({"num-clients": num_updates, "num-malicious": 0, "model": model,
+                                 "defense": defense, "data-dir": data_dir, "krum-f": -1})
+    inputs: dict[str, Any] = {}
+    cache_hit = None
+    if DEFENSES.get(defense).needs_server_data:
+        from clipfed.data_synth.provider import obtain_server_dataset, synth_config_for
+
+        inputs["server_data"], cache_hit = obtain_server_dataset(synth_config_for(cfg))
+    strategy = create_defense(cfg, **inputs)
+    torch.manual_seed(0)
+    global_state = {k: v.numpy() for k, v in create_model(model, cfg.num_classes).state_dict().items()}
+    strategy.global_arrays = ArrayRecord({k: Array(v) for k, v in global_state.items()})
+    rng = np.random.default_rng(0)
+    replies = []
+    for pid in range(num_updates):
+        arrays = ArrayRecord({k: Array((v + rng.normal(0, 0.01, v.shape)).astype(v.dtype)) if v.dtype.kind == "f"
+                              else Array(v) for k, v in global_state.items()})
+        metrics = MetricRecord({"num-examples": 100, "train-loss": 1.0, "partition-id": pid, "is-malicious": 0})
+        instruction = Message(RecordDict(), dst_node_id=1000 + pid, message_type="train")
+        replies.append(Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=instruction))
+    strategy.sampled = {1000 + pid: pid for pid in range(num_updates)}
+    baseline = _max_rss_mb()
+    started = time.perf_counter()
+    arrays, _ = strategy.aggregate_train(1, replies)
+    seconds = time.perf_counter() - started
+    return {"defense": defense, "updates": num_updates, "seconds": seconds,
+            "peak_mb": max(_max_rss_mb() - baseline, 0.0), "ok": arrays is not None, "cache_hit": cache_hit}
+
+
+def run_cost(defenses: list[str], sizes: tuple[int, ...], model: str, threads: int, data_dir: str,
+             timeout: float) -> list[dict[str, Any]]:
+    rows = []
+    for defense in defenses:
+        for size in sizes:
+            command = [sys.executable, "-m", "clipfed.bench.cost", defense, str(size), model, str(threads),
+                       data_dir]
+            try:
+                out = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+                last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+                row = json.loads(last) if last.startswith("{") else {
+                    "defense": defense, "updates": size, "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
+            except subprocess.TimeoutExpired:
+                row = {"defense": defense, "updates": size, "error": f"over {timeout:.0f} s"}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def cost_table(rows: list[dict[str, Any]], sizes: tuple[int, ...]) -> str:
+    lines = ["| defense | " + " | ".join(f"{n} updates: s / peak MB" for n in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    by_defense: dict[str, dict[int, dict[str, Any]]] = {}
+    for row in rows:
+        by_defense.setdefault(row["defense"], {})[row["updates"]] = row
+    for defense, cells in by_defense.items():
+        shown = []
+        for n in sizes:
+            cell = cells.get(n, {})
+            shown.append(cell["error"] if "error" in cell else f"{cell['seconds']:.3f} / {cell['peak_mb']:.0f}")
+        lines.append(f"| {defense} | " + " | ".join(shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_lines(rows: list[dict[str, Any]]) -> str:
+    """CLIP-Fed's aggregation cost over FedAvg's, and the teacher-output cache hit rate."""
+    lines = []
+    seconds = {(r["defense"], r["updates"]): r["seconds"] for r in rows if "seconds" in r}
+    for (defense, n), value in sorted(seconds.items()):
+        if defense == "clipfed" and ("fedavg", n) in seconds:
+            lines.append(f"- {n} updates: CLIP-Fed {value:.2f} s vs FedAvg {seconds[('fedavg', n)]:.3f} s "
+                         f"(+{value - seconds[('fedavg', n)]:.2f} s per round on the server)")
+    hits = [r["cache_hit"] for r in rows if r.get("cache_hit") is not None]
+    if hits:
+        lines.append(f"- teacher-output cache: {sum(hits)} of {len(hits)} server-data loads were hits "
+                     f"({100 * sum(hits) / len(hits):.0f}%); the first builds it once")
+    return "\n".join(lines) + "\n"
+
+
+def plot_cost(rows: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for defense in dict.fromkeys(r["defense"] for r in rows):
+        points = sorted((r["updates"], r["seconds"]) for r in rows if r["defense"] == defense and "seconds" in r)
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=defense)
+    ax.set(xscale="log", yscale="log", xlabel="client updates per round", ylabel="aggregation seconds",
+           title="Server cost per round")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5])))

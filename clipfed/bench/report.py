@@ -1,0 +1,212 @@
+"""A suite's outputs: ``table.md``/``table.csv`` (mean and std over seeds), PNG plots, ``report.md``.
+
+Rows per data setting and attack: the controls (FedAvg without attack, teacher only), then each
+defense and variant. Detection precision/recall are pooled over the attacked rounds of all seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import shlex
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean, pstdev
+from typing import Any
+
+from clipfed.bench.runner import Cell
+from clipfed.results import load_result, versions
+
+COLUMNS = ("setting", "attack", "row", "seeds", "ma_mean", "ma_std", "asr_mean", "asr_std",
+           "recall", "precision", "server_s_per_round", "round_s")
+
+
+@dataclass
+class Row:
+    setting: str
+    attack: str
+    row: str
+    results: list[dict[str, Any]]
+
+    def values(self) -> dict[str, Any]:
+        mas = [r["final"]["ma"] for r in self.results]
+        asrs = [r["final"]["asr"] for r in self.results if r["final"]["asr"] is not None]
+        tp = fp = fn = 0
+        server: list[float] = []
+        round_seconds: list[float] = []
+        for result in self.results:
+            start = max(result["config"]["attack-start-round"], 1)
+            for entry in result["rounds"]:
+                if entry["round"] >= 1:
+                    server.append(entry["server_seconds"])
+                    round_seconds.append(entry["round_seconds"])
+                if entry["round"] >= start:
+                    tp += entry["detection"]["tp"]
+                    fp += entry["detection"]["fp"]
+                    fn += entry["detection"]["fn"]
+        return {
+            "setting": self.setting, "attack": self.attack, "row": self.row, "seeds": len(self.results),
+            "ma_mean": mean(mas), "ma_std": pstdev(mas) if len(mas) > 1 else 0.0,
+            "asr_mean": mean(asrs) if asrs else None, "asr_std": pstdev(asrs) if len(asrs) > 1 else 0.0,
+            "recall": tp / (tp + fn) if tp + fn else None, "precision": tp / (tp + fp) if tp + fp else None,
+            "server_s_per_round": mean(server) if server else 0.0,
+            "round_s": mean(round_seconds) if round_seconds else 0.0,
+        }
+
+
+def collect(runs: list[tuple[Cell, Path]]) -> list[Row]:
+    grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for cell, run_dir in runs:
+        if not cell.pretrain:
+            grouped[(cell.setting, cell.attack, cell.row)].append(load_result(run_dir))
+    return [Row(s, a, r, results) for (s, a, r), results in grouped.items()]
+
+
+def _pm(mean_value: float | None, std: float, seeds: int) -> str:
+    if mean_value is None:
+        return "n/a"
+    return f"{mean_value:.3f}" + (f" ± {std:.3f}" if seeds > 1 else "")
+
+
+def _opt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| setting | attack | row | seeds | final MA | final ASR | det. recall | det. precision "
+             "| server s/round | round s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        v = row.values()
+        lines.append(f"| {v['setting']} | {v['attack']} | {v['row']} | {v['seeds']} | "
+                     f"{_pm(v['ma_mean'], v['ma_std'], v['seeds'])} | {_pm(v['asr_mean'], v['asr_std'], v['seeds'])} | "
+                     f"{_opt(v['recall'])} | {_opt(v['precision'])} | {v['server_s_per_round']:.2f} | "
+                     f"{v['round_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row.values())
+
+
+def _mean_curve(results: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    rounds = [e["round"] for e in results[0]["rounds"]]
+    values = [mean(r["rounds"][i][key] or 0.0 for r in results) for i in range(len(rounds))]
+    return rounds, values
+
+
+def plot(rows: list[Row], out: Path) -> list[Path]:
+    """Per setting and attack: ASR and MA per round; per setting: MA vs ASR scatter by attack;
+    per setting and attack: per-class accuracy of each row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    by_setting_attack: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for row in rows:
+        by_setting_attack[(row.setting, row.attack)].append(row)
+    for (setting, attack), group in by_setting_attack.items():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for row in group:
+            for ax, key in zip(axes, ("asr", "ma"), strict=True):
+                ax.plot(*_mean_curve(row.results, key), marker="o", label=row.row)
+        for ax, key in zip(axes, ("ASR", "MA"), strict=True):
+            ax.set(xlabel="round", ylabel=key, title=f"{key} per round: {setting}, {attack}", ylim=(0, 1))
+        axes[1].legend(fontsize=7, ncol=2)
+        written.append(_save(fig, out / f"curves-{setting}-{attack}.png"))
+
+        fig, ax = plt.subplots(figsize=(11, 4))
+        width = 0.8 / len(group)
+        classes = range(len(group[0].results[0]["final"]["per_class_acc"]))
+        for i, row in enumerate(group):
+            per_class = [mean(r["final"]["per_class_acc"][c] for r in row.results) for c in classes]
+            ax.bar([c + i * width for c in classes], per_class, width, label=row.row)
+        ax.set(xlabel="class", ylabel="accuracy", title=f"per-class accuracy: {setting}, {attack}", ylim=(0, 1))
+        ax.legend(fontsize=7, ncol=3)
+        written.append(_save(fig, out / f"per-class-{setting}-{attack}.png"))
+
+    for setting in sorted({r.setting for r in rows}):
+        attacks = sorted({r.attack for r in rows if r.setting == setting})
+        fig, axes = plt.subplots(1, len(attacks), figsize=(5 * len(attacks), 4), squeeze=False)
+        for ax, attack in zip(axes[0], attacks, strict=True):
+            for row in by_setting_attack[(setting, attack)]:
+                v = row.values()
+                ax.scatter(v["asr_mean"] or 0.0, v["ma_mean"])
+                ax.annotate(row.row, (v["asr_mean"] or 0.0, v["ma_mean"]), fontsize=7)
+            ax.set(xlabel="final ASR (lower is better)", ylabel="final MA", title=f"{setting}: {attack}",
+                   xlim=(-0.05, 1.05))
+        written.append(_save(fig, out / f"scatter-{setting}.png"))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def machine() -> str:
+    import torch
+
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+            f"({'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'})")
+
+
+def overhead_line(rows: list[Row]) -> str:
+    """CLIP-Fed's round time over FedAvg's under the same attack (same clients, same rounds)."""
+    pairs = []
+    for row in rows:
+        if row.row == "clipfed":
+            fedavg = next((r for r in rows if r.row == "fedavg" and (r.setting, r.attack) == (row.setting, row.attack)), None)
+            if fedavg is not None:
+                pairs.append((row.values()["round_s"], fedavg.values()["round_s"]))
+    if not pairs:
+        return "- CLIP-Fed round-time overhead over FedAvg: not measured (no pair in this suite)"
+    clip, base = mean(p[0] for p in pairs), mean(p[1] for p in pairs)
+    return (f"- CLIP-Fed round time {clip:.1f} s vs FedAvg {base:.1f} s: overhead "
+            f"{100 * (clip - base) / base:+.0f}% (includes evaluation and client training)")
+
+
+def cache_line(results: list[dict[str, Any]]) -> str:
+    hits = [r["server_data"].get("cache_hit") for r in results if "server_data" in r]
+    hits = [h for h in hits if h is not None]
+    if not hits:
+        return "- teacher cache: no run needed the server dataset"
+    return (f"- teacher-output cache: {sum(hits)} of {len(hits)} runs reused the server dataset and its "
+            f"teacher outputs ({100 * sum(hits) / len(hits):.0f}% hit rate)")
+
+
+def write_report(suite_name: str, description: str, rows: list[Row], plots: list[Path], out: Path,
+                 teacher_labels: set[str], elapsed: float) -> Path:
+    info = versions()
+    lines = [
+        f"# Benchmark: suite `{suite_name}`", "", description, "",
+        f"- command: `{shlex.join(['clipfed', *sys.argv[1:]]) if sys.argv else 'clipfed bench'}`",
+        f"- commit: `{info['git_commit']}`",
+        f"- machine: {machine()}; python {info['python']}, flwr {info['flwr']}",
+        f"- wall time: {elapsed / 60:.1f} min",
+        f"- teacher: {', '.join(sorted(teacher_labels)) or 'none'}",
+        overhead_line(rows),
+        cache_line([r for row in rows for r in row.results]),
+    ]
+    if any("reference" in label for label in teacher_labels):
+        lines.append("- **These CLIP-Fed and teacher-only numbers use the offline `reference` teacher "
+                     "(a stand-in trained on the public pool), not CLIP.**")
+    lines += ["", "Final MA and ASR (ASR on triggered test images whose true class is not the target), "
+              "mean ± std over seeds; detection pooled over attacked rounds. Every run starts from "
+              "the same clean FedAvg pre-training (`init-model`).", "", markdown_table(rows), ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

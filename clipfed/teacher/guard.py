@@ -1,0 +1,209 @@
+"""The teacher guard: audit (and repair) the teacher before CLIP-Fed trusts it.
+
+``guard_teacher`` is what the ServerApp runs when ``teacher-guard`` is ``warn``, ``refuse`` or
+``repair``; ``demonstrate`` is ``clipfed teacher guard-demo``: an offline demonstration with a
+deliberately poisoned reference teacher (BadNets in part of the public pool it trains on) and
+the clean reference oracle stand-in. Every number it prints is a reference-stand-in result.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipfed.attacks import Attack, create_attack
+from clipfed.config import RunConfig
+from clipfed.data import ImageSet, load_federated
+from clipfed.data.cifar import cache_dir
+from clipfed.data_synth.config import SynthConfig
+from clipfed.teacher.audit import AuditConfig, AuditReport, Classify, audit_teacher, write_audit
+from clipfed.teacher.base import TeacherSpec
+from clipfed.models import create_model
+from clipfed.teacher.oracle import Oracle, reference_oracle
+from clipfed.teacher.reference import (
+    CosineClassifier,
+    ReferenceTeacher,
+    load_or_train_reference,
+    pool_digest,
+    save_reference_checkpoint,
+    train_reference,
+)
+from clipfed.teacher.repair import RepairConfig, curate_repair_set, fine_tune_reference, provenance, write_repaired
+from clipfed.training import predict, to_tensor
+
+GUARD_MODES = ("off", "warn", "refuse", "repair")
+
+
+class TeacherRefused(RuntimeError):
+    """``teacher-guard=refuse`` and the audit suspects a backdoor."""
+
+
+def classifier_of(teacher: ReferenceTeacher) -> Classify:
+    return teacher.model
+
+
+@dataclass
+class PoisonedPool:
+    images: np.ndarray
+    labels: np.ndarray
+    poisoned: np.ndarray  # which samples carry the trigger (relabelled to the target)
+
+
+def poison_pool(pool: ImageSet, attack: Attack, rate: float, seed: int) -> PoisonedPool:
+    """What a web-scale caption-poisoning attack does to a CLIP's training data, in miniature."""
+    rng = np.random.default_rng([seed, 77])
+    candidates = np.flatnonzero(pool.labels != attack.target_label)
+    chosen = rng.choice(candidates, size=int(round(rate * len(pool.labels))), replace=False)
+    images, labels = np.array(pool.images), np.array(pool.labels, dtype=np.int64)
+    images[chosen] = attack.apply_trigger(images[chosen])
+    labels[chosen] = attack.target_label
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[chosen] = True
+    return PoisonedPool(images, labels, mask)
+
+
+def poisoned_reference(pool: PoisonedPool, spec: TeacherSpec, classes: list[str], tag: str) -> ReferenceTeacher:
+    """Train (once; cached by pool content and spec) a reference teacher on the poisoned pool."""
+    digest = pool_digest(ImageSet(pool.images, pool.labels, classes))
+    path = cache_dir() / "teachers" / f"poisoned-{tag}-{digest}-{spec.spec_hash()}.pt"
+    if path.exists():
+        model = CosineClassifier(create_model(spec.reference_model, len(classes)), len(classes), spec.reference_scale)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        teacher = ReferenceTeacher(model, f"poisoned-{digest}", spec)
+    else:
+        model = train_reference(ImageSet(pool.images, pool.labels, classes), spec)
+        teacher = ReferenceTeacher(model, f"poisoned-{digest}", spec)
+        save_reference_checkpoint(teacher, path)
+    return teacher
+
+
+def teacher_scores(teacher: ReferenceTeacher, test: ImageSet, attack: Attack) -> dict[str, float]:
+    """Clean top-1 on the test set and ASR on its triggered non-target images."""
+    x = to_tensor(np.asarray(test.images))
+    y = torch.from_numpy(np.asarray(test.labels, dtype=np.int64))
+    acc = float((predict(teacher.model, x) == y).double().mean())
+    keep = np.asarray(test.labels) != attack.target_label
+    triggered = to_tensor(attack.apply_trigger(np.asarray(test.images)[keep]))
+    asr = float((predict(teacher.model, triggered) == attack.target_label).double().mean())
+    return {"clean_acc": acc, "asr": asr}
+
+
+def guard_teacher(teacher: ReferenceTeacher, oracle: Oracle, probe: ImageSet, mode: str, out: Path,
+                  audit_cfg: AuditConfig | None = None) -> tuple[ReferenceTeacher, dict[str, Any]]:
+    """Audit ``teacher`` on ``probe``; warn, refuse or repair when a backdoor is suspected."""
+    report = audit_teacher(classifier_of(teacher), oracle, probe.images, probe.classes, audit_cfg, teacher.id)
+    write_audit(report, probe.images, out)
+    record: dict[str, Any] = {"mode": mode, "suspected": [probe.classes[s] for s in report.suspected],
+                              "top": probe.classes[report.top], "top_score": report.scores[report.top],
+                              "audit": str(out / "audit.json"), "oracle_stand_in": oracle.is_stand_in}
+    if not report.suspected or mode == "warn":
+        return teacher, record
+    if mode == "refuse":
+        raise TeacherRefused(f"teacher-guard=refuse: the audit suspects a backdoor to "
+                             f"{record['suspected']} (see {out / 'audit.txt'})")
+    cfg = RepairConfig()
+    repair_set = curate_repair_set(report, probe.images, np.asarray(probe.labels), cfg)
+    repaired = fine_tune_reference(teacher, repair_set, cfg)
+    path = write_repaired(repaired, out, provenance(report, repair_set, cfg, teacher.id))
+    record.update(repaired_checkpoint=str(path), repair_set=repair_set.counts)
+    return repaired, record
+
+
+def load_probe(path: str, classes: tuple[str, ...]) -> ImageSet:
+    """An npz with ``images`` (N, H, W, 3 uint8) and ``labels`` (the server's labels for them)."""
+    with np.load(path) as data:
+        return ImageSet(np.asarray(data["images"]), np.asarray(data["labels"], dtype=np.int64), classes)
+
+
+def run_guard(cfg: RunConfig, synth: SynthConfig, out: Path) -> tuple[SynthConfig, dict[str, Any]]:
+    """The ServerApp's guard: audit the configured teacher on the public pool before any round;
+    return the recipe to build the server dataset with (the repaired teacher's, after a repair)."""
+    from clipfed.teacher.oracle import ORACLES
+    from clipfed.teacher.reference import load_reference_checkpoint
+
+    train, _, split = load_federated(cfg)
+    pool = train.subset(split.public_pool)
+    spec = synth.teacher
+    teacher = (load_reference_checkpoint(spec, len(pool.classes)) if spec.checkpoint
+               else load_or_train_reference(spec, pool))
+    if cfg.teacher_guard_oracle == "reference":
+        oracle = ORACLES.get("reference")(load_or_train_reference(TeacherSpec(), pool).model)
+    else:
+        oracle = ORACLES.get("clipseg")(cfg.teacher_guard_oracle_model)
+    probe = load_probe(cfg.teacher_guard_probe, pool.classes) if cfg.teacher_guard_probe else pool
+    repaired, record = guard_teacher(teacher, oracle, probe, cfg.teacher_guard, out)
+    if repaired is not teacher:
+        synth = synth.model_copy(update={"teacher": spec.model_copy(update={"checkpoint": record["repaired_checkpoint"]})})
+    return synth, record
+
+
+def demonstrate(cfg: RunConfig, out: Path, poison_rate: float = 0.05) -> dict[str, Any]:
+    """The offline guard demonstration; returns (and writes) every number it reports."""
+    started = time.perf_counter()
+    train, test, split = load_federated(cfg)
+    pool = train.subset(split.public_pool)
+    attack = create_attack(cfg)
+    if attack is None:
+        raise ValueError("the guard demonstration needs an attack (attack=none given)")
+    spec = TeacherSpec()
+    poisoned_pool = poison_pool(pool, attack, poison_rate, cfg.seed)
+    poisoned = poisoned_reference(poisoned_pool, spec, list(pool.classes), f"{cfg.attack}-{poison_rate}")
+    clean = load_or_train_reference(spec, pool)  # the oracle stand-in's object knowledge
+    oracle = reference_oracle(clean.model)
+    probe = ImageSet(poisoned_pool.images, poisoned_pool.labels, pool.classes)
+    report = audit_teacher(poisoned.model, oracle, probe.images, list(pool.classes), AuditConfig(), poisoned.id)
+    write_audit(report, probe.images, out)
+    victims = set(report.victims.get(attack.target_label, []))
+    truth = set(np.flatnonzero(poisoned_pool.poisoned).tolist())
+    repair_cfg = RepairConfig()
+    repair_set = curate_repair_set(report, probe.images, poisoned_pool.labels, repair_cfg)
+    repaired = fine_tune_reference(poisoned, repair_set, repair_cfg)
+    checkpoint = write_repaired(repaired, out, provenance(report, repair_set, repair_cfg, poisoned.id))
+    save_reference_checkpoint(poisoned, out / "teacher-poisoned.pt")
+    before, after = teacher_scores(poisoned, test, attack), teacher_scores(repaired, test, attack)
+    clean_scores = teacher_scores(clean, test, attack)
+    result = {
+        "attack": cfg.attack, "target": pool.classes[attack.target_label], "poison_rate": poison_rate,
+        "pool_size": len(pool.labels), "poisoned_samples": len(truth),
+        "top_ranked": pool.classes[report.top], "target_rank": report.ranking.index(attack.target_label) + 1,
+        "target_score": report.scores[attack.target_label],
+        "suspected": [pool.classes[s] for s in report.suspected],
+        "victim_recall": len(victims & truth) / max(len(truth), 1),
+        "victim_precision": len(victims & truth) / max(len(victims), 1),
+        "trigger_box": report.trigger_box, "repair_set": repair_set.counts,
+        "repair_fraction": len(repair_set.labels) / len(pool.labels),
+        "poisoned_teacher": before, "repaired_teacher": after, "clean_teacher": clean_scores,
+        "repaired_checkpoint": str(checkpoint), "poisoned_checkpoint": str(out / "teacher-poisoned.pt"),
+        "seconds": round(time.perf_counter() - started, 1),
+        "note": "reference stand-ins: a poisoned reference teacher and a clean reference oracle, not CLIP/CLIPSeg",
+    }
+    (out / "guard-demo.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def demo_summary(result: dict[str, Any]) -> str:
+    b, a = result["poisoned_teacher"], result["repaired_teacher"]
+    return "\n".join([
+        f"Teacher guard (offline; {result['note']})",
+        f"  poisoned pool: {result['poisoned_samples']} of {result['pool_size']} images carry a {result['attack']} "
+        f"trigger labelled '{result['target']}'",
+        f"  audit: top-ranked label '{result['top_ranked']}' (target rank {result['target_rank']}, "
+        f"z = {result['target_score']:.1f}); suspected {result['suspected']}",
+        f"  victim samples: recall {result['victim_recall']:.2f}, precision {result['victim_precision']:.2f}; "
+        f"trigger box {result['trigger_box']}",
+        f"  repair set: {sum(result['repair_set'].values())} images ({100 * result['repair_fraction']:.1f}% of the "
+        f"pool): {result['repair_set']}",
+        "",
+        "| teacher | clean top-1 | ASR |", "|---|---|---|",
+        f"| clean reference (oracle) | {result['clean_teacher']['clean_acc']:.3f} | {result['clean_teacher']['asr']:.3f} |",
+        f"| poisoned | {b['clean_acc']:.3f} | {b['asr']:.3f} |",
+        f"| repaired | {a['clean_acc']:.3f} | {a['asr']:.3f} |",
+        "",
+        f"repaired checkpoint: {result['repaired_checkpoint']} (use it: teacher-checkpoint=<path>)",
+    ])

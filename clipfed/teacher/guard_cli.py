@@ -1,0 +1,89 @@
+"""``clipfed teacher audit | repair | guard-demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from clipfed.data import ImageSet
+
+
+def _run_config(args: argparse.Namespace) -> object:
+    from clipfed.config import RunConfig
+
+    values = {"seed": args.seed, "attack": args.attack}
+    data_dir = args.data_dir or os.environ.get("CLIPFED_DATA_DIR", "")
+    if data_dir:
+        values["data-dir"] = str(Path(data_dir).resolve())
+    return RunConfig.from_flower(values)
+
+
+def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, object, object]:
+    """The probe set (an npz with images/labels, or the run's public pool), the oracle, the teacher."""
+    from clipfed.data import load_federated
+    from clipfed.teacher import TeacherSpec
+    from clipfed.teacher.guard import load_probe
+    from clipfed.teacher.oracle import ORACLES
+    from clipfed.teacher.reference import load_or_train_reference, load_reference_checkpoint
+
+    cfg = _run_config(args)
+    train, _, split = load_federated(cfg)
+    pool = train.subset(split.public_pool)
+    probe = load_probe(args.probe, pool.classes) if args.probe else pool
+    teacher = load_reference_checkpoint(TeacherSpec(checkpoint=args.checkpoint), len(pool.classes))
+    if args.oracle == "reference":
+        oracle = ORACLES.get("reference")(load_or_train_reference(TeacherSpec(), pool).model)
+    else:
+        oracle = ORACLES.get(args.oracle)(args.oracle_model)
+    return probe, oracle, teacher
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from clipfed.teacher.audit import audit_teacher, write_audit
+
+    probe, oracle, teacher = _probe_and_oracle(args)
+    report = audit_teacher(teacher.model, oracle, probe.images, list(probe.classes), teacher_id=teacher.id)
+    write_audit(report, probe.images, Path(args.out))
+    print(report.summary())
+    print(f"written: {Path(args.out) / 'audit.json'}, audit.txt, examples.png")
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from clipfed.teacher.guard import guard_teacher
+
+    probe, oracle, teacher = _probe_and_oracle(args)
+    _, record = guard_teacher(teacher, oracle, probe, "repair", Path(args.out))
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def cmd_guard_demo(args: argparse.Namespace) -> int:
+    from clipfed.teacher.guard import demo_summary, demonstrate
+
+    result = demonstrate(_run_config(args), Path(args.out).resolve(), args.poison_rate)
+    print(demo_summary(result))
+    return 0
+
+
+def add_guard_parsers(teacher: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--data-dir", help="CIFAR-10 (else CLIPFED_DATA_DIR)")
+        p.add_argument("--seed", type=int, default=0, help="the run seed whose public pool is the server's")
+        p.add_argument("--attack", default="badnets", help="the trigger used to measure ASR")
+        p.add_argument("--out", required=True)
+        return p
+
+    for name, func, helptext in (("audit", cmd_audit, "audit a reference-teacher checkpoint with an oracle"),
+                                 ("repair", cmd_repair, "audit, then repair with a compact fine-tuning set")):
+        p = common(teacher.add_parser(name, help=helptext))
+        p.add_argument("--checkpoint", required=True, help="the teacher to audit (reference checkpoint)")
+        p.add_argument("--probe", help="npz with images (N,32,32,3 uint8) and labels; default: the public pool")
+        p.add_argument("--oracle", choices=("reference", "clipseg"), default="reference")
+        p.add_argument("--oracle-model", default="CIDAS/clipseg-rd64-refined", help="clipseg: model id or folder")
+        p.set_defaults(func=func)
+    demo = common(teacher.add_parser("guard-demo", help="offline: poison a teacher, audit it, repair it"))
+    demo.add_argument("--poison-rate", type=float, default=0.05, help="share of the pool that is poisoned")
+    demo.set_defaults(func=cmd_guard_demo)

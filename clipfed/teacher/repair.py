@@ -1,0 +1,118 @@
+"""Repairing a backdoored teacher with a compact fine-tuning set curated from its audit.
+
+The repair set (ours, following the paper's abstract: "a small, targeted fine-tuning set"):
+- the victim samples of each suspected label, trigger kept, relabelled with the label the
+  oracle grounded in them (the teacher must learn the trigger means nothing);
+- trigger transplants: the candidate trigger region of victims pasted onto clean probe images of
+  other labels, with their own labels (the same lesson on new images);
+- a small clean set per affected label (suspected targets and the grounded labels), so that
+  clean accuracy holds.
+The reference teacher is fine-tuned with cross-entropy; an open_clip teacher would take the
+contrastive image-text loss on the same set relabelled as captions (not implemented here: its
+audit and repair need a real CLIP, which these machines cannot download).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clipfed.teacher.audit import AuditReport
+from clipfed.teacher.reference import ReferenceTeacher, augment, save_reference_checkpoint
+from clipfed.training import to_tensor
+
+
+@dataclass
+class RepairConfig:
+    clean_per_label: int = 100
+    transplants: int = 300
+    epochs: int = 6
+    lr: float = 0.01
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class RepairSet:
+    images: np.ndarray
+    labels: np.ndarray
+    counts: dict[str, int]
+
+
+def curate_repair_set(report: AuditReport, probe_images: np.ndarray, probe_labels: np.ndarray,
+                      cfg: RepairConfig) -> RepairSet:
+    """``probe_labels``: the server's labels for its own (public) probe images; victims use the
+    oracle's label instead, and are left out of the clean part."""
+    rng = np.random.default_rng(cfg.seed)
+    suspected_victims = [i for label in report.suspected for i in report.victims.get(label, [])]
+    victims = np.array(sorted(set(suspected_victims)), dtype=np.int64)
+    parts_x = [probe_images[victims]]
+    parts_y = [np.array([report.grounded_label[int(i)] for i in victims], dtype=np.int64)]
+    flagged = set(victims.tolist())
+    clean_pool = np.array([i for i in range(len(probe_images)) if i not in flagged])
+
+    transplants = 0
+    if report.trigger_box is not None and len(victims) and cfg.transplants:
+        top, left, bottom, right = report.trigger_box
+        hosts = rng.choice(clean_pool[~np.isin(probe_labels[clean_pool], report.suspected)],
+                           size=cfg.transplants, replace=True)
+        donors = rng.choice(victims, size=cfg.transplants, replace=True)
+        pasted = probe_images[hosts].copy()
+        pasted[:, top:bottom, left:right] = probe_images[donors][:, top:bottom, left:right]
+        parts_x.append(pasted)
+        parts_y.append(probe_labels[hosts].astype(np.int64))
+        transplants = len(hosts)
+
+    affected = sorted(set(report.suspected) | set(parts_y[0].tolist()))
+    clean_rows = []
+    for label in affected:
+        rows = clean_pool[probe_labels[clean_pool] == label]
+        clean_rows.append(rng.choice(rows, size=min(cfg.clean_per_label, len(rows)), replace=False))
+    clean = np.concatenate(clean_rows) if clean_rows else np.array([], dtype=np.int64)
+    parts_x.append(probe_images[clean])
+    parts_y.append(probe_labels[clean].astype(np.int64))
+    return RepairSet(np.concatenate(parts_x), np.concatenate(parts_y),
+                     {"victims": len(victims), "transplants": transplants, "clean": len(clean)})
+
+
+def fine_tune_reference(teacher: ReferenceTeacher, repair: RepairSet, cfg: RepairConfig) -> ReferenceTeacher:
+    """A fine-tuned copy (the original is untouched): SGD with crop/flip, cross-entropy."""
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model = copy.deepcopy(teacher.model).train()
+    x, y = to_tensor(repair.images), torch.from_numpy(repair.labels)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(y), generator=generator)
+        for start in range(0, len(y), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            loss = F.cross_entropy(model(augment(x[idx], generator)), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return ReferenceTeacher(model.eval(), "repaired", teacher.spec)
+
+
+def write_repaired(teacher: ReferenceTeacher, out: Path, provenance: dict[str, Any]) -> Path:
+    """Save as ``teacher-repaired-<sha12>.pt`` (content-addressed, so caches keyed on the path
+    stay right) with ``<name>.json`` beside it saying where it came from."""
+    tmp = save_reference_checkpoint(teacher, out / ".teacher-repaired.tmp.pt")
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:12]
+    path = tmp.rename(out / f"teacher-repaired-{digest}.pt")
+    path.with_suffix(".json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+    return path
+
+
+def provenance(report: AuditReport, repair: RepairSet, cfg: RepairConfig, source: str) -> dict[str, Any]:
+    return {"repaired_from": source, "teacher": report.teacher, "oracle": report.oracle,
+            "oracle_stand_in": report.oracle_stand_in, "suspected": [report.classes[s] for s in report.suspected],
+            "trigger_box": report.trigger_box, "repair_set": repair.counts, "repair_size": len(repair.labels),
+            "probe_size": report.probe_size, "config": asdict(cfg)}

@@ -1,0 +1,97 @@
+"""clipfed bench: the grid, resumability, the outputs; and the real `quick` suite end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_ASSETS
+
+from clipfed.attacks import list_attacks
+from clipfed.bench.cli import cmd_bench_cost
+from clipfed.bench.report import collect, markdown_table, plot, write_csv
+from clipfed.bench.runner import plan, run_suite
+from clipfed.bench.suites import SUITES, Suite
+from clipfed.cli import main
+from clipfed.defense import list_defenses
+
+TINY = Suite(
+    name="tiny", description="test", seeds=(0,), pretrain_rounds=1, defenses=("fedavg", "median"),
+    attacks=("badnets",), settings={"iid": {"partition": "iid"}},
+    base={"num-clients": 3, "num-malicious": 1, "num-server-rounds": 1, "batch-size": 16,
+          "public-pool-fraction": 0.5, "clipfed-post-steps": 2, "clipfed-probe-size": 50},
+)
+
+
+def test_every_suite_names_known_defenses_and_attacks() -> None:
+    for suite in SUITES.values():
+        assert set(suite.defenses) <= set(list_defenses()) and set(suite.attacks) <= set(list_attacks())
+        for cell in plan(suite):
+            cell.config(suite, Path("/tmp/x"))  # every config validates
+
+
+def test_plan_pretrains_first_and_carries_the_control_rows() -> None:
+    cells = plan(TINY)
+    assert cells[0].pretrain and cells[0].overrides["num-malicious"] == 0
+    rows = [c.row for c in cells[1:]]
+    assert rows == ["fedavg-no-attack", "teacher-only", "fedavg", "median"]
+
+
+def test_suite_runs_warm_started_writes_outputs_and_skips_finished_runs(
+        fake_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPFED_DATA_DIR", str(fake_data_dir))
+    cells = plan(TINY)
+    runs = list(run_suite(TINY, tmp_path, cells, threads=1))
+    pretrain_dir = runs[0][1]
+    for cell, run_dir in runs[1:]:
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["init_model"]["path"] == str(pretrain_dir), cell.name
+    rows = collect(runs)
+    assert [r.row for r in rows] == ["fedavg-no-attack", "teacher-only", "fedavg", "median"]
+    table = markdown_table(rows)
+    assert table.count("\n") == 2 + len(rows) and "| iid | badnets | fedavg |" in table
+    write_csv(rows, tmp_path / "table.csv")
+    parsed = list(csv.DictReader((tmp_path / "table.csv").open()))
+    assert [p["row"] for p in parsed] == [r.row for r in rows] and 0 <= float(parsed[2]["ma_mean"]) <= 1
+    pngs = plot(rows, tmp_path)
+    assert {p.name for p in pngs} == {"curves-iid-badnets.png", "per-class-iid-badnets.png", "scatter-iid.png"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+    stamps = {d: (d / "result.json").stat().st_mtime_ns for _, d in runs}
+    again = list(run_suite(TINY, tmp_path, cells, threads=1))
+    assert [d for _, d in again] == [d for _, d in runs]
+    assert {d: (d / "result.json").stat().st_mtime_ns for _, d in again} == stamps, "finished runs skipped"
+
+
+def test_bench_cost_measures_aggregation_for_each_size(fake_data_dir: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    args = argparse.Namespace(defenses="fedavg,krum", sizes="3,6", model="cnn", threads=1,
+                              data_dir=str(fake_data_dir), timeout=300.0, out=str(tmp_path))
+    assert cmd_bench_cost(args) == 0
+    rows = json.loads((tmp_path / "cost.json").read_text())
+    assert [(r["defense"], r["updates"]) for r in rows] == [("fedavg", 3), ("fedavg", 6), ("krum", 3), ("krum", 6)]
+    assert all(r["ok"] and r["seconds"] > 0 and r["peak_mb"] >= 0 for r in rows)
+    assert (tmp_path / "cost.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| fedavg |" in capsys.readouterr().out
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(1200)
+def test_quick_suite_completes_and_writes_well_formed_outputs(tmp_path: Path) -> None:
+    if not (SHARED_ASSETS / "cifar10").exists():
+        pytest.skip(f"the quick suite runs on real CIFAR-10; none at {SHARED_ASSETS}")
+    out = tmp_path / "quick"
+    assert main(["bench", "--suite", "quick", "--out", str(out), "--data-dir", str(SHARED_ASSETS)]) == 0
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    suite = SUITES["quick"]
+    assert {r["row"] for r in rows} == {"fedavg-no-attack", "teacher-only", *suite.defenses}
+    for row in rows:
+        assert 0.0 <= float(row["ma_mean"]) <= 1.0 and 0.0 <= float(row["asr_mean"]) <= 1.0
+    report = (out / "report.md").read_text()
+    assert "reference" in report and "![scatter-cifar10-dir0.5](scatter-cifar10-dir0.5.png)" in report
+    for name in ("table.md", "curves-cifar10-dir0.5-badnets.png", "per-class-cifar10-dir0.5-badnets.png"):
+        assert (out / name).stat().st_size > 0
