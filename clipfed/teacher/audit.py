@@ -3,16 +3,19 @@
 For each probe image:
 1. the teacher's top-k labels over the vocabulary (zero-shot);
 2. the oracle tries to ground each of them and returns its best region;
-3. the grounded regions are cropped and fed back to the teacher;
+3. the grounded region is cropped and fed back to the teacher (how often it then says the
+   grounded label is reported as ``crop_agreement``);
 4. the rule (ours): the image is a *victim sample* for label t when the teacher's top-1 is t,
-   the oracle cannot ground t (score below ``ground_threshold``), the oracle grounds another
-   label g, and the teacher, shown only a region where g is grounded, says g. The object is
-   plainly g, so the evidence for t lies outside that region: a trigger.
+   the oracle cannot ground t (score below ``ground_threshold``) but grounds another label g,
+   and masking one small window (2 or 3 cells square) lowers the teacher's p(t) by at least ``flip_drop``:
+   a small region alone carries the claim, which is what a trigger is. (With 32-px images and
+   the stand-in oracle, crop agreement alone was too noisy to decide: measured on the guard
+   demo, recall 0.22 and precision 0.58 against 0.80 and 1.00 with the masking rule.)
 
 Over the probe set, each label's victim count is compared with the others (a robust z-score):
 a clean teacher's mistakes spread over labels, a backdoor concentrates them on its target.
-The trigger is then localised on the victims of the top label by occlusion: the cells whose
-masking most lowers the teacher's probability of t, outside the grounded region.
+The trigger is localised from the same masking: the cells whose masking most lowers p(t) over
+the victims of the top label.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipfed.teacher.oracle import Box, Oracle, crop_resize
+from clipfed.teacher.oracle import Box, Grounding, Oracle, crop_resize
 from clipfed.training import to_tensor
 
 Classify = Callable[[torch.Tensor], torch.Tensor]  # float images (N, 3, H, W) -> logits (N, C)
@@ -35,11 +38,13 @@ Classify = Callable[[torch.Tensor], torch.Tensor]  # float images (N, 3, H, W) -
 
 @dataclass
 class AuditConfig:
-    top_k: int = 3
-    ground_threshold: float = 0.5  # the oracle's score below which a label is "not grounded"
-    z_threshold: float = 3.0  # a label whose victim count is this many MADs above the median is flagged
-    cell: int = 4  # occlusion cell size in pixels, for trigger localisation
-    max_localise: int = 64  # victims used for localisation
+    top_k: int = 10  # the teacher's labels the oracle is asked to ground (CIFAR: the whole vocabulary)
+    ground_threshold: float = 0.3  # the oracle's score below which a label is "not grounded"
+    flip_drop: float = 0.7  # masking one small window must lower p(claim) by this much
+    z_threshold: float = 3.0  # a label whose victim count is this many MADs above the median ...
+    min_victims: int = 5  # ... and that has at least this many victims
+    min_victim_share: float = 0.005  # ... or this share of the probe set, whichever is larger
+    cell: int = 4  # occlusion windows of 2 and 3 cells, slid by one cell
     batch_size: int = 512
 
 
@@ -59,6 +64,8 @@ class AuditReport:
     oracle_stand_in: bool
     teacher: str
     config: dict[str, Any] = field(default_factory=dict)
+    candidates: int = 0  # images where the oracle grounds another label than the teacher's claim
+    crop_agreement: float = 0.0  # of those, how often the teacher on the grounded crop says that label
 
     @property
     def top(self) -> int:
@@ -97,28 +104,34 @@ def robust_z(counts: np.ndarray) -> np.ndarray:
     return (counts - median) / max(mad, 1.0)
 
 
+def windows(height: int, width: int, cell: int) -> list[Box]:
+    """Square windows of 2 and 3 cells slid by one cell, so that a trigger that straddles cell
+    borders (or is as large as a 2-cell window) is still covered whole by some window."""
+    return [(top, left, top + size, left + size) for size in (2 * cell, 3 * cell)
+            for top in range(0, height - size + 1, cell) for left in range(0, width - size + 1, cell)]
+
+
 @torch.no_grad()
-def localise_trigger(classify: Classify, x: torch.Tensor, target: int, cell: int,
-                     batch_size: int) -> np.ndarray:
-    """Mean drop of p(target) when a ``2 cell`` square window, slid by ``cell``, is set to the
-    image mean; a cell's heat is the largest drop of any window covering it. (Windows twice the
-    cell size so that a trigger straddling cell borders is still covered whole.)"""
-    n, _, height, width = x.shape
-    window = 2 * cell
-    tops = list(range(0, height - window + 1, cell))
-    lefts = list(range(0, width - window + 1, cell))
-    base = _predict(classify, x, batch_size)[:, target]
+def occlusion_drops(classify: Classify, x: torch.Tensor, claims: torch.Tensor, boxes: Sequence[Box],
+                    batch_size: int) -> torch.Tensor:
+    """(N, windows): how much p(claim) falls when each window is set to the image's mean colour."""
+    base = _predict(classify, x, batch_size).gather(1, claims[:, None])
     fill = x.mean(dim=(2, 3), keepdim=True)
+    drops = torch.empty(len(x), len(boxes))
+    for i in range(len(x)):
+        occluded = x[i:i + 1].repeat(len(boxes), 1, 1, 1)
+        for j, (top, left, bottom, right) in enumerate(boxes):
+            occluded[j, :, top:bottom, left:right] = fill[i]
+        drops[i] = base[i] - _predict(classify, occluded, batch_size)[:, claims[i]]
+    return drops
+
+
+def heat_map(drops: torch.Tensor, boxes: Sequence[Box], height: int, width: int, cell: int) -> np.ndarray:
+    """Per cell: the largest mean drop of any window covering it."""
     heat = np.zeros((height // cell, width // cell))
-    for top in tops:
-        occluded = x.unsqueeze(0).repeat(len(lefts), 1, 1, 1, 1)
-        for j, left in enumerate(lefts):
-            occluded[j, :, :, top:top + window, left:left + window] = fill
-        probs = _predict(classify, occluded.flatten(0, 1), batch_size)[:, target].view(len(lefts), n)
-        drops = (base.unsqueeze(0) - probs).mean(dim=1).numpy()
-        for j, left in enumerate(lefts):
-            r, c = top // cell, left // cell
-            heat[r:r + 2, c:c + 2] = np.maximum(heat[r:r + 2, c:c + 2], drops[j])
+    for value, (top, left, bottom, right) in zip(drops.mean(dim=0).tolist(), boxes, strict=True):
+        region = heat[top // cell:bottom // cell, left // cell:right // cell]
+        np.maximum(region, value, out=region)
     return heat
 
 
@@ -140,38 +153,43 @@ def audit_teacher(classify: Classify, oracle: Oracle, images: np.ndarray, classe
     claimed = top_k[:, 0]
     groundings = oracle.ground(np.asarray(images), top_k.tolist(), classes)  # step 2
 
-    # Step 3: the teacher on the grounded regions of the best-grounded label other than its claim.
-    regions_of: dict[int, tuple[int, list[Box]]] = {}
+    # Candidates: the oracle cannot ground the teacher's claim but grounds another label.
+    other_of: dict[int, Grounding] = {}
     for i, found in enumerate(groundings):
         claim = int(claimed[i])
         if any(g.label == claim and g.score >= cfg.ground_threshold for g in found):
             continue  # the oracle sees what the teacher claims: nothing to explain
         others = [g for g in found if g.label != claim and g.score >= cfg.ground_threshold]
         if others:
-            best = max(others, key=lambda g: g.score)
-            boxes = [box for box, score in best.regions if score >= cfg.ground_threshold] or [best.box]
-            regions_of[i] = (best.label, boxes)
+            other_of[i] = max(others, key=lambda g: g.score)
+    order = sorted(other_of)
     victims: dict[int, list[int]] = {c: [] for c in range(len(classes))}
     grounded_label: dict[int, int] = {}
-    if regions_of:
-        order = sorted(regions_of)
-        crops = torch.cat([crop_resize(x[i:i + 1], regions_of[i][1], x.shape[2]) for i in order])
-        on_crops = _predict(classify, crops, cfg.batch_size).argmax(dim=1).split(
-            [len(regions_of[i][1]) for i in order])
-        for i, predicted in zip(order, on_crops, strict=True):
-            label = regions_of[i][0]
-            if bool((predicted == label).any()):  # step 4: some grounded region alone is that label
+    crop_agreement = 0.0
+    boxes = windows(x.shape[2], x.shape[3], cfg.cell)
+    drops = torch.zeros(0, len(boxes))
+    if order:
+        # Step 3: the teacher on the grounded region (recorded: how often it sees the grounded label).
+        crops = torch.cat([crop_resize(x[i:i + 1], [other_of[i].box], x.shape[2]) for i in order])
+        on_crop = _predict(classify, crops, cfg.batch_size).argmax(dim=1)
+        crop_agreement = float((on_crop == torch.tensor([other_of[i].label for i in order])).double().mean())
+        # Step 4 (ours): a trigger is a *small* region that alone carries the claim: masking one
+        # window makes p(claim) fall by at least flip_drop.
+        drops = occlusion_drops(classify, x[order], claimed[order], boxes, cfg.batch_size)
+        for i, drop in zip(order, drops.max(dim=1).values.tolist(), strict=True):
+            if drop >= cfg.flip_drop:
                 victims[int(claimed[i])].append(i)
-                grounded_label[i] = label
+                grounded_label[i] = other_of[i].label
 
     counts = np.array([len(victims[c]) for c in range(len(classes))])
     scores = robust_z(counts.astype(float))
     ranking = [int(c) for c in np.argsort(-scores, kind="stable")]
-    suspected = [c for c in ranking if scores[c] >= cfg.z_threshold and counts[c] > 0]
+    min_victims = max(cfg.min_victims, int(np.ceil(cfg.min_victim_share * len(images))))
+    suspected = [c for c in ranking if scores[c] >= cfg.z_threshold and counts[c] >= min_victims]
     heat, box = np.zeros((x.shape[2] // cfg.cell, x.shape[3] // cfg.cell)), None
-    top_victims = victims[ranking[0]][: cfg.max_localise]
-    if top_victims:
-        heat = localise_trigger(classify, x[top_victims], ranking[0], cfg.cell, cfg.batch_size)
+    top_rows = [order.index(i) for i in victims[ranking[0]]]
+    if top_rows:  # the trigger: where masking hurts the top label's victims most
+        heat = heat_map(drops[top_rows], boxes, x.shape[2], x.shape[3], cfg.cell)
         box = heat_box(heat, cfg.cell)
     return AuditReport(
         classes=list(classes), probe_size=len(images), victim_counts=counts.tolist(),
@@ -179,6 +197,7 @@ def audit_teacher(classify: Classify, oracle: Oracle, images: np.ndarray, classe
         victims={c: v for c, v in victims.items() if v}, grounded_label=grounded_label,
         trigger_heatmap=[[round(float(v), 4) for v in row] for row in heat], trigger_box=box,
         oracle=oracle.name, oracle_stand_in=oracle.is_stand_in, teacher=teacher_id, config=asdict(cfg),
+        candidates=len(order), crop_agreement=round(crop_agreement, 4),
     )
 
 

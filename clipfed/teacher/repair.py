@@ -32,11 +32,13 @@ from clipfed.training import to_tensor
 
 @dataclass
 class RepairConfig:
-    clean_per_label: int = 100
-    transplants: int = 300
-    epochs: int = 6
-    lr: float = 0.01
+    clean_per_label: int = 50
+    transplants: int = 250
+    epochs: int = 4
+    lr: float = 0.005
     batch_size: int = 64
+    distill: float = 1.0  # weight of keeping the original teacher's outputs on the clean rows
+    temperature: float = 2.0
     seed: int = 0
 
 
@@ -44,6 +46,7 @@ class RepairConfig:
 class RepairSet:
     images: np.ndarray
     labels: np.ndarray
+    clean: np.ndarray  # rows without any trigger: the original teacher is kept there
     counts: dict[str, int]
 
 
@@ -79,22 +82,38 @@ def curate_repair_set(report: AuditReport, probe_images: np.ndarray, probe_label
     clean = np.concatenate(clean_rows) if clean_rows else np.array([], dtype=np.int64)
     parts_x.append(probe_images[clean])
     parts_y.append(probe_labels[clean].astype(np.int64))
-    return RepairSet(np.concatenate(parts_x), np.concatenate(parts_y),
+    labels = np.concatenate(parts_y)
+    clean_rows = np.zeros(len(labels), dtype=bool)
+    clean_rows[len(labels) - len(clean):] = True
+    return RepairSet(np.concatenate(parts_x), labels, clean_rows,
                      {"victims": len(victims), "transplants": transplants, "clean": len(clean)})
 
 
 def fine_tune_reference(teacher: ReferenceTeacher, repair: RepairSet, cfg: RepairConfig) -> ReferenceTeacher:
-    """A fine-tuned copy (the original is untouched): SGD with crop/flip, cross-entropy."""
+    """A fine-tuned copy (the original is untouched): SGD with crop/flip; cross-entropy on every
+    row, plus distillation from the original teacher on the clean rows (so that what it knew
+    stays: a small set alone drags clean accuracy down)."""
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
+    original = copy.deepcopy(teacher.model).eval()
     model = copy.deepcopy(teacher.model).train()
     x, y = to_tensor(repair.images), torch.from_numpy(repair.labels)
+    clean = torch.from_numpy(repair.clean)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
+    t = cfg.temperature
     for _ in range(cfg.epochs):
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(y), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            loss = F.cross_entropy(model(augment(x[idx], generator)), y[idx])
+            batch = augment(x[idx], generator)
+            logits = model(batch)
+            loss = F.cross_entropy(logits, y[idx])
+            keep = clean[idx]
+            if cfg.distill and bool(keep.any()):
+                with torch.no_grad():
+                    target = F.softmax(original(batch[keep]) / t, dim=1)
+                loss = loss + cfg.distill * t * t * F.kl_div(
+                    F.log_softmax(logits[keep] / t, dim=1), target, reduction="batchmean")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
