@@ -14,8 +14,21 @@ from pathlib import Path
 import pytest
 
 from clipfed.cli import app_dir
-from clipfed.deploy import Processes, superlink_command, supernode_command, wait_healthy, write_connection
-from clipfed.launch import COMPLETED, _bin, flower_env, free_port, run_status, write_run_config
+from clipfed.deploy import (
+    Processes,
+    superlink_command,
+    supernode_command,
+    wait_healthy,
+    write_connection,
+)
+from clipfed.launch import (
+    COMPLETED,
+    _bin,
+    flower_env,
+    free_port,
+    run_status,
+    write_run_config,
+)
 from clipfed.results import RESULT_FILE, load_result
 
 pytestmark = [pytest.mark.e2e, pytest.mark.deploy]

@@ -11,11 +11,20 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from cryptography.hazmat.primitives.serialization import (
+    load_ssh_private_key,
+    load_ssh_public_key,
+)
 from flwr.common.config import parse_config_args
 from flwr.supercore.primitives.asymmetric import uses_nist_ec_curve
 
-from clipfed.deploy import make_node_keys, make_tls, node_config_string, superlink_command, write_connection
+from clipfed.deploy import (
+    make_node_keys,
+    make_tls,
+    node_config_string,
+    superlink_command,
+    write_connection,
+)
 from clipfed.launch import flower_env
 
 

@@ -19,7 +19,12 @@ from clipfed.teacher import TeacherSpec
 from clipfed.teacher.audit import AuditConfig, audit_teacher, write_audit
 from clipfed.teacher.oracle import Grounding, Oracle, candidate_boxes, clipseg_oracle
 from clipfed.teacher.reference import load_reference_checkpoint
-from clipfed.teacher.repair import RepairConfig, curate_repair_set, fine_tune_reference, write_repaired
+from clipfed.teacher.repair import (
+    RepairConfig,
+    curate_repair_set,
+    fine_tune_reference,
+    write_repaired,
+)
 
 CLASSES = ["red", "green", "blue", "yellow"]
 COLOURS = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220], [220, 220, 30]])

@@ -16,7 +16,13 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from clipfed.bench.report import collect, markdown_table, plot, write_csv, write_report
+    from clipfed.bench.report import (
+        collect,
+        markdown_table,
+        plot,
+        write_csv,
+        write_report,
+    )
     from clipfed.bench.runner import plan, run_suite
     from clipfed.config import ConfigError
     from clipfed.results import load_result

@@ -14,8 +14,8 @@ For each probe image:
 
 Over the probe set, each label's victim count is compared with the others (a robust z-score):
 a clean teacher's mistakes spread over labels, a backdoor concentrates them on its target.
-The trigger is localised from the same masking: the cells whose masking most lowers p(t) over
-the victims of the top label.
+The trigger is localised from the same masking: the smallest window whose masking lowers p(t)
+over the victims of the top label (almost) as much as any.
 """
 
 from __future__ import annotations
@@ -135,12 +135,16 @@ def heat_map(drops: torch.Tensor, boxes: Sequence[Box], height: int, width: int,
     return heat
 
 
-def heat_box(heat: np.ndarray, cell: int, share: float = 0.9) -> Box | None:
-    """The bounding box of the cells whose heat is within ``share`` of the peak."""
-    if heat.max() <= 0:
+def trigger_window(drops: torch.Tensor, boxes: Sequence[Box], share: float = 0.9) -> Box | None:
+    """The smallest window whose masking lowers p(target) (mean over victims) within ``share``
+    of the best: large windows that merely contain the trigger drop as much, so prefer small."""
+    mean = drops.mean(dim=0)
+    if len(mean) == 0 or float(mean.max()) <= 0:
         return None
-    rows, cols = np.nonzero(heat >= heat.max() * share)
-    return (int(rows.min()) * cell, int(cols.min()) * cell, (int(rows.max()) + 1) * cell, (int(cols.max()) + 1) * cell)
+    area = [(box[2] - box[0]) * (box[3] - box[1]) for box in boxes]
+    candidates = [j for j in range(len(boxes)) if float(mean[j]) >= share * float(mean.max())]
+    best = min(candidates, key=lambda j: (area[j], -float(mean[j])))
+    return boxes[best]
 
 
 def audit_teacher(classify: Classify, oracle: Oracle, images: np.ndarray, classes: Sequence[str],
@@ -190,7 +194,7 @@ def audit_teacher(classify: Classify, oracle: Oracle, images: np.ndarray, classe
     top_rows = [order.index(i) for i in victims[ranking[0]]]
     if top_rows:  # the trigger: where masking hurts the top label's victims most
         heat = heat_map(drops[top_rows], boxes, x.shape[2], x.shape[3], cfg.cell)
-        box = heat_box(heat, cfg.cell)
+        box = trigger_window(drops[top_rows], boxes)
     return AuditReport(
         classes=list(classes), probe_size=len(images), victim_counts=counts.tolist(),
         scores=[round(float(s), 3) for s in scores], ranking=ranking, suspected=suspected,

@@ -22,9 +22,14 @@ from clipfed.config import RunConfig
 from clipfed.data import ImageSet, load_federated
 from clipfed.data.cifar import cache_dir
 from clipfed.data_synth.config import SynthConfig
-from clipfed.teacher.audit import AuditConfig, AuditReport, Classify, audit_teacher, write_audit
-from clipfed.teacher.base import TeacherSpec
 from clipfed.models import create_model
+from clipfed.teacher.audit import (
+    AuditConfig,
+    Classify,
+    audit_teacher,
+    write_audit,
+)
+from clipfed.teacher.base import TeacherSpec
 from clipfed.teacher.oracle import Oracle, reference_oracle
 from clipfed.teacher.reference import (
     CosineClassifier,
@@ -34,7 +39,13 @@ from clipfed.teacher.reference import (
     save_reference_checkpoint,
     train_reference,
 )
-from clipfed.teacher.repair import RepairConfig, curate_repair_set, fine_tune_reference, provenance, write_repaired
+from clipfed.teacher.repair import (
+    RepairConfig,
+    curate_repair_set,
+    fine_tune_reference,
+    provenance,
+    write_repaired,
+)
 from clipfed.training import predict, to_tensor
 
 GUARD_MODES = ("off", "warn", "refuse", "repair")

@@ -26,7 +26,10 @@ def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, object, objec
     from clipfed.teacher import TeacherSpec
     from clipfed.teacher.guard import load_probe
     from clipfed.teacher.oracle import ORACLES
-    from clipfed.teacher.reference import load_or_train_reference, load_reference_checkpoint
+    from clipfed.teacher.reference import (
+        load_or_train_reference,
+        load_reference_checkpoint,
+    )
 
     cfg = _run_config(args)
     train, _, split = load_federated(cfg)

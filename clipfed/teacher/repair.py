@@ -26,7 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from clipfed.teacher.audit import AuditReport
-from clipfed.teacher.reference import ReferenceTeacher, augment, save_reference_checkpoint
+from clipfed.teacher.reference import (
+    ReferenceTeacher,
+    augment,
+    save_reference_checkpoint,
+)
 from clipfed.training import to_tensor
 
 
