@@ -177,11 +177,6 @@ class RunConfig(BaseModel):
                 f"num-malicious={self.num_malicious} exceeds num-clients={self.num_clients}; "
                 f"allowed: 0..{self.num_clients}"
             )
-        if self.teacher_guard != "off" and self.teacher != "reference":
-            raise ValueError(
-                f"teacher-guard={self.teacher_guard} audits and repairs the reference teacher only "
-                f"(teacher={self.teacher}); allowed: teacher-guard='off' or teacher='reference'"
-            )
         num_classes = NUM_CLASSES[self.dataset]
         if self.target_label >= num_classes:
             raise ValueError(

@@ -23,6 +23,14 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return x.sub_(mean).div_(std)
 
 
+def from_tensor(x: torch.Tensor) -> np.ndarray:
+    """The inverse of ``to_tensor``: normalised (N, C, H, W) -> uint8 (N, H, W, C)."""
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    pixels = (x.detach().cpu() * std + mean).mul_(255.0).round_().clamp_(0, 255)
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def train_local(
     model: nn.Module,
     images: np.ndarray,

@@ -147,7 +147,7 @@ def test_repair_set_relabels_victims_and_writes_a_loadable_checkpoint(fake_data_
     assert repair.counts == {"victims": 3, "transplants": 10, "clean": len(repair.labels) - 13}
     repaired = fine_tune_reference(teacher, repair, RepairConfig(epochs=1))
     assert not torch.equal(repaired.model.weight, teacher.model.weight), "the original is untouched, a copy moved"
-    path = write_repaired(repaired, tmp_path, {"why": "test"})
+    path = write_repaired(repaired.model.state_dict(), tmp_path, {"why": "test"})
     loaded = load_reference_checkpoint(TeacherSpec(checkpoint=str(path)), len(pool.classes))
     assert torch.equal(loaded.model.weight, repaired.model.weight) and path.name.startswith("teacher-repaired-")
     assert json.loads(path.with_suffix(".json").read_text()) == {"why": "test"}
@@ -188,3 +188,30 @@ def test_serverapp_guard_refuses_or_repairs_a_poisoned_teacher(
         assert "ckpt-" in result["server_data"]["teacher"] and result["status"] == "completed"
     assert (tmp_path / mode / "teacher-guard" / "audit.json").is_file()
 
+
+
+def test_open_clip_teacher_is_audited_and_repaired_with_the_contrastive_loss(tmp_path: Path) -> None:
+    """Random-init tiny open_clip: the audit's zero-shot path and the contrastive repair run, and
+    the repaired checkpoint loads as an open_clip teacher whose image tower moved."""
+    from tiny_models import register_tiny_clip
+
+    from clipfed.teacher.guard import classifier_of, repaired_state
+    from clipfed.teacher.openclip import OpenClipTeacher
+    from clipfed.teacher.repair import RepairSet
+
+    name = register_tiny_clip(tmp_path)
+    teacher = OpenClipTeacher(TeacherSpec(backend="openclip", model=name, device="cpu"))
+    triggered = (np.arange(40) % 5 == 0) & (np.arange(40) % 4 != TARGET)
+    images, labels = synthetic(40, triggered)
+    classify = classifier_of(teacher, CLASSES)
+    report = audit_teacher(classify, TruthOracle(labels), images, CLASSES, AuditConfig(top_k=4), teacher.id)
+    assert len(report.victim_counts) == 4 and report.probe_size == 40
+    clean = np.zeros(len(labels), dtype=bool)
+    clean[20:] = True
+    state = repaired_state(teacher, RepairSet(images, labels, clean, {}), RepairConfig(epochs=1, batch_size=16),
+                           CLASSES)
+    path = write_repaired(state, tmp_path, {"backend": "openclip"})
+    repaired = OpenClipTeacher(TeacherSpec(backend="openclip", model=name, checkpoint=str(path), device="cpu"))
+    before, after = teacher.model.state_dict(), repaired.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("visual."))
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("visual.")), "text tower frozen"

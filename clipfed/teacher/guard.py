@@ -1,4 +1,4 @@
-"""The teacher guard: audit (and repair) the teacher before CLIP-Fed trusts it.
+"""The teacher guard: audit (and repair) the teacher, reference or open_clip, before CLIP-Fed trusts it.
 
 ``guard_teacher`` is what the ServerApp runs when ``teacher-guard`` is ``warn``, ``refuse`` or
 ``repair``; ``demonstrate`` is ``clipfed teacher guard-demo``: an offline demonstration with a
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ from clipfed.teacher.audit import (
     audit_teacher,
     write_audit,
 )
-from clipfed.teacher.base import TeacherSpec
+from clipfed.teacher.base import Teacher, TeacherSpec
+from clipfed.teacher.openclip import OpenClipTeacher
+from clipfed.teacher.registry import create_teacher
 from clipfed.teacher.oracle import Oracle, reference_oracle
 from clipfed.teacher.reference import (
     CosineClassifier,
@@ -41,12 +44,14 @@ from clipfed.teacher.reference import (
 )
 from clipfed.teacher.repair import (
     RepairConfig,
+    RepairSet,
     curate_repair_set,
+    fine_tune_openclip,
     fine_tune_reference,
     provenance,
     write_repaired,
 )
-from clipfed.training import predict, to_tensor
+from clipfed.training import from_tensor, predict, to_tensor
 
 GUARD_MODES = ("off", "warn", "refuse", "repair")
 
@@ -55,8 +60,26 @@ class TeacherRefused(RuntimeError):
     """``teacher-guard=refuse`` and the audit suspects a backdoor."""
 
 
-def classifier_of(teacher: ReferenceTeacher) -> Classify:
-    return teacher.model
+def classifier_of(teacher: Teacher, classes: Sequence[str]) -> Classify:
+    """The teacher as ``float images -> logits`` over ``classes`` (zero-shot for open_clip)."""
+    if isinstance(teacher, ReferenceTeacher):
+        return teacher.model
+    prototypes = teacher.class_prototypes(classes)
+
+    def classify(x: torch.Tensor) -> torch.Tensor:
+        return teacher.zero_shot_logits(teacher.encode_images(from_tensor(x)), prototypes)
+
+    return classify
+
+
+def repaired_state(teacher: Teacher, repair_set: RepairSet, cfg: RepairConfig,
+                   classes: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Cross-entropy for the reference teacher, the contrastive loss for open_clip."""
+    if isinstance(teacher, ReferenceTeacher):
+        return fine_tune_reference(teacher, repair_set, cfg).model.state_dict()
+    if isinstance(teacher, OpenClipTeacher):
+        return fine_tune_openclip(teacher, repair_set, cfg, list(classes))
+    raise TypeError(f"no repair for the {teacher.backend} teacher")
 
 
 @dataclass
@@ -105,25 +128,27 @@ def teacher_scores(teacher: ReferenceTeacher, test: ImageSet, attack: Attack) ->
     return {"clean_acc": acc, "asr": asr}
 
 
-def guard_teacher(teacher: ReferenceTeacher, oracle: Oracle, probe: ImageSet, mode: str, out: Path,
-                  audit_cfg: AuditConfig | None = None) -> tuple[ReferenceTeacher, dict[str, Any]]:
-    """Audit ``teacher`` on ``probe``; warn, refuse or repair when a backdoor is suspected."""
-    report = audit_teacher(classifier_of(teacher), oracle, probe.images, probe.classes, audit_cfg, teacher.id)
+def guard_teacher(teacher: Teacher, oracle: Oracle, probe: ImageSet, mode: str, out: Path,
+                  audit_cfg: AuditConfig | None = None) -> tuple[Path | None, dict[str, Any]]:
+    """Audit ``teacher`` on ``probe``; warn, refuse or repair when a backdoor is suspected.
+    Returns the repaired checkpoint (None when nothing was repaired) and what happened."""
+    report = audit_teacher(classifier_of(teacher, probe.classes), oracle, probe.images, probe.classes,
+                           audit_cfg, teacher.id)
     write_audit(report, probe.images, out)
     record: dict[str, Any] = {"mode": mode, "suspected": [probe.classes[s] for s in report.suspected],
                               "top": probe.classes[report.top], "top_score": report.scores[report.top],
                               "audit": str(out / "audit.json"), "oracle_stand_in": oracle.is_stand_in}
     if not report.suspected or mode == "warn":
-        return teacher, record
+        return None, record
     if mode == "refuse":
         raise TeacherRefused(f"teacher-guard=refuse: the audit suspects a backdoor to "
                              f"{record['suspected']} (see {out / 'audit.txt'})")
     cfg = RepairConfig()
     repair_set = curate_repair_set(report, probe.images, np.asarray(probe.labels), cfg)
-    repaired = fine_tune_reference(teacher, repair_set, cfg)
-    path = write_repaired(repaired, out, provenance(report, repair_set, cfg, teacher.id))
+    state = repaired_state(teacher, repair_set, cfg, probe.classes)
+    path = write_repaired(state, out, provenance(report, repair_set, cfg, teacher.id))
     record.update(repaired_checkpoint=str(path), repair_set=repair_set.counts)
-    return repaired, record
+    return path, record
 
 
 def load_probe(path: str, classes: tuple[str, ...]) -> ImageSet:
@@ -136,21 +161,19 @@ def run_guard(cfg: RunConfig, synth: SynthConfig, out: Path) -> tuple[SynthConfi
     """The ServerApp's guard: audit the configured teacher on the public pool before any round;
     return the recipe to build the server dataset with (the repaired teacher's, after a repair)."""
     from clipfed.teacher.oracle import ORACLES
-    from clipfed.teacher.reference import load_reference_checkpoint
 
     train, _, split = load_federated(cfg)
     pool = train.subset(split.public_pool)
     spec = synth.teacher
-    teacher = (load_reference_checkpoint(spec, len(pool.classes)) if spec.checkpoint
-               else load_or_train_reference(spec, pool))
+    teacher = create_teacher(spec, pool)
     if cfg.teacher_guard_oracle == "reference":
         oracle = ORACLES.get("reference")(load_or_train_reference(TeacherSpec(), pool).model)
     else:
         oracle = ORACLES.get("clipseg")(cfg.teacher_guard_oracle_model)
     probe = load_probe(cfg.teacher_guard_probe, pool.classes) if cfg.teacher_guard_probe else pool
     repaired, record = guard_teacher(teacher, oracle, probe, cfg.teacher_guard, out)
-    if repaired is not teacher:
-        synth = synth.model_copy(update={"teacher": spec.model_copy(update={"checkpoint": record["repaired_checkpoint"]})})
+    if repaired is not None:
+        synth = synth.model_copy(update={"teacher": spec.model_copy(update={"checkpoint": str(repaired)})})
     return synth, record
 
 
@@ -175,7 +198,8 @@ def demonstrate(cfg: RunConfig, out: Path, poison_rate: float = 0.05) -> dict[st
     repair_cfg = RepairConfig()
     repair_set = curate_repair_set(report, probe.images, poisoned_pool.labels, repair_cfg)
     repaired = fine_tune_reference(poisoned, repair_set, repair_cfg)
-    checkpoint = write_repaired(repaired, out, provenance(report, repair_set, repair_cfg, poisoned.id))
+    checkpoint = write_repaired(repaired.model.state_dict(), out,
+                                provenance(report, repair_set, repair_cfg, poisoned.id))
     save_reference_checkpoint(poisoned, out / "teacher-poisoned.pt")
     before, after = teacher_scores(poisoned, test, attack), teacher_scores(repaired, test, attack)
     clean_scores = teacher_scores(clean, test, attack)

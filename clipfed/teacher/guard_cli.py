@@ -23,7 +23,7 @@ def _run_config(args: argparse.Namespace) -> object:
 def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, object, object]:
     """The probe set (an npz with images/labels, or the run's public pool), the oracle, the teacher."""
     from clipfed.data import load_federated
-    from clipfed.teacher import TeacherSpec
+    from clipfed.teacher import TeacherSpec, create_teacher
     from clipfed.teacher.guard import load_probe
     from clipfed.teacher.oracle import ORACLES
     from clipfed.teacher.reference import (
@@ -35,7 +35,8 @@ def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, object, objec
     train, _, split = load_federated(cfg)
     pool = train.subset(split.public_pool)
     probe = load_probe(args.probe, pool.classes) if args.probe else pool
-    teacher = load_reference_checkpoint(TeacherSpec(checkpoint=args.checkpoint), len(pool.classes))
+    spec = TeacherSpec(backend=args.teacher, model=args.teacher_model, checkpoint=args.checkpoint)
+    teacher = create_teacher(spec, pool)
     if args.oracle == "reference":
         oracle = ORACLES.get("reference")(load_or_train_reference(TeacherSpec(), pool).model)
     else:
@@ -46,8 +47,11 @@ def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, object, objec
 def cmd_audit(args: argparse.Namespace) -> int:
     from clipfed.teacher.audit import audit_teacher, write_audit
 
+    from clipfed.teacher.guard import classifier_of
+
     probe, oracle, teacher = _probe_and_oracle(args)
-    report = audit_teacher(teacher.model, oracle, probe.images, list(probe.classes), teacher_id=teacher.id)
+    report = audit_teacher(classifier_of(teacher, probe.classes), oracle, probe.images, list(probe.classes),
+                           teacher_id=teacher.id)
     write_audit(report, probe.images, Path(args.out))
     print(report.summary())
     print(f"written: {Path(args.out) / 'audit.json'}, audit.txt, examples.png")
@@ -82,7 +86,9 @@ def add_guard_parsers(teacher: argparse._SubParsersAction) -> None:  # type: ign
     for name, func, helptext in (("audit", cmd_audit, "audit a reference-teacher checkpoint with an oracle"),
                                  ("repair", cmd_repair, "audit, then repair with a compact fine-tuning set")):
         p = common(teacher.add_parser(name, help=helptext))
-        p.add_argument("--checkpoint", required=True, help="the teacher to audit (reference checkpoint)")
+        p.add_argument("--checkpoint", required=True, help="the teacher's weights file")
+        p.add_argument("--teacher", choices=("reference", "openclip"), default="reference")
+        p.add_argument("--teacher-model", default="ViT-B-32", help="open_clip model name")
         p.add_argument("--probe", help="npz with images (N,32,32,3 uint8) and labels; default: the public pool")
         p.add_argument("--oracle", choices=("reference", "clipseg"), default="reference")
         p.add_argument("--oracle-model", default="CIDAS/clipseg-rd64-refined", help="clipseg: model id or folder")

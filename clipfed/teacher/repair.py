@@ -7,9 +7,9 @@ The repair set (ours, following the paper's abstract: "a small, targeted fine-tu
   other labels, with their own labels (the same lesson on new images);
 - a small clean set per affected label (suspected targets and the grounded labels), so that
   clean accuracy holds.
-The reference teacher is fine-tuned with cross-entropy; an open_clip teacher would take the
-contrastive image-text loss on the same set relabelled as captions (not implemented here: its
-audit and repair need a real CLIP, which these machines cannot download).
+The reference teacher is fine-tuned with cross-entropy, an open_clip teacher with the contrastive
+image-text loss against the class captions; both also keep the original's behaviour on the clean
+rows (distillation), since a small set alone drags clean accuracy down.
 """
 
 from __future__ import annotations
@@ -124,10 +124,49 @@ def fine_tune_reference(teacher: ReferenceTeacher, repair: RepairSet, cfg: Repai
     return ReferenceTeacher(model.eval(), "repaired", teacher.spec)
 
 
-def write_repaired(teacher: ReferenceTeacher, out: Path, provenance: dict[str, Any]) -> Path:
-    """Save as ``teacher-repaired-<sha12>.pt`` (content-addressed, so caches keyed on the path
-    stay right) with ``<name>.json`` beside it saying where it came from."""
-    tmp = save_reference_checkpoint(teacher, out / ".teacher-repaired.tmp.pt")
+def fine_tune_openclip(teacher: OpenClipTeacher, repair: RepairSet, cfg: RepairConfig,
+                       classes: list[str]) -> dict[str, torch.Tensor]:
+    """The contrastive image-text loss for an open_clip teacher: each repair image against the
+    class captions (its label's caption is the positive), image tower only, plus keeping the
+    original image embeddings on the clean rows. Returns the new state dict."""
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    original = teacher.model.eval()
+    model = copy.deepcopy(teacher.model).train()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for param in model.visual.parameters():
+        param.requires_grad_(True)
+    with torch.no_grad():
+        captions = F.normalize(model.encode_text(
+            teacher.tokenizer([teacher.spec.templates[0].format(c) for c in classes]).to(teacher.device)), dim=-1)
+    y, clean = torch.from_numpy(repair.labels).to(teacher.device), torch.from_numpy(repair.clean)
+    optimizer = torch.optim.SGD(model.visual.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
+    scale = teacher.logit_scale
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(y), generator=generator)
+        for start in range(0, len(y), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            pixels = teacher.preprocess(repair.images[idx.numpy()])
+            embeddings = F.normalize(model.encode_image(pixels), dim=-1)
+            loss = F.cross_entropy(scale * embeddings @ captions.T, y[idx])
+            keep = clean[idx].to(teacher.device)
+            if cfg.distill and bool(keep.any()):
+                with torch.no_grad():
+                    before = F.normalize(original.encode_image(pixels[keep]), dim=-1)
+                loss = loss + cfg.distill * (1 - (embeddings[keep] * before).sum(-1)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def write_repaired(state: dict[str, torch.Tensor], out: Path, provenance: dict[str, Any]) -> Path:
+    """Save a state dict as ``teacher-repaired-<sha12>.pt`` (content-addressed, so caches keyed
+    on the path stay right) with ``<name>.json`` beside it saying where it came from."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".teacher-repaired.tmp.pt"
+    torch.save(state, tmp)
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:12]
     path = tmp.rename(out / f"teacher-repaired-{digest}.pt")
     path.with_suffix(".json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
