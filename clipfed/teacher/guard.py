@@ -32,7 +32,6 @@ from clipfed.teacher.audit import (
 )
 from clipfed.teacher.base import Teacher, TeacherSpec
 from clipfed.teacher.openclip import OpenClipTeacher
-from clipfed.teacher.registry import create_teacher
 from clipfed.teacher.oracle import Oracle, reference_oracle
 from clipfed.teacher.reference import (
     CosineClassifier,
@@ -42,6 +41,7 @@ from clipfed.teacher.reference import (
     save_reference_checkpoint,
     train_reference,
 )
+from clipfed.teacher.registry import create_teacher
 from clipfed.teacher.repair import (
     RepairConfig,
     RepairSet,

@@ -26,10 +26,7 @@ def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, object, objec
     from clipfed.teacher import TeacherSpec, create_teacher
     from clipfed.teacher.guard import load_probe
     from clipfed.teacher.oracle import ORACLES
-    from clipfed.teacher.reference import (
-        load_or_train_reference,
-        load_reference_checkpoint,
-    )
+    from clipfed.teacher.reference import load_or_train_reference
 
     cfg = _run_config(args)
     train, _, split = load_federated(cfg)
@@ -46,7 +43,6 @@ def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, object, objec
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from clipfed.teacher.audit import audit_teacher, write_audit
-
     from clipfed.teacher.guard import classifier_of
 
     probe, oracle, teacher = _probe_and_oracle(args)

@@ -26,11 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from clipfed.teacher.audit import AuditReport
-from clipfed.teacher.reference import (
-    ReferenceTeacher,
-    augment,
-    save_reference_checkpoint,
-)
+from clipfed.teacher.openclip import OpenClipTeacher
+from clipfed.teacher.reference import ReferenceTeacher, augment
 from clipfed.training import to_tensor
 
 
