@@ -14,9 +14,9 @@ from clipfed.config import ConfigError, RunConfig
 from clipfed.data.cifar import DATA_DIR_ENV, download_cifar10
 from clipfed.defense import DEFENSES
 from clipfed.deploy_cli import add_deploy_parser
-from clipfed.teacher.guard_cli import add_guard_parsers
 from clipfed.models import MODELS
 from clipfed.results import load_result, results_table
+from clipfed.teacher.guard_cli import add_guard_parsers
 
 # The short attack-vs-defense experiment `make demo` runs: CIFAR-10, 20 clients, Dirichlet 0.5,
 # 4 BadNets attackers, 8 clients per round; once undefended, once with CLIP-Fed.

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -249,25 +248,3 @@ def stop_pids(pid_file: Path) -> list[str]:
             time.sleep(1.0)
         stopped.append(name)
     return stopped
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0,
-                 verify: str | bool = True, netns: str | None = None) -> None:
-    """Poll the SuperLink's ``/health`` (through ``ip netns exec`` when it lives in a namespace)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the SuperLink exited with {process.returncode}")
-        if netns is None:
-            try:
-                if httpx.get(url, timeout=1.0, verify=verify).is_success:
-                    return
-            except httpx.HTTPError:
-                pass
-        else:
-            curl = ["ip", "netns", "exec", netns, "curl", "-sf", "-o", "/dev/null", "--max-time", "1"]
-            curl += ["--cacert", str(verify)] if isinstance(verify, str) else []
-            if subprocess.run([*curl, url], check=False).returncode == 0:
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"the SuperLink at {url} was not healthy after {timeout:.0f} s")

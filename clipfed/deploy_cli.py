@@ -23,10 +23,9 @@ from clipfed.deploy import (
     stop_pids,
     superlink_command,
     supernode_command,
-    wait_healthy,
     write_connection,
 )
-from clipfed.launch import flower_env, free_port
+from clipfed.launch import flower_env, free_port, wait_healthy
 
 LOCAL_CONNECTION = "clipfed-deploy"
 

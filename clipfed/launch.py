@@ -93,6 +93,30 @@ def _stop_process_group(process: subprocess.Popen[bytes], grace: float = 10.0) -
             continue
 
 
+def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0,
+                 verify: str | bool = True, netns: str | None = None, log: Path | None = None) -> None:
+    """Poll a SuperLink's ``/health`` until it answers (through ``ip netns exec`` when it lives in
+    a network namespace); raise ``FlowerRunError`` if it exits or stays unhealthy."""
+    see = f"; see {log}" if log is not None else ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise FlowerRunError(f"flower-superlink exited with {process.returncode}{see}")
+        if netns is None:
+            try:
+                if httpx.get(url, timeout=1.0, verify=verify).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+        else:
+            curl = ["ip", "netns", "exec", netns, "curl", "-sf", "-o", "/dev/null", "--max-time", "1"]
+            curl += ["--cacert", str(verify)] if isinstance(verify, str) else []
+            if subprocess.run([*curl, url], check=False).returncode == 0:
+                return
+        time.sleep(0.3)
+    raise FlowerRunError(f"flower-superlink at {url} not healthy after {timeout:.0f} s{see}")
+
+
 @dataclass(frozen=True)
 class LocalSuperLink:
     port: int
@@ -120,19 +144,8 @@ def local_superlink(flwr_home: Path, startup_timeout: float = 60.0) -> Iterator[
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if process.poll() is not None:
-                raise FlowerRunError(f"flower-superlink exited with {process.returncode}; "
-                                     f"see {flwr_home / 'superlink.log'}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).is_success:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise FlowerRunError(f"flower-superlink not healthy after {startup_timeout:.0f} s")
-            time.sleep(0.3)
+        wait_healthy(f"http://127.0.0.1:{port}/health", process, startup_timeout,
+                     log=flwr_home / "superlink.log")
         yield LocalSuperLink(port, process.pid)
     finally:
         _stop_process_group(process)

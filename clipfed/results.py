@@ -197,6 +197,13 @@ def load_result(run_dir: Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / RESULT_FILE).read_text())
 
 
+def detection_totals(result: dict[str, Any]) -> tuple[int, int, int]:
+    """(tp, fp, fn) summed over a run's attacked rounds (from ``attack-start-round``, round 0 never)."""
+    start = max(result["config"]["attack-start-round"], 1)
+    attacked = [r["detection"] for r in result["rounds"] if r["round"] >= start]
+    return (sum(d["tp"] for d in attacked), sum(d["fp"] for d in attacked), sum(d["fn"] for d in attacked))
+
+
 def results_table(results: list[dict[str, Any]]) -> str:
     """A Markdown MA/ASR table, one row per run, with detection over the attacked rounds."""
     header = ("| run | defense | attack | malicious | rounds | final MA | final ASR | "
@@ -204,10 +211,7 @@ def results_table(results: list[dict[str, Any]]) -> str:
     lines = [header, "|" + "---|" * 10]
     for res in results:
         cfg, rounds = res["config"], [r for r in res["rounds"] if r["round"] > 0]
-        attacked = [r for r in rounds if r["round"] >= cfg["attack-start-round"]]
-        tp = sum(r["detection"]["tp"] for r in attacked)
-        fp = sum(r["detection"]["fp"] for r in attacked)
-        fn = sum(r["detection"]["fn"] for r in attacked)
+        tp, fp, fn = detection_totals(res)
         recall = f"{tp / (tp + fn):.2f}" if tp + fn else "n/a"
         precision = f"{tp / (tp + fp):.2f}" if tp + fp else "n/a"
         server = sum(r["server_seconds"] for r in rounds) / max(len(rounds), 1)

@@ -14,7 +14,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from clipfed.attacks import create_attack
-from clipfed.checkpoint import load_init_model, load_resume, restore_rng_states, snapshot
+from clipfed.checkpoint import (
+    load_init_model,
+    load_resume,
+    restore_rng_states,
+    snapshot,
+)
 from clipfed.config import RunConfig
 from clipfed.data import load_federated
 from clipfed.defense import DEFENSES, create_defense
@@ -58,7 +63,10 @@ def main(grid: Grid, context: Context) -> None:
     try:
         defense_inputs: dict[str, Any] = {}
         if DEFENSES.get(cfg.defense).needs_server_data:
-            from clipfed.data_synth.provider import obtain_server_dataset, synth_config_for
+            from clipfed.data_synth.provider import (
+                obtain_server_dataset,
+                synth_config_for,
+            )
 
             synth = synth_config_for(cfg)
             if cfg.teacher_guard != "off":  # audit (and maybe repair) the teacher before trusting it

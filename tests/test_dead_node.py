@@ -18,7 +18,6 @@ from clipfed.deploy import (
     Processes,
     superlink_command,
     supernode_command,
-    wait_healthy,
     write_connection,
 )
 from clipfed.launch import (
@@ -27,6 +26,7 @@ from clipfed.launch import (
     flower_env,
     free_port,
     run_status,
+    wait_healthy,
     write_run_config,
 )
 from clipfed.results import RESULT_FILE, load_result

@@ -24,10 +24,16 @@ from clipfed.deploy import (
     superexec_command,
     superlink_command,
     supernode_command,
-    wait_healthy,
     write_connection,
 )
-from clipfed.launch import COMPLETED, _bin, flower_env, run_status, write_run_config
+from clipfed.launch import (
+    COMPLETED,
+    _bin,
+    flower_env,
+    run_status,
+    wait_healthy,
+    write_run_config,
+)
 from clipfed.results import load_result
 
 pytestmark = [pytest.mark.e2e, pytest.mark.deploy]

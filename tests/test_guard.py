@@ -169,7 +169,7 @@ def test_serverapp_guard_refuses_or_repairs_a_poisoned_teacher(
     train, _, split = load_federated(cfg)
     pool = train.subset(split.public_pool)
     poisoned_data = poison_pool(pool, create_attack(cfg), 0.3, 0)
-    poisoned = poisoned_reference(poisoned_data, TeacherSpec(), list(pool.classes), "test")
+    poisoned = poisoned_reference(poisoned_data, TeacherSpec(), pool.classes)
     checkpoint = tmp_path / "poisoned.pt"
     torch.save(poisoned.model.state_dict(), checkpoint)
     probe = tmp_path / "probe.npz"  # the data the teacher was poisoned with, labels as the server knows them

@@ -49,7 +49,12 @@ def tiny_clip_tokenizer(folder: Path) -> Any:
 
 def write_tiny_clipseg(folder: Path) -> Path:
     """A random-init CLIPSeg (model and processor) saved like a hub checkpoint, for offline tests."""
-    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
+    from transformers import (
+        CLIPSegConfig,
+        CLIPSegForImageSegmentation,
+        CLIPSegProcessor,
+        ViTImageProcessor,
+    )
 
     torch.manual_seed(0)
     config = CLIPSegConfig(

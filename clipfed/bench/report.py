@@ -18,7 +18,7 @@ from statistics import mean, pstdev
 from typing import Any
 
 from clipfed.bench.runner import Cell
-from clipfed.results import load_result, versions
+from clipfed.results import detection_totals, load_result, versions
 
 COLUMNS = ("setting", "attack", "row", "seeds", "ma_mean", "ma_std", "asr_mean", "asr_std",
            "recall", "precision", "server_s_per_round", "round_s")
@@ -34,19 +34,10 @@ class Row:
     def values(self) -> dict[str, Any]:
         mas = [r["final"]["ma"] for r in self.results]
         asrs = [r["final"]["asr"] for r in self.results if r["final"]["asr"] is not None]
-        tp = fp = fn = 0
-        server: list[float] = []
-        round_seconds: list[float] = []
-        for result in self.results:
-            start = max(result["config"]["attack-start-round"], 1)
-            for entry in result["rounds"]:
-                if entry["round"] >= 1:
-                    server.append(entry["server_seconds"])
-                    round_seconds.append(entry["round_seconds"])
-                if entry["round"] >= start:
-                    tp += entry["detection"]["tp"]
-                    fp += entry["detection"]["fp"]
-                    fn += entry["detection"]["fn"]
+        tp, fp, fn = (sum(column) for column in zip(*(detection_totals(r) for r in self.results), strict=True))
+        rounds = [entry for result in self.results for entry in result["rounds"] if entry["round"] >= 1]
+        server = [entry["server_seconds"] for entry in rounds]
+        round_seconds = [entry["round_seconds"] for entry in rounds]
         return {
             "setting": self.setting, "attack": self.attack, "row": self.row, "seeds": len(self.results),
             "ma_mean": mean(mas), "ma_std": pstdev(mas) if len(mas) > 1 else 0.0,

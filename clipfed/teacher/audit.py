@@ -59,7 +59,7 @@ class AuditReport:
     victims: dict[int, list[int]]  # label -> probe indices of its victim samples
     grounded_label: dict[int, int]  # victim index -> the label the oracle grounded in it
     trigger_heatmap: list[list[float]]  # for the top label: mean drop of p(target) per occluded cell
-    trigger_box: Box | None  # the hottest cells' bounding box
+    trigger_box: Box | None  # the smallest masking window that removes the top label's claim
     oracle: str
     oracle_stand_in: bool
     teacher: str
@@ -191,7 +191,8 @@ def audit_teacher(classify: Classify, oracle: Oracle, images: np.ndarray, classe
     min_victims = max(cfg.min_victims, int(np.ceil(cfg.min_victim_share * len(images))))
     suspected = [c for c in ranking if scores[c] >= cfg.z_threshold and counts[c] >= min_victims]
     heat, box = np.zeros((x.shape[2] // cfg.cell, x.shape[3] // cfg.cell)), None
-    top_rows = [order.index(i) for i in victims[ranking[0]]]
+    row_of = {index: row for row, index in enumerate(order)}
+    top_rows = [row_of[i] for i in victims[ranking[0]]]
     if top_rows:  # the trigger: where masking hurts the top label's victims most
         heat = heat_map(drops[top_rows], boxes, x.shape[2], x.shape[3], cfg.cell)
         box = trigger_window(drops[top_rows], boxes)

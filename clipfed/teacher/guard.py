@@ -21,11 +21,11 @@ import torch
 from clipfed.attacks import Attack, create_attack
 from clipfed.config import RunConfig
 from clipfed.data import ImageSet, load_federated
-from clipfed.data.cifar import cache_dir
 from clipfed.data_synth.config import SynthConfig
-from clipfed.models import create_model
+from clipfed.evaluation import BackdoorEvaluator
 from clipfed.teacher.audit import (
     AuditConfig,
+    AuditReport,
     Classify,
     audit_teacher,
     write_audit,
@@ -34,12 +34,10 @@ from clipfed.teacher.base import Teacher, TeacherSpec
 from clipfed.teacher.openclip import OpenClipTeacher
 from clipfed.teacher.oracle import Oracle, reference_oracle
 from clipfed.teacher.reference import (
-    CosineClassifier,
     ReferenceTeacher,
     load_or_train_reference,
-    pool_digest,
+    load_reference_checkpoint,
     save_reference_checkpoint,
-    train_reference,
 )
 from clipfed.teacher.registry import create_teacher
 from clipfed.teacher.repair import (
@@ -51,9 +49,7 @@ from clipfed.teacher.repair import (
     provenance,
     write_repaired,
 )
-from clipfed.training import from_tensor, predict, to_tensor
-
-GUARD_MODES = ("off", "warn", "refuse", "repair")
+from clipfed.training import from_tensor
 
 
 class TeacherRefused(RuntimeError):
@@ -102,30 +98,24 @@ def poison_pool(pool: ImageSet, attack: Attack, rate: float, seed: int) -> Poiso
     return PoisonedPool(images, labels, mask)
 
 
-def poisoned_reference(pool: PoisonedPool, spec: TeacherSpec, classes: list[str], tag: str) -> ReferenceTeacher:
-    """Train (once; cached by pool content and spec) a reference teacher on the poisoned pool."""
-    digest = pool_digest(ImageSet(pool.images, pool.labels, classes))
-    path = cache_dir() / "teachers" / f"poisoned-{tag}-{digest}-{spec.spec_hash()}.pt"
-    if path.exists():
-        model = CosineClassifier(create_model(spec.reference_model, len(classes)), len(classes), spec.reference_scale)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        teacher = ReferenceTeacher(model, f"poisoned-{digest}", spec)
-    else:
-        model = train_reference(ImageSet(pool.images, pool.labels, classes), spec)
-        teacher = ReferenceTeacher(model, f"poisoned-{digest}", spec)
-        save_reference_checkpoint(teacher, path)
-    return teacher
+def poisoned_reference(pool: PoisonedPool, spec: TeacherSpec, classes: Sequence[str]) -> ReferenceTeacher:
+    """A reference teacher trained (once; cached by pool content and spec) on the poisoned pool."""
+    return load_or_train_reference(spec, ImageSet(pool.images, pool.labels, tuple(classes)),
+                                   name="poisoned", source="poisoned")
 
 
-def teacher_scores(teacher: ReferenceTeacher, test: ImageSet, attack: Attack) -> dict[str, float]:
+def teacher_scores(evaluator: BackdoorEvaluator, teacher: ReferenceTeacher) -> dict[str, float]:
     """Clean top-1 on the test set and ASR on its triggered non-target images."""
-    x = to_tensor(np.asarray(test.images))
-    y = torch.from_numpy(np.asarray(test.labels, dtype=np.int64))
-    acc = float((predict(teacher.model, x) == y).double().mean())
-    keep = np.asarray(test.labels) != attack.target_label
-    triggered = to_tensor(attack.apply_trigger(np.asarray(test.images)[keep]))
-    asr = float((predict(teacher.model, triggered) == attack.target_label).double().mean())
-    return {"clean_acc": acc, "asr": asr}
+    result = evaluator(teacher.model)
+    return {"clean_acc": result.ma, "asr": float(result.asr or 0.0)}
+
+
+def repair(teacher: Teacher, report: AuditReport, probe: ImageSet, out: Path) -> tuple[Path, RepairSet]:
+    """Curate the repair set from the audit, fine-tune, write the checkpoint with its provenance."""
+    cfg = RepairConfig()
+    repair_set = curate_repair_set(report, probe.images, np.asarray(probe.labels), cfg)
+    state = repaired_state(teacher, repair_set, cfg, probe.classes)
+    return write_repaired(state, out, provenance(report, repair_set, cfg, teacher.id)), repair_set
 
 
 def guard_teacher(teacher: Teacher, oracle: Oracle, probe: ImageSet, mode: str, out: Path,
@@ -143,10 +133,7 @@ def guard_teacher(teacher: Teacher, oracle: Oracle, probe: ImageSet, mode: str, 
     if mode == "refuse":
         raise TeacherRefused(f"teacher-guard=refuse: the audit suspects a backdoor to "
                              f"{record['suspected']} (see {out / 'audit.txt'})")
-    cfg = RepairConfig()
-    repair_set = curate_repair_set(report, probe.images, np.asarray(probe.labels), cfg)
-    state = repaired_state(teacher, repair_set, cfg, probe.classes)
-    path = write_repaired(state, out, provenance(report, repair_set, cfg, teacher.id))
+    path, repair_set = repair(teacher, report, probe, out)
     record.update(repaired_checkpoint=str(path), repair_set=repair_set.counts)
     return path, record
 
@@ -187,7 +174,7 @@ def demonstrate(cfg: RunConfig, out: Path, poison_rate: float = 0.05) -> dict[st
         raise ValueError("the guard demonstration needs an attack (attack=none given)")
     spec = TeacherSpec()
     poisoned_pool = poison_pool(pool, attack, poison_rate, cfg.seed)
-    poisoned = poisoned_reference(poisoned_pool, spec, list(pool.classes), f"{cfg.attack}-{poison_rate}")
+    poisoned = poisoned_reference(poisoned_pool, spec, pool.classes)
     clean = load_or_train_reference(spec, pool)  # the oracle stand-in's object knowledge
     oracle = reference_oracle(clean.model)
     probe = ImageSet(poisoned_pool.images, poisoned_pool.labels, pool.classes)
@@ -195,14 +182,11 @@ def demonstrate(cfg: RunConfig, out: Path, poison_rate: float = 0.05) -> dict[st
     write_audit(report, probe.images, out)
     victims = set(report.victims.get(attack.target_label, []))
     truth = set(np.flatnonzero(poisoned_pool.poisoned).tolist())
-    repair_cfg = RepairConfig()
-    repair_set = curate_repair_set(report, probe.images, poisoned_pool.labels, repair_cfg)
-    repaired = fine_tune_reference(poisoned, repair_set, repair_cfg)
-    checkpoint = write_repaired(repaired.model.state_dict(), out,
-                                provenance(report, repair_set, repair_cfg, poisoned.id))
+    checkpoint, repair_set = repair(poisoned, report, probe, out)
+    repaired = load_reference_checkpoint(spec.model_copy(update={"checkpoint": str(checkpoint)}), len(pool.classes))
     save_reference_checkpoint(poisoned, out / "teacher-poisoned.pt")
-    before, after = teacher_scores(poisoned, test, attack), teacher_scores(repaired, test, attack)
-    clean_scores = teacher_scores(clean, test, attack)
+    evaluator = BackdoorEvaluator(test, attack)  # test tensors built once for the three teachers
+    before, after, clean_scores = (teacher_scores(evaluator, t) for t in (poisoned, repaired, clean))
     result = {
         "attack": cfg.attack, "target": pool.classes[attack.target_label], "poison_rate": poison_rate,
         "pool_size": len(pool.labels), "poisoned_samples": len(truth),

@@ -7,12 +7,13 @@ import json
 import os
 from pathlib import Path
 
+from clipfed.config import RunConfig
 from clipfed.data import ImageSet
+from clipfed.teacher.base import Teacher
+from clipfed.teacher.oracle import Oracle
 
 
-def _run_config(args: argparse.Namespace) -> object:
-    from clipfed.config import RunConfig
-
+def _run_config(args: argparse.Namespace) -> RunConfig:
     values = {"seed": args.seed, "attack": args.attack}
     data_dir = args.data_dir or os.environ.get("CLIPFED_DATA_DIR", "")
     if data_dir:
@@ -20,7 +21,7 @@ def _run_config(args: argparse.Namespace) -> object:
     return RunConfig.from_flower(values)
 
 
-def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, object, object]:
+def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, Oracle, Teacher]:
     """The probe set (an npz with images/labels, or the run's public pool), the oracle, the teacher."""
     from clipfed.data import load_federated
     from clipfed.teacher import TeacherSpec, create_teacher

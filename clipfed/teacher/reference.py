@@ -58,12 +58,15 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return cropped
 
 
+def _new_model(spec: TeacherSpec, num_classes: int) -> CosineClassifier:
+    return CosineClassifier(create_model(spec.reference_model, num_classes), num_classes, spec.reference_scale)
+
+
 def train_reference(pool: ImageSet, spec: TeacherSpec, seed: int = 0) -> CosineClassifier:
     """SGD with cosine learning-rate decay and crop/flip augmentation on the public pool."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = CosineClassifier(create_model(spec.reference_model, len(pool.classes)),
-                             len(pool.classes), spec.reference_scale)
+    model = _new_model(spec, len(pool.classes))
     x = to_tensor(np.asarray(pool.images))
     y = torch.from_numpy(np.asarray(pool.labels, dtype=np.int64))
     batch = 64
@@ -127,21 +130,37 @@ class ReferenceTeacher(Teacher):
         return self.class_prototypes(classes)[class_index].expand(len(captions), -1)
 
 
-def load_or_train_reference(spec: TeacherSpec, pool: ImageSet) -> ReferenceTeacher:
-    """Train once per (pool, spec) and cache the weights; later calls load them."""
+def _save_state(model: nn.Module, path: Path) -> Path:
+    """Atomically: a crash mid-write never leaves a truncated checkpoint behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _cache_path(spec: TeacherSpec, digest: str, name: str) -> Path:
+    return cache_dir() / "teachers" / f"{name}-{digest}-{spec.spec_hash()}.pt"
+
+
+def reference_checkpoint_path(spec: TeacherSpec, pool: ImageSet, name: str = "reference") -> Path:
+    return _cache_path(spec, pool_digest(pool), name)
+
+
+def load_or_train_reference(spec: TeacherSpec, pool: ImageSet, name: str = "reference",
+                            source: str = "pool") -> ReferenceTeacher:
+    """Train once per (pool, spec) and cache the weights; later calls load them. ``name`` and
+    ``source`` say what the pool is in the cache file's name and the teacher id (e.g. a
+    deliberately poisoned pool)."""
     digest = pool_digest(pool)
-    path = cache_dir() / "teachers" / f"reference-{digest}-{spec.spec_hash()}.pt"
-    model = CosineClassifier(create_model(spec.reference_model, len(pool.classes)),
-                             len(pool.classes), spec.reference_scale)
+    path = _cache_path(spec, digest, name)
     if path.exists():
+        model = _new_model(spec, len(pool.classes))
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     else:
         model = train_reference(pool, spec)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    return ReferenceTeacher(model, f"pool-{digest}", spec)
+        _save_state(model, path)
+    return ReferenceTeacher(model, f"{source}-{digest}", spec)
 
 
 def load_reference_checkpoint(spec: TeacherSpec, num_classes: int) -> ReferenceTeacher:
@@ -149,17 +168,13 @@ def load_reference_checkpoint(spec: TeacherSpec, num_classes: int) -> ReferenceT
     path = Path(spec.checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
-    model = CosineClassifier(create_model(spec.reference_model, num_classes), num_classes, spec.reference_scale)
+    model = _new_model(spec, num_classes)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return ReferenceTeacher(model, f"ckpt-{sha256_file(path)[:12]}", spec)
 
 
 def save_reference_checkpoint(teacher: ReferenceTeacher, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(teacher.model.state_dict(), tmp)
-    os.replace(tmp, path)
-    return path
+    return _save_state(teacher.model, path)
 
 
 @TEACHERS.register("reference", "offline stand-in: cosine classifier trained on the public pool")
@@ -170,6 +185,3 @@ def reference_teacher(spec: TeacherSpec, pool: ImageSet | None = None) -> Teache
         raise ValueError("the reference teacher is trained on the public pool; pass pool=")
     return load_or_train_reference(spec, pool)
 
-
-def reference_checkpoint_path(spec: TeacherSpec, pool: ImageSet) -> Path:
-    return cache_dir() / "teachers" / f"reference-{pool_digest(pool)}-{spec.spec_hash()}.pt"

@@ -60,8 +60,7 @@ def curate_repair_set(report: AuditReport, probe_images: np.ndarray, probe_label
     victims = np.array(sorted(set(suspected_victims)), dtype=np.int64)
     parts_x = [probe_images[victims]]
     parts_y = [np.array([report.grounded_label[int(i)] for i in victims], dtype=np.int64)]
-    flagged = set(victims.tolist())
-    clean_pool = np.array([i for i in range(len(probe_images)) if i not in flagged])
+    clean_pool = np.setdiff1d(np.arange(len(probe_images)), victims)
 
     transplants = 0
     if report.trigger_box is not None and len(victims) and cfg.transplants:
@@ -76,17 +75,17 @@ def curate_repair_set(report: AuditReport, probe_images: np.ndarray, probe_label
         transplants = len(hosts)
 
     affected = sorted(set(report.suspected) | set(parts_y[0].tolist()))
-    clean_rows = []
+    per_label = []
     for label in affected:
         rows = clean_pool[probe_labels[clean_pool] == label]
-        clean_rows.append(rng.choice(rows, size=min(cfg.clean_per_label, len(rows)), replace=False))
-    clean = np.concatenate(clean_rows) if clean_rows else np.array([], dtype=np.int64)
+        per_label.append(rng.choice(rows, size=min(cfg.clean_per_label, len(rows)), replace=False))
+    clean = np.concatenate(per_label) if per_label else np.array([], dtype=np.int64)
     parts_x.append(probe_images[clean])
     parts_y.append(probe_labels[clean].astype(np.int64))
     labels = np.concatenate(parts_y)
-    clean_rows = np.zeros(len(labels), dtype=bool)
-    clean_rows[len(labels) - len(clean):] = True
-    return RepairSet(np.concatenate(parts_x), labels, clean_rows,
+    is_clean = np.zeros(len(labels), dtype=bool)
+    is_clean[len(labels) - len(clean):] = True
+    return RepairSet(np.concatenate(parts_x), labels, is_clean,
                      {"victims": len(victims), "transplants": transplants, "clean": len(clean)})
 
 
