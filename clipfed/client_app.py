@@ -110,7 +110,7 @@ def train(msg: Message, context: Context) -> Message:
     loss = train_local(
         model, images, labels,
         epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-        momentum=cfg.momentum, weight_decay=cfg.weight_decay, generator=generator,
+        momentum=cfg.momentum, weight_decay=cfg.weight_decay, generator=generator, max_steps=cfg.local_steps,
     )
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     if attacking:

@@ -60,6 +60,7 @@ class RunConfig(BaseModel):
     # Model and local training
     model: str = "cnn"
     local_epochs: int = Field(1, ge=1, alias="local-epochs")
+    local_steps: int = Field(0, ge=0, alias="local-steps")  # cap on SGD steps per round; 0: whole epochs
     batch_size: int = Field(32, ge=1, alias="batch-size")
     lr: float = Field(0.01, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
@@ -134,6 +135,7 @@ class RunConfig(BaseModel):
     max_update_norm: float = Field(1e4, gt=0.0, alias="max-update-norm")
     defense: str = "fedavg"
     eval_batch_size: int = Field(1000, ge=1, alias="eval-batch-size")
+    eval_samples: int = Field(0, ge=0, alias="eval-samples")  # fixed class-balanced test subset; 0: all
 
     @field_validator("model")
     @classmethod

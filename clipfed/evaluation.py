@@ -24,6 +24,17 @@ class Evaluation:
     per_class_acc: list[float]
 
 
+def eval_subset(test: ImageSet, samples: int) -> ImageSet:
+    """A fixed, class-balanced subset of ``samples`` test images (all of them when 0 or more than
+    there are), the same for every run and seed so that rows of a table compare like with like."""
+    if not samples or samples >= len(test):
+        return test
+    rng = np.random.default_rng(0)
+    per_class = max(samples // len(test.classes), 1)
+    chosen = [rng.permutation(np.flatnonzero(test.labels == c))[:per_class] for c in range(len(test.classes))]
+    return test.subset(np.sort(np.concatenate(chosen)))
+
+
 def non_target_triggered(test: ImageSet, attack: Attack) -> np.ndarray:
     """Triggered copies of every test image whose true label is not the attack's target."""
     return attack.apply_trigger(np.asarray(test.images[test.labels != attack.target_label]))

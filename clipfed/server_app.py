@@ -24,7 +24,7 @@ from clipfed.config import RunConfig
 from clipfed.data import load_federated
 from clipfed.defense import DEFENSES, create_defense
 from clipfed.defense.base import DefenseStrategy, PartitionSampler
-from clipfed.evaluation import BackdoorEvaluator
+from clipfed.evaluation import BackdoorEvaluator, eval_subset
 from clipfed.models import create_model
 from clipfed.results import RunRecorder, load_result, results_table
 
@@ -44,7 +44,7 @@ def main(grid: Grid, context: Context) -> None:
     random.seed(cfg.seed)
     _, test, _ = load_federated(cfg)
     recorder = RunRecorder.create(cfg, resumed=previous)
-    evaluator = BackdoorEvaluator(test, create_attack(cfg), cfg.eval_batch_size)
+    evaluator = BackdoorEvaluator(eval_subset(test, cfg.eval_samples), create_attack(cfg), cfg.eval_batch_size)
     model = initial_model(cfg)
     strategy: DefenseStrategy | None = None
 

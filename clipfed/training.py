@@ -42,15 +42,20 @@ def train_local(
     momentum: float,
     weight_decay: float,
     generator: torch.Generator,
+    max_steps: int = 0,
 ) -> float:
-    """Plain SGD over ``epochs`` shuffled passes; returns the mean training loss."""
+    """Plain SGD over ``epochs`` shuffled passes, stopped after ``max_steps`` steps when that is
+    set (the field's "local iterations"); returns the mean training loss."""
     x, y = to_tensor(images), torch.from_numpy(np.asarray(labels, dtype=np.int64))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.train()
-    total, seen = 0.0, 0
+    total, seen, steps = 0.0, 0, 0
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(y), batch_size):
+            if max_steps and steps == max_steps:
+                return total / max(seen, 1)
+            steps += 1
             batch = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x[batch]), y[batch])

@@ -39,11 +39,20 @@ def test_plan_pretrains_first_and_carries_the_control_rows() -> None:
     assert rows == ["fedavg-no-attack", "teacher-only", "fedavg", "median"]
 
 
+def test_plan_warm_starts_every_seed_of_a_setting_from_one_pretraining() -> None:
+    suite = Suite(**{**TINY.__dict__, "seeds": (0, 1, 2), "pretrain_keys": {"local-steps": 7}})
+    cells = plan(suite)
+    pretrain = [c for c in cells if c.pretrain]
+    assert len(pretrain) == 1 and pretrain[0].seed == 0
+    assert pretrain[0].config(suite, Path("/tmp/x")).local_steps == 7
+    assert {c.seed for c in cells if not c.pretrain} == {0, 1, 2}
+
+
 def test_suite_runs_warm_started_writes_outputs_and_skips_finished_runs(
         fake_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIPFED_DATA_DIR", str(fake_data_dir))
     cells = plan(TINY)
-    runs = list(run_suite(TINY, tmp_path, cells, threads=1))
+    runs = run_suite(TINY, tmp_path, cells, threads=1, workers=2)
     pretrain_dir = runs[0][1]
     for cell, run_dir in runs[1:]:
         result = json.loads((run_dir / "result.json").read_text())
@@ -60,7 +69,7 @@ def test_suite_runs_warm_started_writes_outputs_and_skips_finished_runs(
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
     stamps = {d: (d / "result.json").stat().st_mtime_ns for _, d in runs}
-    again = list(run_suite(TINY, tmp_path, cells, threads=1))
+    again = run_suite(TINY, tmp_path, cells, threads=1)
     assert [d for _, d in again] == [d for _, d in runs]
     assert {d: (d / "result.json").stat().st_mtime_ns for _, d in again} == stamps, "finished runs skipped"
 
@@ -95,3 +104,11 @@ def test_quick_suite_completes_and_writes_well_formed_outputs(tmp_path: Path) ->
     assert "reference" in report and "![scatter-cifar10-dir0.5](scatter-cifar10-dir0.5.png)" in report
     for name in ("table.md", "curves-cifar10-dir0.5-badnets.png", "per-class-cifar10-dir0.5-badnets.png"):
         assert (out / name).stat().st_size > 0
+
+
+def test_unknown_setting_is_refused_naming_the_suites_settings(capsys: pytest.CaptureFixture[str],
+                                                               tmp_path: Path) -> None:
+    assert main(["bench", "--suite", "quick", "--settings", "cifar100", "--out", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert "cifar100" in out and "cifar10-dir0.5" in out
+    assert not any(tmp_path.iterdir()), "nothing ran"

@@ -51,6 +51,27 @@ def test_benign_client_trains_and_reports_its_role(fake_data_dir: Path) -> None:
                for k in after), "training changed nothing"
 
 
+def test_local_steps_caps_the_sgd_steps_of_a_round(fake_data_dir: Path) -> None:
+    """90 examples in batches of 16 are 6 steps an epoch; ``local-steps=2`` stops after 2."""
+    calls: list[int] = []
+    original = torch.optim.SGD.step
+
+    def counting_step(self: torch.optim.SGD, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    config = run_config(fake_data_dir, **{"num-malicious": 0, "local-epochs": 2})
+    capped = run_config(fake_data_dir, **{"num-malicious": 0, "local-epochs": 2, "local-steps": 2})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.SGD, "step", counting_step)
+        train(train_message(0), context(0, config))
+        assert len(calls) == 12
+        calls.clear()
+        reply = train(train_message(0), context(0, capped))
+        assert len(calls) == 2
+    assert reply.content["metrics"]["num-examples"] == 90  # FedAvg still weighs by the shard's size
+
+
 def test_malicious_client_poisons_from_the_start_round(fake_data_dir: Path) -> None:
     config = run_config(fake_data_dir, **{"attack-start-round": 2, "poison-rate": 0.5})
     attacker = next(iter(malicious_clients(RunConfig.from_flower(config))))

@@ -4,7 +4,7 @@ import torch
 from clipfed.attacks import create_attack
 from clipfed.config import RunConfig
 from clipfed.data import ImageSet
-from clipfed.evaluation import BackdoorEvaluator
+from clipfed.evaluation import BackdoorEvaluator, eval_subset
 from clipfed.models import ClassifierNet
 from clipfed.training import to_tensor
 
@@ -74,3 +74,14 @@ def test_to_tensor_normalises_channels_first() -> None:
     x = to_tensor(np.full((2, 32, 32, 3), 255, dtype=np.uint8))
     assert x.shape == (2, 3, 32, 32) and x.dtype == torch.float32
     assert torch.allclose(x[0, 0, 0, 0], torch.tensor((1 - 0.4914) / 0.2470))
+
+
+def test_eval_subset_is_fixed_and_class_balanced() -> None:
+    labels = np.repeat(np.arange(10), 30)
+    images = np.arange(300, dtype=np.uint8)[:, None, None, None] * np.ones((1, 32, 32, 3), dtype=np.uint8)
+    test = ImageSet(images, labels, tuple("abcdefghij"))
+    subset = eval_subset(test, 50)
+    assert np.bincount(subset.labels, minlength=10).tolist() == [5] * 10
+    again = eval_subset(test, 50)
+    assert np.array_equal(subset.images, again.images), "the same images for every run"
+    assert eval_subset(test, 0) is test and eval_subset(test, 10_000) is test

@@ -32,7 +32,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/bench-{suite.name}").resolve()
     if args.data_dir:
         os.environ["CLIPFED_DATA_DIR"] = str(Path(args.data_dir).resolve())
-    cells = plan(suite, _csv(args.defenses), _csv(args.attacks), seeds)
+    unknown = set(_csv(args.settings) or []) - set(suite.settings)
+    if unknown:
+        print(f"clipfed bench: --settings: unknown {sorted(unknown)}; suite {suite.name!r} has {list(suite.settings)}")
+        return 2
+    cells = plan(suite, _csv(args.defenses), _csv(args.attacks), seeds, _csv(args.settings))
     try:  # every config is checked before the first run starts
         for cell in cells:
             cell.config(suite, out)
@@ -40,7 +44,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"clipfed bench: {err}")
         return 2
     started = time.perf_counter()
-    runs = list(run_suite(suite, out, cells, threads=args.threads))
+    threads = args.threads or max((os.cpu_count() or 1) // args.workers, 1)
+    runs = run_suite(suite, out, cells, threads=threads, workers=args.workers)
     rows = collect(runs)
     (out / "table.md").write_text(markdown_table(rows))
     write_csv(rows, out / "table.csv")
@@ -76,9 +81,12 @@ def add_bench_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     bench.add_argument("--defenses", help="comma list (default: the suite's)")
     bench.add_argument("--attacks", help="comma list (default: the suite's)")
     bench.add_argument("--seeds", help="comma list (default: the suite's)")
+    bench.add_argument("--settings", help="comma list of the suite's data settings (default: all)")
     bench.add_argument("--out", help="suite folder (default runs/bench-<suite>); finished runs are skipped")
     bench.add_argument("--data-dir", help="CIFAR-10 location (else CLIPFED_DATA_DIR)")
-    bench.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    bench.add_argument("--workers", type=int, default=1,
+                       help="runs at once, each in its own process (small CPU models: one per core)")
+    bench.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cores / workers)")
     bench.set_defaults(func=cmd_bench)
     cost = sub.add_parser("bench-cost", help="server seconds and peak memory per defense vs number of updates")
     cost.add_argument("--defenses", help="comma list (default: all but teacher-only)")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,16 +51,18 @@ class Cell:
 
 
 def plan(suite: Suite, defenses: Iterable[str] | None = None, attacks: Iterable[str] | None = None,
-         seeds: Iterable[int] | None = None) -> list[Cell]:
-    """Pretraining first, then per setting/seed/attack: the controls, the defenses, the variants."""
+         seeds: Iterable[int] | None = None, settings: Iterable[str] | None = None) -> list[Cell]:
+    """One warm-start pretraining per setting first (as the field keeps one clean checkpoint per
+    dataset), then per setting/seed/attack: the controls, the defenses, the variants."""
     defenses = tuple(defenses or suite.defenses)
     attacks = tuple(attacks or suite.attacks)
     seeds = tuple(seeds if seeds is not None else suite.seeds)
     cells: list[Cell] = []
-    for setting in suite.settings:
+    for setting in settings or suite.settings:
+        cells.append(Cell(setting, "pretrain", "none", seeds[0], {
+            "defense": "fedavg", "num-malicious": 0, "num-server-rounds": suite.pretrain_rounds,
+            **suite.pretrain_keys}, True))
         for seed in seeds:
-            cells.append(Cell(setting, "pretrain", "none", seed, {
-                "defense": "fedavg", "num-malicious": 0, "num-server-rounds": suite.pretrain_rounds}, True))
             for attack in attacks:
                 cells.append(Cell(setting, "fedavg-no-attack", attack, seed, {"defense": "fedavg", "num-malicious": 0}))
                 cells.append(Cell(setting, "teacher-only", attack, seed, {"defense": "teacher-only"}))
@@ -85,36 +89,79 @@ def _set_aside(run_dir: Path) -> Path:
     raise RuntimeError(f"too many interrupted copies of {run_dir}")
 
 
-def run_cell(cfg: RunConfig, threads: int) -> tuple[Path, bool]:
-    """Run (or skip, or resume) one cell; returns its folder and whether it ran now."""
+def run_cell(cfg: RunConfig, threads: int) -> tuple[Path, bool, float]:
+    """Run (or skip, or resume) one cell; returns its folder, whether it ran now and its seconds."""
+    started = time.perf_counter()
     run_dir = Path(cfg.out_dir) / cfg.run_name
     if finished(run_dir, cfg):
-        return run_dir, False
+        return run_dir, False, 0.0
     if run_dir.exists():
         aside = _set_aside(run_dir)
         if (aside / CHECKPOINT_FILE).exists():
             cfg = cfg.model_copy(update={"resume_from": str(aside)})
     run_inprocess(cfg, threads=threads)
-    return run_dir, True
+    return run_dir, True, time.perf_counter() - started
 
 
-def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2) -> Iterator[tuple[Cell, Path]]:
-    """Run every cell, pretraining first; a progress bar counts rounds run (ETA from their rate)."""
+def prepare_server_data(cfg: RunConfig, threads: int) -> float:
+    """Build (or find cached) the server dataset and teacher outputs that ``cfg``'s runs load, so
+    that parallel runs of one setting and seed never build the same one at once; its seconds."""
+    import torch
+
+    from clipfed.data_synth.provider import obtain_server_dataset, synth_config_for
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    obtain_server_dataset(synth_config_for(cfg), cfg.synth_url)
+    return time.perf_counter() - started
+
+
+def _server_data_cells(cells: list[Cell]) -> list[int]:
+    """One cell per setting and seed whose defense needs the server dataset."""
+    from clipfed.defense import DEFENSES
+
+    first: dict[tuple[str, int], int] = {}
+    for i, cell in enumerate(cells):
+        if not cell.pretrain and DEFENSES.get(cell.overrides.get("defense", "fedavg")).needs_server_data:
+            first.setdefault((cell.setting, cell.seed), i)
+    return list(first.values())
+
+
+def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
+              workers: int = 1) -> list[tuple[Cell, Path]]:
+    """Run every cell in ``workers`` processes of ``threads`` torch threads each (small models run
+    faster as parallel single-threaded runs than as one multi-threaded one), the pretraining before
+    the cells it warm-starts and alongside it each setting and seed's server dataset; returns
+    (cell, run folder) in plan order. A progress bar counts rounds run, so its ETA comes from real
+    work; finished runs are skipped and leave the total."""
     out.mkdir(parents=True, exist_ok=True)
-    pretrained: dict[tuple[str, int], str] = {}
+    run_dirs: dict[int, Path] = {}
+    warm: dict[str, str] = {}
     total = sum((suite.pretrain_rounds if c.pretrain else suite.base["num-server-rounds"]) for c in cells)
-    with tqdm(total=total, unit="round", desc=f"bench {suite.name}", dynamic_ncols=True) as bar:
-        for cell in cells:
-            cfg = cell.config(suite, out, pretrained.get((cell.setting, cell.seed), ""))
-            bar.set_postfix_str(cell.name)
-            started = time.perf_counter()
-            run_dir, ran = run_cell(cfg, threads)
-            if cell.pretrain:
-                pretrained[(cell.setting, cell.seed)] = str(run_dir)
-            if ran:
-                bar.update(cfg.num_server_rounds)
-                tqdm.write(f"[bench] {cell.name}: {time.perf_counter() - started:.0f} s -> {run_dir.name}")
-            else:  # skipped: a finished run of the same config; keep the ETA about real work
-                bar.total -= cfg.num_server_rounds
-                bar.refresh()
-            yield cell, run_dir
+    phases = [[i for i, c in enumerate(cells) if c.pretrain], [i for i, c in enumerate(cells) if not c.pretrain]]
+    with (tqdm(total=total, unit="round", desc=f"bench {suite.name}", dynamic_ncols=True) as bar,
+          ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool):
+        for number, phase in enumerate(phases):
+            configs = {i: cells[i].config(suite, out, warm.get(cells[i].setting, "")) for i in phase}
+            futures = {pool.submit(run_cell, configs[i], threads): i for i in phase}
+            prepared = {pool.submit(prepare_server_data, cells[i].config(suite, out), threads): cells[i].name
+                        for i in (_server_data_cells(cells) if number == 0 else [])}
+            try:
+                for future in as_completed([*futures, *prepared]):
+                    if future in prepared:  # nothing to count, but its failure stops the suite
+                        tqdm.write(f"[bench] server data for {prepared[future]}: {future.result():.0f} s")
+                        continue
+                    i = futures[future]
+                    run_dirs[i], ran, seconds = future.result()
+                    rounds = configs[i].num_server_rounds
+                    if ran:
+                        bar.update(rounds)
+                        tqdm.write(f"[bench] {cells[i].name}: {seconds:.0f} s -> {run_dirs[i].name}")
+                    else:  # a finished run of the same config: keep the ETA about real work
+                        bar.total -= rounds
+                        bar.refresh()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # runs under way finish; none start
+                raise
+            warm = {cells[i].setting: str(run_dirs[i]) for i in phases[0]}
+    return [(cell, run_dirs[i]) for i, cell in enumerate(cells)]
