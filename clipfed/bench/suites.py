@@ -60,8 +60,9 @@ SUITES: dict[str, Suite] = {
         Suite(
             name="standard",
             description="CIFAR-10 Dirichlet 0.5 and CIFAR-10-LT; 4 backdoors; every defense; 3 seeds; "
-                        "5 attacked rounds of 5 local steps from one warm start per setting, MA/ASR on a "
-                        "fixed 2,000-image test subset (about 2 hours with --workers 2 on 2 cores)",
+                        "3 attacked rounds of 5 local steps after one 20-round warm start per setting, MA/ASR "
+                        "on a fixed class-balanced 1,000-image test subset (under 2 hours with --workers 2 "
+                        "on 2 cores)",
             base=_STANDARD_BASE,
             settings={"cifar10-dir0.5": _DIRICHLET, "cifar10lt-dir0.5": _LONG_TAIL},
             defenses=(*_ALL_CLASSIC, "clipfed"),
