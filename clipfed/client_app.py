@@ -7,6 +7,7 @@ attack settings and ``data-dir`` if it wants) or, in simulation, from the seed (
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -107,10 +108,14 @@ def train(msg: Message, context: Context) -> Message:
             .integers(2**62))
     )
     torch.manual_seed(int(generator.initial_seed()))
+    epochs, steps = cfg.local_epochs, cfg.local_steps
+    if attacking and cfg.attack_local_steps:  # attackers train longer than benign clients, as in the field
+        steps = cfg.attack_local_steps
+        epochs = max(epochs, math.ceil(steps / math.ceil(len(labels) / cfg.batch_size)))
     loss = train_local(
         model, images, labels,
-        epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-        momentum=cfg.momentum, weight_decay=cfg.weight_decay, generator=generator, max_steps=cfg.local_steps,
+        epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        momentum=cfg.momentum, weight_decay=cfg.weight_decay, generator=generator, max_steps=steps,
     )
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     if attacking:

@@ -72,6 +72,7 @@ class RunConfig(BaseModel):
     poison_rate: float = Field(0.5, gt=0.0, le=1.0, alias="poison-rate")
     target_label: int = Field(0, ge=0, alias="target-label")
     attack_start_round: int = Field(1, ge=1, alias="attack-start-round")
+    attack_local_steps: int = Field(0, ge=0, alias="attack-local-steps")  # attackers' SGD steps; 0: as benign
     patch_size: int = Field(4, ge=1, le=16, alias="patch-size")
     patch_position: Literal[PATCH_POSITIONS] = Field("bottom-right", alias="patch-position")  # type: ignore[valid-type]
     patch_pattern: Literal["checkerboard", "white", "random"] = Field(

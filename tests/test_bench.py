@@ -87,6 +87,14 @@ def test_bench_cost_measures_aggregation_for_each_size(fake_data_dir: Path, tmp_
     assert (tmp_path / "cost.png").read_bytes()[:4] == b"\x89PNG"
     assert "| fedavg |" in capsys.readouterr().out
 
+    args.defenses, args.sizes = "krum", "6,9"  # a later, partial measurement joins the same table
+    assert cmd_bench_cost(args) == 0
+    merged = json.loads((tmp_path / "cost.json").read_text())
+    assert [(r["defense"], r["updates"]) for r in merged] == [
+        ("fedavg", 3), ("fedavg", 6), ("krum", 3), ("krum", 6), ("krum", 9)]
+    assert merged[:3] == rows[:3] and merged[3] != rows[3]
+    assert "9 updates" in (tmp_path / "cost.md").read_text()
+
 
 @pytest.mark.e2e
 @pytest.mark.timeout(1200)

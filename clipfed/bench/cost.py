@@ -62,7 +62,8 @@ def measure(defense: str, num_updates: int, model: str, threads: int, data_dir: 
     started = time.perf_counter()
     arrays, _ = strategy.aggregate_train(1, replies)
     seconds = time.perf_counter() - started
-    return {"defense": defense, "updates": num_updates, "seconds": seconds,
+    parts = {k: v for k, v in getattr(strategy, "details", {}).items() if k.endswith("_seconds")}
+    return {"defense": defense, "updates": num_updates, "seconds": seconds, "parts": parts,
             "peak_mb": max(_max_rss_mb() - baseline, 0.0), "ok": arrays is not None, "cache_hit": cache_hit}
 
 
@@ -85,6 +86,14 @@ def run_cost(defenses: list[str], sizes: tuple[int, ...], model: str, threads: i
     return rows
 
 
+def merge_rows(previous: Path, measured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Earlier measurements in ``previous`` kept, the same (defense, updates) replaced: one more
+    defense or size can be measured later (say, with a longer timeout) into the same table."""
+    rows = {(r["defense"], r["updates"]): r for r in (json.loads(previous.read_text()) if previous.exists() else [])}
+    rows.update({(r["defense"], r["updates"]): r for r in measured})
+    return sorted(rows.values(), key=lambda r: (r["defense"], r["updates"]))
+
+
 def cost_table(rows: list[dict[str, Any]], sizes: tuple[int, ...]) -> str:
     lines = ["| defense | " + " | ".join(f"{n} updates: s / peak MB" for n in sizes) + " |",
              "|---|" + "---|" * len(sizes)]
@@ -94,7 +103,7 @@ def cost_table(rows: list[dict[str, Any]], sizes: tuple[int, ...]) -> str:
     for defense, cells in by_defense.items():
         shown = []
         for n in sizes:
-            cell = cells.get(n, {})
+            cell = cells.get(n, {"error": "not measured"})
             shown.append(cell["error"] if "error" in cell else f"{cell['seconds']:.3f} / {cell['peak_mb']:.0f}")
         lines.append(f"| {defense} | " + " | ".join(shown) + " |")
     return "\n".join(lines) + "\n"
@@ -104,10 +113,13 @@ def summary_lines(rows: list[dict[str, Any]]) -> str:
     """CLIP-Fed's aggregation cost over FedAvg's, and the teacher-output cache hit rate."""
     lines = []
     seconds = {(r["defense"], r["updates"]): r["seconds"] for r in rows if "seconds" in r}
+    parts = {r["updates"]: r.get("parts", {}) for r in rows if r["defense"] == "clipfed" and "seconds" in r}
     for (defense, n), value in sorted(seconds.items()):
         if defense == "clipfed" and ("fedavg", n) in seconds:
+            split = ", ".join(f"{k.removesuffix('_seconds')} {v:.2f} s" for k, v in parts.get(n, {}).items())
             lines.append(f"- {n} updates: CLIP-Fed {value:.2f} s vs FedAvg {seconds[('fedavg', n)]:.3f} s "
-                         f"(+{value - seconds[('fedavg', n)]:.2f} s per round on the server)")
+                         f"(+{value - seconds[('fedavg', n)]:.2f} s per round on the server)"
+                         + (f"; {split}" if split else ""))
     hits = [r["cache_hit"] for r in rows if r.get("cache_hit") is not None]
     if hits:
         lines.append(f"- teacher-output cache: {sum(hits)} of {len(hits)} server-data loads were hits "
