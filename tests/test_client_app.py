@@ -72,6 +72,27 @@ def test_local_steps_caps_the_sgd_steps_of_a_round(fake_data_dir: Path) -> None:
     assert reply.content["metrics"]["num-examples"] == 90  # FedAvg still weighs by the shard's size
 
 
+def test_attackers_train_attack_local_steps_benign_clients_local_steps(fake_data_dir: Path) -> None:
+    """8 attacker steps need a second pass over 6 batches; benign clients keep their 2 steps."""
+    calls: list[int] = []
+    original = torch.optim.SGD.step
+
+    def counting_step(self: torch.optim.SGD, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    config = run_config(fake_data_dir, **{"local-steps": 2, "attack-local-steps": 8})
+    attacker = next(iter(malicious_clients(RunConfig.from_flower(config))))
+    benign = next(p for p in range(4) if p != attacker)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.SGD, "step", counting_step)
+        train(train_message(attacker), context(attacker, config))
+        assert len(calls) == 8
+        calls.clear()
+        train(train_message(benign), context(benign, config))
+        assert len(calls) == 2
+
+
 def test_malicious_client_poisons_from_the_start_round(fake_data_dir: Path) -> None:
     config = run_config(fake_data_dir, **{"attack-start-round": 2, "poison-rate": 0.5})
     attacker = next(iter(malicious_clients(RunConfig.from_flower(config))))
