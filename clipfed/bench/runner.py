@@ -53,16 +53,17 @@ class Cell:
 def plan(suite: Suite, defenses: Iterable[str] | None = None, attacks: Iterable[str] | None = None,
          seeds: Iterable[int] | None = None, settings: Iterable[str] | None = None) -> list[Cell]:
     """One warm-start pretraining per setting first (as the field keeps one clean checkpoint per
-    dataset), then per setting/seed/attack: the controls, the defenses, the variants."""
+    dataset), then seed by seed (so a suite stopped early has whole seeds), per setting and
+    attack: the controls, the defenses, the variants."""
     defenses = tuple(defenses or suite.defenses)
     attacks = tuple(attacks or suite.attacks)
     seeds = tuple(seeds if seeds is not None else suite.seeds)
-    cells: list[Cell] = []
-    for setting in settings or suite.settings:
-        cells.append(Cell(setting, "pretrain", "none", seeds[0], {
-            "defense": "fedavg", "num-malicious": 0, "num-server-rounds": suite.pretrain_rounds,
-            **suite.pretrain_keys}, True))
-        for seed in seeds:
+    settings = tuple(settings or suite.settings)
+    cells = [Cell(setting, "pretrain", "none", suite.seeds[0], {
+        "defense": "fedavg", "num-malicious": 0, "num-server-rounds": suite.pretrain_rounds,
+        **suite.pretrain_keys}, True) for setting in settings]
+    for seed in seeds:
+        for setting in settings:
             for attack in attacks:
                 cells.append(Cell(setting, "fedavg-no-attack", attack, seed, {"defense": "fedavg", "num-malicious": 0}))
                 cells.append(Cell(setting, "teacher-only", attack, seed, {"defense": "teacher-only"}))
