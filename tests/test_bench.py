@@ -11,7 +11,7 @@ from conftest import SHARED_ASSETS
 
 from clipfed.attacks import list_attacks
 from clipfed.bench.cli import cmd_bench_cost
-from clipfed.bench.report import collect, markdown_table, plot, write_csv
+from clipfed.bench.report import Row, collect, markdown_table, paper_table, plot, skipped_notes, write_csv
 from clipfed.bench.runner import plan, run_suite
 from clipfed.bench.suites import SUITES, Suite
 from clipfed.cli import main
@@ -120,3 +120,21 @@ def test_unknown_setting_is_refused_naming_the_suites_settings(capsys: pytest.Ca
     out = capsys.readouterr().out
     assert "cifar100" in out and "cifar10-dir0.5" in out
     assert not any(tmp_path.iterdir()), "nothing ran"
+
+
+def _result(ma: float, asr: float, skipped: str = "") -> dict:
+    entry = {"round": 1, "detection": {"tp": 0, "fp": 0, "fn": 0}, "server_seconds": 0.1, "round_seconds": 1.0,
+             "defense": {"skipped": skipped} if skipped else {}}
+    return {"final": {"ma": ma, "asr": asr}, "config": {"attack-start-round": 1}, "rounds": [entry]}
+
+
+def test_paper_table_puts_attacks_side_by_side_and_notes_rounds_a_defense_skipped() -> None:
+    rows = [Row("s", "badnets", "fedavg", [_result(0.5, 0.9), _result(0.7, 0.7)]),
+            Row("s", "blended", "fedavg", [_result(0.6, 0.4)]),
+            Row("s", "badnets", "bulyan", [_result(0.55, 0.05, "needs 19 updates")])]
+    table = paper_table(rows)
+    assert "| row | badnets | blended |" in table
+    assert "| fedavg | 0.600 / 0.800 | 0.600 / 0.400 |" in table
+    assert "| bulyan | 0.550 / 0.050 | n/a |" in table
+    assert skipped_notes(rows) == "- bulyan (s, badnets): kept the previous model in 1 of 1 rounds (needs 19 updates)\n"
+    assert skipped_notes(rows[:2]) == ""

@@ -22,6 +22,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         collect,
         markdown_table,
         plot,
+        skipped_notes,
         write_csv,
         write_report,
     )
@@ -49,7 +50,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     threads = args.threads or max((os.cpu_count() or 1) // args.workers, 1)
     runs = run_suite(suite, out, cells, threads=threads, workers=args.workers)
     rows = collect(runs)
-    (out / "table.md").write_text(markdown_table(rows))
+    (out / "table.md").write_text(markdown_table(rows) + skipped_notes(rows))
     write_csv(rows, out / "table.csv")
     plots = plot(rows, out)
     teachers = {load_result(d).get("server_data", {}).get("teacher", "") for _, d in runs} - {""}

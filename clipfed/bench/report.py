@@ -78,6 +78,38 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paper_table(rows: list[Row]) -> str:
+    """Per setting, the paper layout: one line per row (defense or control), final MA / ASR under
+    each attack, mean over seeds."""
+    blocks = []
+    for setting in dict.fromkeys(r.setting for r in rows):
+        mine = [r for r in rows if r.setting == setting]
+        attacks = list(dict.fromkeys(r.attack for r in mine))
+        cells = {(r.row, r.attack): r.values() for r in mine}
+        lines = [f"**{setting}** (final MA / ASR)", "", "| row | " + " | ".join(attacks) + " |",
+                 "|---|" + "---|" * len(attacks)]
+        for name in dict.fromkeys(r.row for r in mine):
+            shown = [f"{v['ma_mean']:.3f} / {v['asr_mean']:.3f}" if (v := cells.get((name, a))) and
+                     v["asr_mean"] is not None else "n/a" for a in attacks]
+            lines.append(f"| {name} | " + " | ".join(shown) + " |")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+def skipped_notes(rows: list[Row]) -> str:
+    """Rows whose defense kept the previous model in some rounds (say Bulyan with too few
+    updates): their MA/ASR are the warm start's, not a defense at work, and the table must say so."""
+    lines = []
+    for row in rows:
+        rounds = [e for r in row.results for e in r["rounds"] if e["round"] >= 1]
+        reasons = sorted({e.get("defense", {}).get("skipped", "") for e in rounds} - {""})
+        skipped = sum(1 for e in rounds if e.get("defense", {}).get("skipped"))
+        if skipped:
+            lines.append(f"- {row.row} ({row.setting}, {row.attack}): kept the previous model in {skipped} of "
+                         f"{len(rounds)} rounds ({'; '.join(reasons)})")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def write_csv(rows: list[Row], path: Path) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
@@ -196,7 +228,8 @@ def write_report(suite_name: str, description: str, rows: list[Row], plots: list
                      "(a stand-in trained on the public pool), not CLIP.**")
     lines += ["", "Final MA and ASR (ASR on triggered test images whose true class is not the target), "
               "mean ± std over seeds; detection pooled over attacked rounds. Every run starts from "
-              "the same clean FedAvg pre-training (`init-model`).", "", markdown_table(rows), ""]
+              "the same clean FedAvg pre-training (`init-model`).", "", paper_table(rows),
+              "All columns:", "", markdown_table(rows), skipped_notes(rows)]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
