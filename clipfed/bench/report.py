@@ -210,6 +210,10 @@ def cache_line(results: list[dict[str, Any]]) -> str:
             f"teacher outputs ({100 * sum(hits) / len(hits):.0f}% hit rate)")
 
 
+def _round_minutes(rows: list[Row]) -> float:
+    return sum(e["round_seconds"] for row in rows for r in row.results for e in r["rounds"]) / 60
+
+
 def write_report(suite_name: str, description: str, rows: list[Row], plots: list[Path], out: Path,
                  teacher_labels: set[str], elapsed: float) -> Path:
     info = versions()
@@ -218,7 +222,8 @@ def write_report(suite_name: str, description: str, rows: list[Row], plots: list
         f"- command: `{shlex.join(['clipfed', *sys.argv[1:]]) if sys.argv else 'clipfed bench'}`",
         f"- commit: `{info['git_commit']}`",
         f"- machine: {machine()}; python {info['python']}, flwr {info['flwr']}",
-        f"- wall time: {elapsed / 60:.1f} min",
+        f"- wall time of this invocation: {elapsed / 60:.1f} min (finished runs are skipped, not rerun); "
+        f"the {sum(len(r.results) for r in rows)} runs' rounds took {_round_minutes(rows):.0f} min in all",
         f"- teacher: {', '.join(sorted(teacher_labels)) or 'none'}",
         overhead_line(rows),
         cache_line([r for row in rows for r in row.results]),
