@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,8 @@ def test_suite_runs_warm_started_writes_outputs_and_skips_finished_runs(
 
 
 def test_bench_cost_measures_aggregation_for_each_size(fake_data_dir: Path, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
     args = argparse.Namespace(defenses="fedavg,krum", sizes="3,6", model="cnn", threads=1,
@@ -88,12 +90,16 @@ def test_bench_cost_measures_aggregation_for_each_size(fake_data_dir: Path, tmp_
     assert "| fedavg |" in capsys.readouterr().out
 
     args.defenses, args.sizes = "krum", "6,9"  # a later, partial measurement joins the same table
+    monkeypatch.setattr(sys, "argv", ["clipfed", "bench-cost", "--defenses", "krum", "--sizes", "6,9"])
     assert cmd_bench_cost(args) == 0
     merged = json.loads((tmp_path / "cost.json").read_text())
     assert [(r["defense"], r["updates"]) for r in merged] == [
         ("fedavg", 3), ("fedavg", 6), ("krum", 3), ("krum", 6), ("krum", 9)]
     assert merged[:3] == rows[:3] and merged[3] != rows[3]
-    assert "9 updates" in (tmp_path / "cost.md").read_text()
+    report = (tmp_path / "cost.md").read_text()
+    assert "9 updates" in report
+    assert "`clipfed bench-cost --defenses krum --sizes 6,9` at commit" in report
+    assert "krum (6, 9)" in report and "fedavg (3, 6)" in report and "krum (3)" in report
 
 
 @pytest.mark.e2e

@@ -61,7 +61,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_cost(args: argparse.Namespace) -> int:
-    from clipfed.bench.cost import cost_table, merge_rows, plot_cost, run_cost, summary_lines
+    from clipfed.bench.cost import cost_table, merge_rows, plot_cost, provenance_lines, run_cost, summary_lines
     from clipfed.bench.report import machine
     from clipfed.results import versions
     from clipfed.defense import list_defenses
@@ -71,14 +71,16 @@ def cmd_bench_cost(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else os.environ.get("CLIPFED_DATA_DIR", "")
-    measured = run_cost(defenses, sizes, args.model, args.threads, data_dir, args.timeout)
+    command = shlex.join(["clipfed", *sys.argv[1:]])
+    commit = str(versions()["git_commit"])[:12]
+    measured = [{**row, "commit": commit, "command": command}
+                for row in run_cost(defenses, sizes, args.model, args.threads, data_dir, args.timeout)]
     rows = merge_rows(out / "cost.json", measured)
     (out / "cost.json").write_text(json.dumps(rows, indent=2) + "\n")
     sizes = tuple(sorted({r["updates"] for r in rows}))
     table = cost_table(rows, sizes) + "\n" + summary_lines(rows)
-    info = versions()
-    header = (f"# Server aggregation cost per defense\n\n- command: `{shlex.join(['clipfed', *sys.argv[1:]])}`\n"
-              f"- commit: `{info['git_commit']}`\n- machine: {machine()}; {args.threads} torch threads\n\n")
+    header = (f"# Server aggregation cost per defense\n\n{provenance_lines(rows)}"
+              f"- machine: {machine()}; {args.threads} torch threads\n\n")
     (out / "cost.md").write_text(header + table)
     plot_cost(rows, out / "cost.png")
     print(table)

@@ -94,6 +94,17 @@ def merge_rows(previous: Path, measured: list[dict[str, Any]]) -> list[dict[str,
     return sorted(rows.values(), key=lambda r: (r["defense"], r["updates"]))
 
 
+def provenance_lines(rows: list[dict[str, Any]]) -> str:
+    """Which command at which commit measured which rows: a merged table mixes measurements."""
+    groups: dict[tuple[str, str], dict[str, list[int]]] = {}
+    for row in rows:
+        key = (row.get("command", "not recorded"), row.get("commit", "not recorded"))
+        groups.setdefault(key, {}).setdefault(row["defense"], []).append(row["updates"])
+    return "".join(f"- `{command}` at commit `{commit}`: "
+                   + ", ".join(f"{d} ({', '.join(map(str, n))})" for d, n in cells.items()) + "\n"
+                   for (command, commit), cells in groups.items())
+
+
 def cost_table(rows: list[dict[str, Any]], sizes: tuple[int, ...]) -> str:
     lines = ["| defense | " + " | ".join(f"{n} updates: s / peak MB" for n in sizes) + " |",
              "|---|" + "---|" * len(sizes)]

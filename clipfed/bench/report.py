@@ -133,6 +133,7 @@ def plot(rows: list[Row], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
+    style = _row_styles(rows)
     by_setting_attack: dict[tuple[str, str], list[Row]] = defaultdict(list)
     for row in rows:
         by_setting_attack[(row.setting, row.attack)].append(row)
@@ -140,9 +141,10 @@ def plot(rows: list[Row], out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for row in group:
             for ax, key in zip(axes, ("asr", "ma"), strict=True):
-                ax.plot(*_mean_curve(row.results, key), marker="o", label=row.row)
+                ax.plot(*_mean_curve(row.results, key), label=row.row, **style[row.row])
         for ax, key in zip(axes, ("ASR", "MA"), strict=True):
             ax.set(xlabel="round", ylabel=key, title=f"{key} per round: {setting}, {attack}", ylim=(0, 1))
+            ax.xaxis.get_major_locator().set_params(integer=True)
         axes[1].legend(fontsize=7, ncol=2)
         written.append(_save(fig, out / f"curves-{setting}-{attack}.png"))
 
@@ -151,7 +153,7 @@ def plot(rows: list[Row], out: Path) -> list[Path]:
         classes = range(len(group[0].results[0]["final"]["per_class_acc"]))
         for i, row in enumerate(group):
             per_class = [mean(r["final"]["per_class_acc"][c] for r in row.results) for c in classes]
-            ax.bar([c + i * width for c in classes], per_class, width, label=row.row)
+            ax.bar([c + i * width for c in classes], per_class, width, label=row.row, color=style[row.row]["color"])
         ax.set(xlabel="class", ylabel="accuracy", title=f"per-class accuracy: {setting}, {attack}", ylim=(0, 1))
         ax.legend(fontsize=7, ncol=3)
         written.append(_save(fig, out / f"per-class-{setting}-{attack}.png"))
@@ -162,12 +164,26 @@ def plot(rows: list[Row], out: Path) -> list[Path]:
         for ax, attack in zip(axes[0], attacks, strict=True):
             for row in by_setting_attack[(setting, attack)]:
                 v = row.values()
-                ax.scatter(v["asr_mean"] or 0.0, v["ma_mean"])
+                ax.scatter(v["asr_mean"] or 0.0, v["ma_mean"], color=style[row.row]["color"],
+                           marker=style[row.row]["marker"])
                 ax.annotate(row.row, (v["asr_mean"] or 0.0, v["ma_mean"]), fontsize=7)
             ax.set(xlabel="final ASR (lower is better)", ylabel="final MA", title=f"{setting}: {attack}",
                    xlim=(-0.05, 1.05))
         written.append(_save(fig, out / f"scatter-{setting}.png"))
     return written
+
+
+def _row_styles(rows: list[Row]) -> dict[str, dict[str, Any]]:
+    """One colour and marker per row name, the same in every plot, so 16 rows stay tellable apart
+    (matplotlib's default cycle repeats after 10); CLIP-Fed's rows are thicker, CLIP-Fed itself black."""
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab20"].colors
+    markers = "osD^v<>phX*"
+    names = list(dict.fromkeys(row.row for row in rows))
+    return {name: {"color": "black" if name == "clipfed" else colors[i % len(colors)],
+                   "marker": markers[i % len(markers)],
+                   "linewidth": 2.5 if name.startswith("clipfed") else 1.2} for i, name in enumerate(names)}
 
 
 def _save(fig: Any, path: Path) -> Path:
