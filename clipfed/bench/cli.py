@@ -63,8 +63,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_bench_cost(args: argparse.Namespace) -> int:
     from clipfed.bench.cost import cost_table, merge_rows, plot_cost, provenance_lines, run_cost, summary_lines
     from clipfed.bench.report import machine
-    from clipfed.results import versions
     from clipfed.defense import list_defenses
+    from clipfed.results import versions
 
     defenses = _csv(args.defenses) or [d for d in list_defenses() if d != "teacher-only"]
     sizes = tuple(int(n) for n in _csv(args.sizes) or ["10", "100", "1000"])
