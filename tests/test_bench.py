@@ -12,7 +12,8 @@ from conftest import SHARED_ASSETS
 
 from clipfed.attacks import list_attacks
 from clipfed.bench.cli import cmd_bench_cost
-from clipfed.bench.report import Row, collect, markdown_table, paper_table, plot, skipped_notes, write_csv
+from clipfed.bench.report import (Row, collect, markdown_table, paper_table, plot, separability_table, skipped_notes,
+                                  write_csv)
 from clipfed.bench.runner import plan, run_suite
 from clipfed.bench.suites import SUITES, Suite
 from clipfed.cli import main
@@ -144,3 +145,22 @@ def test_paper_table_puts_attacks_side_by_side_and_notes_rounds_a_defense_skippe
     assert "| bulyan | 0.550 / 0.050 | n/a |" in table
     assert skipped_notes(rows) == "- bulyan (s, badnets): kept the previous model in 1 of 1 rounds (needs 19 updates)\n"
     assert skipped_notes(rows[:2]) == ""
+
+
+def _scored_round(malicious: list[int], combined: list[float], sybil: list[float]) -> dict:
+    return {"round": 1, "malicious": malicious,
+            "defense": {"scores": {"partition": [0, 1, 2, 3], "combined": combined, "sybil": sybil}}}
+
+
+def test_separability_reports_auc_per_signal_and_the_best_recall_at_the_target_precision() -> None:
+    # attacker 3 outscores everyone on `combined` in round one; in round two benign client 0 ties
+    # attacker 1 at the top, so no threshold reaches recall 1.0 at precision 0.8
+    rounds = [_scored_round([3], [0.1, 0.2, 0.3, 5.0], [1.0, 1.0, 1.0, 1.0]),
+              _scored_round([1], [4.0, 4.0, 0.0, 0.1], [0.0, 2.0, 1.0, 3.0])]
+    rows = [Row("s", "badnets", "clipfed", [{"rounds": rounds}]),
+            Row("s", "badnets", "fedavg", [{"rounds": [{"round": 1, "malicious": [3], "defense": {}}]}])]
+    table = separability_table(rows)
+    assert table.count("\n") == 3, "a row without scores (FedAvg) is left out"
+    # combined: attackers {5.0, 4.0} vs benign {0.1,0.2,0.3,4.0,0.0,0.1}: 11.5 of 12 pairs
+    assert "| s | badnets | clipfed | 2 / 8 | combined 0.96, sybil 0.67 | 0.50 (score >= 5.00) |" in table
+    assert separability_table(rows[1:]) == ""
