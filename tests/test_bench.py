@@ -164,3 +164,5 @@ def test_separability_reports_auc_per_signal_and_the_best_recall_at_the_target_p
     # combined: attackers {5.0, 4.0} vs benign {0.1,0.2,0.3,4.0,0.0,0.1}: 11.5 of 12 pairs
     assert "| s | badnets | clipfed | 2 / 8 | combined 0.96, sybil 0.67 | 0.50 (score >= 5.00) |" in table
     assert separability_table(rows[1:]) == ""
+    ranked_low = [Row("s", "badnets", "clipfed", [{"rounds": [_scored_round([3], [1.0, 2.0, 3.0, 0.5], [0.0] * 4)]}])]
+    assert "| 0.00 (no threshold reaches the precision) |" in separability_table(ranked_low)

@@ -154,8 +154,9 @@ def separability_table(rows: list[Row], min_precision: float = 0.8) -> str:
             continue
         aucs = ", ".join(f"{signal} {_auc(np.array(values), positive):.2f}" for signal, values in pooled.items())
         recall, threshold = _best_recall(np.array(pooled["combined"]), positive, min_precision)
+        at = f"score >= {threshold:.2f}" if threshold != float("inf") else "no threshold reaches the precision"
         lines.append(f"| {row.setting} | {row.attack} | {row.row} | {int(positive.sum())} / {len(positive)} | "
-                     f"{aucs} | {recall:.2f} (score >= {threshold:.2f}) |")
+                     f"{aucs} | {recall:.2f} ({at}) |")
     if not lines:
         return ""
     return ("| setting | attack | row | attackers / scored | AUC per signal | best recall at precision "
