@@ -12,8 +12,8 @@ from conftest import SHARED_ASSETS
 
 from clipfed.attacks import list_attacks
 from clipfed.bench.cli import cmd_bench_cost
-from clipfed.bench.report import (Row, collect, markdown_table, paper_table, plot, separability_table, skipped_notes,
-                                  write_csv)
+from clipfed.bench.report import (Row, collect, markdown_table, paper_table, plot, run_commits_line,
+                                  separability_table, skipped_notes, write_csv)
 from clipfed.bench.runner import plan, run_suite
 from clipfed.bench.suites import SUITES, Suite
 from clipfed.cli import main
@@ -117,6 +117,7 @@ def test_quick_suite_completes_and_writes_well_formed_outputs(tmp_path: Path) ->
         assert 0.0 <= float(row["ma_mean"]) <= 1.0 and 0.0 <= float(row["asr_mean"]) <= 1.0
     report = (out / "report.md").read_text()
     assert "reference" in report and "![scatter-cifar10-dir0.5](scatter-cifar10-dir0.5.png)" in report
+    assert "- runs made at commit `" in report
     for name in ("table.md", "curves-cifar10-dir0.5-badnets.png", "per-class-cifar10-dir0.5-badnets.png"):
         assert (out / name).stat().st_size > 0
 
@@ -166,3 +167,10 @@ def test_separability_reports_auc_per_signal_and_the_best_recall_at_the_target_p
     assert separability_table(rows[1:]) == ""
     ranked_low = [Row("s", "badnets", "clipfed", [{"rounds": [_scored_round([3], [1.0, 2.0, 3.0, 0.5], [0.0] * 4)]}])]
     assert "| 0.00 (no threshold reaches the precision) |" in separability_table(ranked_low)
+
+
+def test_report_says_which_commits_made_the_runs() -> None:
+    results = [{"versions": {"git_commit": "a" * 40}}, {"versions": {"git_commit": "a" * 40}},
+               {"versions": {"git_commit": "b" * 40}}, {}]
+    assert run_commits_line(results) == (f"- runs made at commit `{'a' * 12}` (2 runs), `{'b' * 12}` (1 run), "
+                                         "`unknown` (1 run)")

@@ -279,6 +279,15 @@ def cache_line(results: list[dict[str, Any]]) -> str:
             f"teacher outputs ({100 * sum(hits) / len(hits):.0f}% hit rate)")
 
 
+def run_commits_line(results: list[dict[str, Any]]) -> str:
+    """The commits the runs were made at: a report regenerated later (finished runs are skipped)
+    is written at a newer commit than its numbers."""
+    commits: dict[str, int] = defaultdict(int)
+    for result in results:
+        commits[str(result.get("versions", {}).get("git_commit", "unknown"))[:12]] += 1
+    return "- runs made at commit " + ", ".join(f"`{c}` ({n} run{'s' if n > 1 else ''})" for c, n in commits.items())
+
+
 def _round_minutes(rows: list[Row]) -> float:
     return sum(e["round_seconds"] for row in rows for r in row.results for e in r["rounds"]) / 60
 
@@ -289,7 +298,8 @@ def write_report(suite_name: str, description: str, rows: list[Row], plots: list
     lines = [
         f"# Benchmark: suite `{suite_name}`", "", description, "",
         f"- command: `{shlex.join(['clipfed', *sys.argv[1:]]) if sys.argv else 'clipfed bench'}`",
-        f"- commit: `{info['git_commit']}`",
+        f"- report written at commit `{info['git_commit']}`",
+        run_commits_line([r for row in rows for r in row.results]),
         f"- machine: {machine()}; python {info['python']}, flwr {info['flwr']}",
         f"- wall time of this invocation: {elapsed / 60:.1f} min (finished runs are skipped, not rerun); "
         f"the {sum(len(r.results) for r in rows)} runs' rounds took {_round_minutes(rows):.0f} min in all",
