@@ -112,30 +112,25 @@ def skipped_notes(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Probability that an attacker outscores a benign client (Mann-Whitney U, ties count half)."""
-    pos, neg = scores[positive], scores[~positive]
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
-
-
 def _best_recall(scores: np.ndarray, positive: np.ndarray, min_precision: float) -> tuple[float, float]:
     """The highest recall any threshold on ``scores`` reaches at precision >= ``min_precision``,
     and that threshold: tells whether a missed detection target is the threshold or the ranking."""
-    order = np.argsort(-scores, kind="stable")
-    hits = np.cumsum(positive[order])
-    precision = hits / np.arange(1, len(order) + 1)
-    ok = np.flatnonzero((precision >= min_precision) & np.r_[scores[order][1:] < scores[order][:-1], True])
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(positive, scores)
+    ok = np.flatnonzero(precision[:-1] >= min_precision)  # the last point has no threshold
     if not len(ok):
         return 0.0, float("inf")
-    best = ok[np.argmax(hits[ok])]
-    return float(hits[best] / positive.sum()), float(scores[order][best])
+    best = ok[np.argmax(recall[ok])]
+    return float(recall[best]), float(thresholds[best])
 
 
 def separability_table(rows: list[Row], min_precision: float = 0.8) -> str:
     """How well each detection signal ranks the attackers above the benign clients, pooled over the
     attacked rounds of all seeds: AUC per signal, and the best recall any threshold on the combined
     score reaches at the target precision (the configured threshold may sit elsewhere)."""
+    from sklearn.metrics import roc_auc_score
+
     lines = []
     for row in rows:
         pooled: dict[str, list[float]] = defaultdict(list)
@@ -152,7 +147,7 @@ def separability_table(rows: list[Row], min_precision: float = 0.8) -> str:
         positive = np.array(labels, dtype=bool)
         if not positive.any() or positive.all():
             continue
-        aucs = ", ".join(f"{signal} {_auc(np.array(values), positive):.2f}" for signal, values in pooled.items())
+        aucs = ", ".join(f"{signal} {roc_auc_score(positive, values):.2f}" for signal, values in pooled.items())
         recall, threshold = _best_recall(np.array(pooled["combined"]), positive, min_precision)
         at = f"score >= {threshold:.2f}" if threshold != float("inf") else "no threshold reaches the precision"
         lines.append(f"| {row.setting} | {row.attack} | {row.row} | {int(positive.sum())} / {len(positive)} | "
