@@ -112,15 +112,16 @@ def skipped_notes(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def _best_recall(scores: np.ndarray, positive: np.ndarray, min_precision: float) -> tuple[float, float]:
+def _best_recall(scores: np.ndarray, positive: np.ndarray, min_precision: float) -> tuple[float, float | None]:
     """The highest recall any threshold on ``scores`` reaches at precision >= ``min_precision``,
-    and that threshold: tells whether a missed detection target is the threshold or the ranking."""
+    and that threshold (None: none does): tells whether a missed detection target is the threshold
+    or the ranking."""
     from sklearn.metrics import precision_recall_curve
 
     precision, recall, thresholds = precision_recall_curve(positive, scores)
     ok = np.flatnonzero(precision[:-1] >= min_precision)  # the last point has no threshold
     if not len(ok):
-        return 0.0, float("inf")
+        return 0.0, None
     best = ok[np.argmax(recall[ok])]
     return float(recall[best]), float(thresholds[best])
 
@@ -149,7 +150,7 @@ def separability_table(rows: list[Row], min_precision: float = 0.8) -> str:
             continue
         aucs = ", ".join(f"{signal} {roc_auc_score(positive, values):.2f}" for signal, values in pooled.items())
         recall, threshold = _best_recall(np.array(pooled["combined"]), positive, min_precision)
-        at = f"score >= {threshold:.2f}" if threshold != float("inf") else "no threshold reaches the precision"
+        at = "no threshold reaches the precision" if threshold is None else f"score >= {threshold:.2f}"
         lines.append(f"| {row.setting} | {row.attack} | {row.row} | {int(positive.sum())} / {len(positive)} | "
                      f"{aucs} | {recall:.2f} ({at}) |")
     if not lines:
@@ -313,7 +314,8 @@ def write_report(suite_name: str, description: str, rows: list[Row], plots: list
     if separability:
         lines += ["Detection scores: how well each signal ranks the attackers above the benign clients "
                   "(pooled over attacked rounds and seeds; AUC 0.5 is chance), and the best recall a "
-                  "threshold on the combined score could reach at precision >= 0.8.", "", separability]
+                  "threshold on the combined score could reach at the precision in the last column's "
+                  "header.", "", separability]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
