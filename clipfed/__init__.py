@@ -1,3 +1,3 @@
 """clipfed: CLIP-guided backdoor defense for federated learning, on Flower."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

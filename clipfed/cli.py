@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from clipfed.attacks import ATTACKS
 from clipfed.bench.cli import add_bench_parsers
-from clipfed.config import ConfigError, RunConfig
+from clipfed.config import ConfigError, RunConfig, parse_config_text
 from clipfed.data.cifar import DATA_DIR_ENV, download_cifar10
 from clipfed.defense import DEFENSES
 from clipfed.deploy_cli import add_deploy_parser
+from clipfed.errors import UserError
 from clipfed.models import MODELS
+from clipfed.preflight import preflight
 from clipfed.results import load_result, results_table
 from clipfed.teacher.guard_cli import add_guard_parsers
 
@@ -42,25 +45,27 @@ def app_dir() -> Path:
     """The Flower App folder (the checkout holding pyproject.toml) that ``flwr run`` builds."""
     root = Path(__file__).resolve().parent.parent
     if not (root / "pyproject.toml").exists():
-        raise SystemExit(f"clipfed: no pyproject.toml beside the package at {root}; "
-                         "install clipfed from a checkout (pip install -e .)")
+        raise UserError(f"no pyproject.toml beside the package at {root}; "
+                        "install clipfed from a checkout (pip install -e .)")
     return root
 
 
 def parse_overrides(text: list[str] | None) -> dict[str, Any]:
-    """``k=v k2=v2`` strings (TOML values, as ``flwr run --run-config``) into a dict."""
-    from flwr.common.config import parse_config_args
+    """``-c`` texts (``k=v`` pairs with TOML values, or a .toml file) into a dict; any other text
+    raises ``ConfigError`` naming it (Flower's parser would drop it and run with defaults)."""
+    return parse_config_text(text)
 
-    return dict(parse_config_args(text)) if text else {}
 
-
-def resolved_config(overrides: dict[str, Any], base: dict[str, Any] | None = None) -> RunConfig:
-    """Validate before anything starts; make paths absolute (the ServerApp runs elsewhere)."""
+def resolved_config(overrides: dict[str, Any], base: dict[str, Any] | None = None,
+                    num_supernodes: int | None = None) -> RunConfig:
+    """Validate and pre-flight before anything starts (``ConfigError`` lists every problem); make
+    paths absolute (the ServerApp runs elsewhere)."""
     values = {**(base or {}), **overrides}
     values.setdefault("data-dir", os.environ.get(DATA_DIR_ENV, ""))
-    cfg = RunConfig.from_flower(values)
+    cfg = preflight(values, num_supernodes=num_supernodes)
     updates = {"out_dir": str(Path(cfg.out_dir).expanduser().resolve())}
-    for key in ("data_dir", "resume_from", "init_model"):
+    for key in ("data_dir", "resume_from", "init_model", "teacher_checkpoint", "teacher_guard_probe",
+                "synth_config"):
         if value := getattr(cfg, key):
             updates[key] = str(Path(value).expanduser().resolve())
     return cfg.model_copy(update=updates)
@@ -95,22 +100,14 @@ def run_experiment(cfg: RunConfig, args: argparse.Namespace) -> Path:
 
 
 def cmd_run(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int:
-    try:
-        cfg = resolved_config(parse_overrides(args.run_config), base)
-    except ConfigError as err:
-        print(f"clipfed: {err}", file=sys.stderr)
-        return 2
+    cfg = resolved_config(parse_overrides(args.run_config), base, args.num_supernodes)  # ConfigError: exit 2
     run_experiment(cfg, args)
     return 0  # the ServerApp printed the progress lines and the table
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """FedAvg and CLIP-Fed under the same attack, then one table."""
-    try:
-        base = resolved_config(parse_overrides(args.run_config), DEMO_CONFIG)
-    except ConfigError as err:
-        print(f"clipfed: {err}", file=sys.stderr)
-        return 2
+    base = resolved_config(parse_overrides(args.run_config), DEMO_CONFIG, args.num_supernodes)  # ConfigError: exit 2
     from clipfed.results import default_run_name
 
     run_dirs = []
@@ -135,22 +132,40 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    print(f"CIFAR-10 downloaded to {download_cifar10(args.data_dir)}")
+    from urllib.error import URLError
+
+    try:
+        folder = download_cifar10(args.data_dir)
+    except URLError as err:  # offline: the one input that can fix it is another source
+        raise UserError(f"download failed ({err.reason}); offline, point --data-dir or {DATA_DIR_ENV} "
+                        "at a copy (cifar10/ of shared/assets, see its README.md)") from None
+    print(f"CIFAR-10 downloaded to {folder}")
     return 0
 
 
 def cmd_synth_build(args: argparse.Namespace) -> int:
+    import json
+    import tomllib
+
     from clipfed.data_synth import SynthConfig, build_server_dataset
 
-    cfg = SynthConfig.from_file(args.config) if args.config else SynthConfig()
+    if args.config and not Path(args.config).is_file():
+        raise UserError(f"--config {args.config}: no such file; allowed: a SynthConfig .toml or .json file")
+    try:
+        cfg = SynthConfig.from_file(args.config) if args.config else SynthConfig()
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"--config {args.config}: not a readable TOML/JSON file ({err})") from None
+    except ValueError as err:  # from_file's message names the file and each bad key
+        raise UserError(str(err)) from None
     data_dir = args.data_dir or cfg.data_dir or os.environ.get(DATA_DIR_ENV, "")
     cfg = cfg.model_copy(update={"data_dir": data_dir})
     result = build_server_dataset(cfg, Path(args.out))
     manifest = result.dataset.manifest
     print(f"artifact: {result.dataset.path}")
-    print(f"teacher:  {manifest['teacher']['label']}")
+    print(f"teacher:  {manifest['teacher']['label']} (weights sha256 {manifest['teacher']['weights_digest'][:16]})")
+    print(f"data:     images+labels sha256 {manifest['data_digest'][:16]}")
     if result.cache_hit:
-        print("cache hit: verified the existing artifact; no teacher was loaded, no forward pass made")
+        print("cache hit: verified the existing artifact; the teacher made no forward pass")
     for stage, seconds in result.seconds.items():
         print(f"  {stage:<18} {seconds:8.2f} s")
     counts = manifest["counts"]
@@ -175,15 +190,29 @@ def cmd_teacher_eval(args: argparse.Namespace) -> int:
 
     import numpy as np
     import torch
+    from pydantic import ValidationError
 
     from clipfed.data import load_cifar10
     from clipfed.data_synth import SynthConfig
     from clipfed.data_synth.pipeline import public_pool
+    from clipfed.preflight import teacher_problems
     from clipfed.teacher import TeacherSpec, create_teacher
 
+    if args.limit < 0:
+        raise UserError(f"--limit {args.limit}: allowed: 0 (every test image) or a positive count")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UserError(f"--checkpoint {args.checkpoint}: no such file; allowed: the teacher's weights file")
+    if args.teacher == "openclip" and (problems := teacher_problems(
+            {"teacher": "openclip", "teacher-model": args.model, "teacher-pretrained": args.pretrained})):
+        raise UserError("; ".join(p.replace("teacher-model=", "--model ").replace("teacher-pretrained=", "--pretrained ")
+                                  for p in problems))
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV, "")
-    spec = TeacherSpec(backend=args.teacher, model=args.model, pretrained=args.pretrained,
-                       checkpoint=args.checkpoint)
+    try:
+        spec = TeacherSpec(backend=args.teacher, model=args.model, pretrained=args.pretrained,
+                           checkpoint=args.checkpoint)
+    except ValidationError as err:  # each message names the setting and what would work
+        raise UserError(f"--teacher {args.teacher}: "
+                        + "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
     pool = public_pool(SynthConfig(seed=args.seed, data_dir=data_dir)) if args.teacher == "reference" else None
     teacher = create_teacher(spec, pool)
     _, test = load_cifar10(data_dir)
@@ -192,14 +221,16 @@ def cmd_teacher_eval(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     embeddings = teacher.encode_images(images)
     rate = len(images) / (time.perf_counter() - started)
-    pred = teacher.zero_shot_logits(embeddings, teacher.class_prototypes(test.classes)).argmax(1)
-    from clipfed.training import per_class_accuracy
+    from clipfed.evaluation import format_metric
+    from clipfed.training import per_class_accuracy, predictions
+
+    pred = predictions(teacher.zero_shot_logits(embeddings, teacher.class_prototypes(test.classes)))
 
     print(f"teacher: {teacher.label}")
     print(f"dataset: {args.dataset} test, {len(images)} images")
     print(f"zero-shot top-1: {(pred == labels).double().mean().item():.4f}   ({rate:.0f} images/s)")
     for name, acc in zip(test.classes, per_class_accuracy(pred, labels, len(test.classes)), strict=True):
-        print(f"  {name:<12} {acc:.3f}")
+        print(f"  {name:<12} {format_metric(acc)}")
     return 0
 
 
@@ -240,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = teacher.add_parser("eval", help="zero-shot top-1, per-class accuracy and images/s")
     evaluate.add_argument("--teacher", choices=["reference", "openclip"], default="reference")
     evaluate.add_argument("--model", default="ViT-B-32")
-    evaluate.add_argument("--pretrained", default="")
+    evaluate.add_argument("--pretrained", default="", help="open_clip tag; 'random': random weights on purpose")
     evaluate.add_argument("--checkpoint", default="")
     evaluate.add_argument("--dataset", choices=["cifar10"], default="cifar10")
     evaluate.add_argument("--data-dir", default="")
@@ -257,8 +288,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Bad input (``UserError`` and the errors that name a bad key, file or
+    name) ends as ``clipfed: <message>`` on stderr with exit 2, a run that failed with exit 1 (its
+    message names where its logs are), SIGINT/SIGTERM with 128 + the signal number. Any other
+    exception is a bug and keeps its traceback."""
+    from clipfed.data.cifar import DataNotFoundError
+    from clipfed.data_synth.artifact import ArtifactIntegrityError
+    from clipfed.deploy import DeployError
+    from clipfed.launch import FlowerRunError, Interrupted
+    from clipfed.results import RunExistsError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (UserError, ConfigError, DataNotFoundError, RunExistsError, DeployError, ArtifactIntegrityError) as err:
+        print(f"clipfed: {err}", file=sys.stderr)
+        return 2
+    except FlowerRunError as err:
+        print(f"clipfed: {err}", file=sys.stderr)
+        return 1
+    except Interrupted as err:
+        print(f"clipfed: {err}", file=sys.stderr)
+        return 128 + err.signum
+    except KeyboardInterrupt:
+        print("clipfed: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clipfed.attacks import create_attack
 from clipfed.config import RunConfig
 from clipfed.data import load_federated, malicious_clients
 from clipfed.models import create_model
+from clipfed.models.state import buffer_names, to_array_record
 from clipfed.training import train_local
 
 app = ClientApp()
@@ -37,11 +38,18 @@ NODE_KEYS = (
 
 @dataclass(frozen=True)
 class NodeRole:
-    """Which shard this node trains on and whether it attacks."""
+    """Which shard this node trains on, whether it attacks, and its rank among attackers.
+
+    The rank picks the part of a distributed trigger (DBA part ``rank mod dba-parts``) this
+    attacker stamps, so distinct attackers need distinct ranks. Node config ``malicious-rank``
+    sets it; else a node whose node config sets ``role`` (deployment, where the seeded set does not
+    decide who attacks) takes its partition id; else (simulation) its index among the seeded
+    attackers.
+    """
 
     partition_id: int
     malicious: bool
-    malicious_rank: int = 0  # which part of a distributed trigger (DBA) this attacker stamps
+    malicious_rank: int = 0
 
     @classmethod
     def from_context(cls, context: Context, cfg: RunConfig) -> NodeRole:
@@ -61,8 +69,14 @@ class NodeRole:
             raise ValueError(f"node config role={role!r}; allowed: {', '.join(ROLES)}")
         attackers = sorted(malicious_clients(cfg))
         malicious = role == "malicious" if role else pid in attackers
-        rank = int(node.get("malicious-rank", attackers.index(pid) if pid in attackers else 0))
-        return cls(pid, malicious, rank)
+        if "malicious-rank" in node:
+            rank = node["malicious-rank"]
+            if isinstance(rank, bool) or not str(rank).isdecimal():
+                raise ValueError(f"node config malicious-rank={rank!r}; allowed: an integer >= 0")
+            return cls(pid, malicious, int(rank))
+        if role:
+            return cls(pid, malicious, pid)
+        return cls(pid, malicious, attackers.index(pid) if pid in attackers else 0)
 
 
 def _threads(context: Context) -> int:
@@ -119,11 +133,14 @@ def train(msg: Message, context: Context) -> Message:
     )
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     if attacking:
-        global_state = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        # Model-level attacks rewrite the trainable parameters; BatchNorm statistics stay as trained.
+        buffers = buffer_names(cfg.model, cfg.num_classes)
+        names = [k for k in state if k not in buffers]
+        global_params = {k: msg.content["arrays"][k].numpy() for k in names}
         memory_record = context.state.get("attack-memory", ArrayRecord())
         memory = {k: v.numpy() for k, v in memory_record.items()}
-        state = attack.craft_update(global_state, state, memory)
-        context.state["attack-memory"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in memory.items()})
+        state.update(attack.craft_update(global_params, {k: state[k] for k in names}, memory))
+        context.state["attack-memory"] = to_array_record(memory)
     metrics = MetricRecord({
         "num-examples": len(labels),
         "train-loss": loss,
@@ -131,5 +148,5 @@ def train(msg: Message, context: Context) -> Message:
         "is-malicious": int(attacking),
         "poisoned-examples": poisoned,
     })
-    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+    arrays = to_array_record(state)
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -23,11 +26,28 @@ from pydantic import (
 )
 
 NUM_CLASSES = {"cifar10": 10, "cifar10-lt": 10}
+# Train images per class before the public pool and the LT profile (CIFAR-10: 50,000 in 10 classes;
+# CIFAR-10-LT subsamples the same split), so that split feasibility is known without the data.
+TRAIN_PER_CLASS = {"cifar10": 5000, "cifar10-lt": 5000}
 PATCH_POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
 
 
 class ConfigError(ValueError):
     """An invalid run configuration; the message names each bad key and its allowed values."""
+
+    HEADER = "invalid run config:"
+
+    @classmethod
+    def listing(cls, problems: Sequence[str], header: str = HEADER) -> ConfigError:
+        """One error for several problems, each a ``"key...: why; allowed: ..."`` line."""
+        return cls("\n".join([header, *(f"  - {p}" for p in problems)]))
+
+    @property
+    def problems(self) -> list[str]:
+        """The message's ``  - `` lines (the whole message when it has none), to merge errors."""
+        text = str(self)
+        lines = [line[4:] for line in text.splitlines() if line.startswith("  - ")]
+        return lines or [text]
 
 
 class RunConfig(BaseModel):
@@ -186,7 +206,66 @@ class RunConfig(BaseModel):
                 f"target-label={self.target_label} is not a class of {self.dataset}; "
                 f"allowed: 0..{num_classes - 1}"
             )
+        if self.flip_source >= num_classes or (self.attack == "labelflip" and self.flip_source == self.target_label):
+            raise ValueError(
+                f"flip-source={self.flip_source} is not a non-target class of {self.dataset} (target-label="
+                f"{self.target_label}): nothing would be flipped and ASR has no images; allowed: -1 (every "
+                f"non-target class) or 0..{num_classes - 1} except {self.target_label}"
+            )
         return self
+
+    @model_validator(mode="after")
+    def _teacher_weights_named(self) -> RunConfig:
+        """teacher='openclip' names its weights (teacher-pretrained or teacher-checkpoint): refused
+        here, before any round, rather than silently running a random-init teacher."""
+        from clipfed.teacher.base import teacher_weights_problem  # late: torch only when validating
+
+        problem = teacher_weights_problem(self.teacher, self.teacher_pretrained, self.teacher_checkpoint)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _dba_parts_fit_patch(self) -> RunConfig:
+        """DBA cuts the patch into dba-parts non-empty cells, so it needs a pixel per part."""
+        pixels = self.patch_size * self.patch_size
+        if self.attack == "dba" and self.dba_parts > pixels:
+            raise ValueError(
+                f"dba-parts={self.dba_parts} exceeds the {pixels} pixels of a patch-size="
+                f"{self.patch_size} patch (every part needs one); allowed: 1..{pixels}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _feasible(self) -> RunConfig:
+        """Combinations that can never work, found from the values alone (no data, no files):
+        an empty frequency band, and a split whose clients cannot each get their share."""
+        problems = []
+        if self.freq_band_low >= self.freq_band_high:
+            problems.append(f"freq-band-low={self.freq_band_low} is not below freq-band-high="
+                            f"{self.freq_band_high}; allowed: freq-band-low < freq-band-high")
+        # late: the data package is imported only when validating
+        from clipfed.data.partition import client_class_counts
+
+        images = int(client_class_counts([TRAIN_PER_CLASS[self.dataset]] * self.num_classes, self).sum())
+        where = (f"the {images} {self.dataset} train images left to clients after the public pool "
+                 f"(public-pool-fraction={self.public_pool_fraction}"
+                 + (f", imbalance-factor={self.imbalance_factor})" if self.dataset == "cifar10-lt" else ")"))
+        if self.partition == "dirichlet" and self.num_clients * self.min_partition_size > images:
+            problems.append(f"min-partition-size={self.min_partition_size} x num-clients={self.num_clients} "
+                            f"= {self.num_clients * self.min_partition_size} exceeds {where}; allowed: "
+                            f"min-partition-size <= {images // self.num_clients}")
+        elif self.num_clients > images:
+            problems.append(f"num-clients={self.num_clients} exceeds {where}, so some clients get no "
+                            f"image; allowed: num-clients <= {images}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def clients_per_round(self) -> int:
+        """How many partitions each round samples (``fraction-train`` of ``num-clients``, >= 1)."""
+        return max(1, round(self.fraction_train * self.num_clients))
 
     @property
     def num_classes(self) -> int:
@@ -229,10 +308,13 @@ def _alias_of(field_name: str) -> str:
 
 def format_validation_error(err: ValidationError) -> str:
     """Turn pydantic's report into lines that name the Flower key, the value and what is allowed."""
-    lines = ["invalid run config:"]
+    lines = [ConfigError.HEADER]
     for problem in err.errors():
-        key = ".".join(_alias_of(str(part)) for part in problem["loc"]) or "combination"
+        key = ".".join(_alias_of(str(part)) for part in problem["loc"])
         message = problem["msg"].removeprefix("Value error, ")
+        if not key:  # a rule on several keys: each of its lines names them
+            lines += [f"  - {line}" for line in message.splitlines()]
+            continue
         if problem["type"] == "extra_forbidden":
             known = ", ".join(sorted(f.alias or n for n, f in RunConfig.model_fields.items()))
             message = f"unknown key; known keys: {known}"
@@ -242,3 +324,117 @@ def format_validation_error(err: ValidationError) -> str:
             message = f"{message} (got {problem['input']!r})"
         lines.append(f"  - {key}: {message}")
     return "\n".join(lines)
+
+
+
+_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_QUOTED = re.compile(r"'[^'\n]*'" "|" r'"(?:[^"\\\n]|\\.)*"')
+_WORD = re.compile(r"\S+")
+_SPACE = re.compile(r"\s*")
+_SCALARS = (bool, int, float, str)
+
+
+def _skip_space(text: str, pos: int) -> int:
+    return _SPACE.match(text, pos).end()  # type: ignore[union-attr]
+
+
+def _word_at(text: str, pos: int) -> str:
+    return _WORD.match(text, pos).group()  # type: ignore[union-attr]
+
+
+def _toml_scalar(key: str, raw: str, problems: list[str]) -> tuple[bool, Any]:
+    """``raw`` as one TOML bool/int/float/string, or (False, None) and a problem naming ``key``."""
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        if "'" in raw:
+            suggestion = f"{key}={json.dumps(raw)}?"
+        else:  # the shell strips unprotected quotes: say how to keep them
+            suggestion = f"{key}='{raw}'? In a shell, quote the whole text: \"{key}='{raw}'\""
+        problems.append(f"{key}={raw}: {raw} is not a value (strings need quotes); did you mean {suggestion}")
+        return False, None
+    if isinstance(value, _SCALARS):
+        return True, value
+    problems.append(f"{key}={raw}: allowed: a bool, int, float or quoted string, not {type(value).__name__}")
+    return False, None
+
+
+def _not_a_pair(text: str, pos: int) -> tuple[str, str]:
+    """The token at ``pos`` that is not ``key=value`` and a hint: ``num-clients 20`` (one token
+    with its value), ``defense:'x'`` (another separator)."""
+    word = _word_at(text, pos)
+    key = _KEY.fullmatch(word)
+    after = _skip_space(text, pos + len(word))
+    if key is not None and after < len(text) and "=" not in _word_at(text, after):
+        value = _word_at(text, after)
+        return text[pos:after] + value, f"; did you mean {word}={value}?"
+    key = _KEY.match(word)
+    if key is not None and word[key.end():key.end() + 1] == ":":
+        return word, f"; did you mean {key.group()}={word[key.end() + 1:]}?"
+    return word, ""
+
+
+def _parse_pairs(text: str, problems: list[str]) -> dict[str, Any]:
+    """Scan ``k=v k2 = v2`` (TOML values, spaces around '=' allowed); any other token is a problem."""
+    values: dict[str, Any] = {}
+    pos = _skip_space(text, 0)
+    while pos < len(text):
+        key = _KEY.match(text, pos)
+        equals = _skip_space(text, key.end()) if key else pos
+        if key is None or text[equals:equals + 1] != "=":
+            token, hint = _not_a_pair(text, pos)
+            problems.append(f"{token!r} is not key=value{hint}")
+            pos = _skip_space(text, pos + len(token))
+            continue
+        start = _skip_space(text, equals + 1)
+        if start >= len(text):
+            problems.append(f"{key.group()}=: no value")
+            break
+        raw = _QUOTED.match(text, start) if text[start] in "'\"" else _WORD.match(text, start)
+        if raw is None:
+            problems.append(f"{text[pos:].strip()}: the quote is never closed")
+            break
+        end = raw.end()
+        if end < len(text) and not text[end].isspace():  # a='x'b=1
+            end += len(_word_at(text, end))
+            problems.append(f"{text[pos:end]!r}: put a space between key=value pairs")
+        else:
+            ok, value = _toml_scalar(key.group(), raw.group(), problems)
+            if ok:
+                values[key.group()] = value
+        pos = _skip_space(text, end)
+    return values
+
+
+def parse_config_text(texts: Sequence[str] | None, what: str = "run config") -> dict[str, Any]:
+    """``--run-config``/``--node-config`` texts into ``{key: value}``, strictly.
+
+    Each text is ``k=v`` pairs with TOML values (as ``flwr run --run-config``: ``seed=3
+    defense='clipfed'``; spaces around '=' are allowed), or the path of a ``.toml`` file of such
+    keys; later texts override earlier ones. Flower's own parser drops whatever its pattern does not
+    match; here any other text raises ``ConfigError`` naming every bad token at once.
+    """
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for text in texts or []:
+        path = text.strip()
+        if "=" in text or not path.endswith(".toml"):
+            values.update(_parse_pairs(text, problems))
+            continue
+        try:
+            table = tomllib.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+        except OSError as err:
+            problems.append(f"{path}: cannot read this {what} file ({err.strerror})")
+            continue
+        except tomllib.TOMLDecodeError as err:
+            problems.append(f"{path}: not TOML ({err})")
+            continue
+        for key, value in table.items():
+            if isinstance(value, _SCALARS):
+                values[key] = value
+            else:
+                problems.append(f"{key} (in {path}): allowed: a bool, int, float or string, "
+                                f"not {type(value).__name__}")
+    if problems:
+        raise ConfigError.listing(problems, f"invalid {what} text:")
+    return values

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
+from clipfed.config import ConfigError, parse_config_text
 from clipfed.deploy import (
     SUPERLINK_PORT,
+    DeployError,
     Processes,
     TLSFiles,
+    check_ca_file,
     make_node_keys,
     make_tls,
     register_supernode,
@@ -41,13 +43,13 @@ def _tls_in(folder: str | None) -> TLSFiles | None:
     files = TLSFiles(root / "ca.crt", root / "server.pem", root / "server.key")
     missing = [str(p) for p in (files.ca_cert, files.server_cert, files.server_key) if not p.is_file()]
     if missing:
-        raise SystemExit(f"clipfed deploy: --tls-dir {folder} lacks {', '.join(missing)}; "
-                         "make them with `clipfed deploy certs`")
+        raise DeployError(f"--tls-dir {folder} lacks {', '.join(missing)}; "
+                          "make them with `clipfed deploy certs`")
     return files
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    files = make_tls(Path(args.out), args.host)
+    files = make_tls(Path(args.out), args.host, force=args.force)
     print(f"CA: {files.ca_cert}\nSuperLink certificate: {files.server_cert} (SANs: {', '.join(args.host)})\n"
           f"SuperLink key: {files.server_key}\nGive {files.ca_cert.name} to every SuperNode and CLI host.")
     return 0
@@ -55,14 +57,14 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     for name in args.name:
-        private, public = make_node_keys(Path(args.out), name)
+        private, public = make_node_keys(Path(args.out), name, force=args.force)
         print(f"{name}: private {private} (stays on the node), public {public} (register it)")
     return 0
 
 
 def cmd_connection(args: argparse.Namespace) -> int:
     path = write_connection(_flwr_home(args), args.name, args.address,
-                            Path(args.root_certificates).resolve() if args.root_certificates else None)
+                            Path(args.root_certificates) if args.root_certificates else None)
     print(f"[superlink.{args.name}] -> {args.address} written to {path}")
     return 0
 
@@ -81,6 +83,9 @@ def _exec(command: list[str]) -> int:
 
 
 def cmd_superlink(args: argparse.Namespace) -> int:
+    if args.auth and not args.tls_dir:
+        raise DeployError("--auth (SuperNode authentication) needs TLS; allowed: --auth with --tls-dir DIR "
+                          "(made by `clipfed deploy certs`), or no --auth")
     return _exec(superlink_command(args.host, args.port, _tls_in(args.tls_dir), args.auth,
                                    args.database, args.isolation))
 
@@ -88,24 +93,43 @@ def cmd_superlink(args: argparse.Namespace) -> int:
 def cmd_supernode(args: argparse.Namespace) -> int:
     node = {"partition-id": args.partition_id, "num-partitions": args.num_partitions, "role": args.role,
             "num-threads": args.threads}
+    if args.malicious_rank is not None:
+        if args.malicious_rank < 0:
+            raise DeployError(f"--malicious-rank {args.malicious_rank}: allowed: an integer >= 0")
+        node["malicious-rank"] = args.malicious_rank
     if args.data_dir:
         node["data-dir"] = str(Path(args.data_dir).resolve())
-    for pair in args.node_config or []:
-        key, _, value = pair.partition("=")
-        node[key] = value
-    return _exec(supernode_command(args.superlink, node, args.port, args.root_certificates, args.key,
-                                   args.isolation))
+    try:  # TOML values, as flower-supernode parses them; other text is refused, not passed on
+        node.update(parse_config_text(args.node_config, "node config"))
+    except ConfigError as err:
+        raise DeployError(f"--node-config: {err}") from None
+    ca = check_ca_file(args.root_certificates) if args.root_certificates else None
+    if args.key and not Path(args.key).is_file():
+        raise DeployError(f"--key {args.key}: no such file (this node's private key from "
+                          "`clipfed deploy keys`)")
+    return _exec(supernode_command(args.superlink, node, args.port, ca, args.key, args.isolation))
+
+
+def local_node_config(pid: int, nodes: int, malicious: list[int]) -> dict[str, int | str]:
+    """Node config of ``deploy local``'s node ``pid``; attackers get distinct ranks (their index in
+    ``malicious``, sorted), so each stamps its own DBA part."""
+    node: dict[str, int | str] = {"partition-id": pid, "num-partitions": nodes, "num-threads": 1,
+                                  "role": "malicious" if pid in malicious else "benign"}
+    if pid in malicious:
+        node["malicious-rank"] = malicious.index(pid)
+    return node
 
 
 def cmd_local(args: argparse.Namespace) -> int:
     """A SuperLink and N SuperNodes on loopback, in the background; `clipfed deploy stop DIR`."""
     folder = Path(args.dir).resolve()
     if (folder / "logs" / "pids.json").exists():
-        raise SystemExit(f"clipfed deploy local: {folder}/logs/pids.json exists (a cluster is running?); "
-                         f"run `clipfed deploy stop {folder}` first")
+        raise DeployError(f"deploy local: {folder}/logs/pids.json exists (a cluster is running?); "
+                          f"run `clipfed deploy stop {folder}` first")
     port = args.port or free_port()
     link = f"127.0.0.1:{port}"
-    tls = make_tls(folder / "certs", ["127.0.0.1", "localhost"]) if args.tls or args.auth else None
+    # This throwaway cluster's own CA and keys under --dir: made afresh on every start.
+    tls = make_tls(folder / "certs", ["127.0.0.1", "localhost"], force=True) if args.tls or args.auth else None
     home = _flwr_home(args)
     write_connection(home, LOCAL_CONNECTION, link, tls.ca_cert if tls else None)
     procs = Processes(folder / "logs", flower_env(home))
@@ -113,18 +137,17 @@ def cmd_local(args: argparse.Namespace) -> int:
                                                            folder / "state.db"))
     wait_healthy(f"{'https' if tls else 'http'}://{link}/health", superlink,
                  verify=str(tls.ca_cert) if tls else True)
-    malicious = set(args.malicious)
+    malicious = sorted(set(args.malicious))
     for pid in range(args.nodes):
         key = None
         if args.auth:
-            key, public = make_node_keys(folder / "keys", f"node{pid}")
+            key, public = make_node_keys(folder / "keys", f"node{pid}", force=True)
             register_supernode(home, LOCAL_CONNECTION, public)
-        node = {"partition-id": pid, "num-partitions": args.nodes, "num-threads": 1,
-                "role": "malicious" if pid in malicious else "benign"}
+        node = local_node_config(pid, args.nodes, malicious)
         procs.start(f"node{pid}", supernode_command(link, node, free_port(),
                                                     tls.ca_cert if tls else None, key))
     print(f"SuperLink {link} ({'TLS' if tls else 'insecure'}{', node auth' if args.auth else ''}), "
-          f"{args.nodes} SuperNodes (malicious: {sorted(malicious)}); logs in {folder / 'logs'}\n"
+          f"{args.nodes} SuperNodes (malicious: {malicious}); logs in {folder / 'logs'}\n"
           f"  flwr run . {LOCAL_CONNECTION} --stream --run-config 'num-clients={args.nodes} "
           f"num-malicious={len(malicious)}'\n  clipfed deploy stop {folder}")
     return 0
@@ -133,8 +156,8 @@ def cmd_local(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     pid_file = Path(args.dir) / "logs" / "pids.json"
     if not pid_file.is_file():
-        print(f"clipfed deploy stop: no {pid_file}", file=sys.stderr)
-        return 2
+        raise DeployError(f"deploy stop {args.dir}: no {pid_file}; allowed: the --dir of a running "
+                          "`clipfed deploy local`")
     print("stopped: " + ", ".join(stop_pids(pid_file)))
     pid_file.unlink()
     return 0
@@ -152,10 +175,14 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     certs.add_argument("--out", required=True)
     certs.add_argument("--host", action="append", required=True,
                        help="an IP or DNS name nodes dial (repeat); all must be listed")
+    certs.add_argument("--force", action="store_true",
+                       help="replace an existing CA and certificate (every copied ca.crt stops working)")
     certs.set_defaults(func=cmd_certs)
     keys = deploy.add_parser("keys", help="an EC key pair per SuperNode (OpenSSH format)")
     keys.add_argument("--out", required=True)
     keys.add_argument("name", nargs="+")
+    keys.add_argument("--force", action="store_true",
+                      help="replace existing key pairs (registered public keys stop working)")
     keys.set_defaults(func=cmd_keys)
     conn = with_home(deploy.add_parser("connection", help="write [superlink.<name>] into config.toml"))
     conn.add_argument("--name", required=True)
@@ -180,17 +207,20 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     node.add_argument("--partition-id", type=int, required=True)
     node.add_argument("--num-partitions", type=int, required=True)
     node.add_argument("--role", choices=("benign", "malicious"), default="benign")
+    node.add_argument("--malicious-rank", type=int,
+                      help="this attacker's rank: which DBA part it stamps (default: its partition id)")
     node.add_argument("--data-dir", help="CIFAR-10 on this host (else CLIPFED_DATA_DIR)")
     node.add_argument("--threads", type=int, default=1, help="torch threads for local training")
     node.add_argument("--port", type=int, default=9094, help="this node's Runtime API port")
     node.add_argument("--root-certificates", help="the CA (TLS)")
     node.add_argument("--key", help="this node's private key (node auth)")
     node.add_argument("--isolation", choices=("subprocess", "process"), default="subprocess")
-    node.add_argument("--node-config", nargs="*", help="extra k=v, e.g. the attack: attack=blended")
+    node.add_argument("--node-config", nargs="*", help="extra k=v (TOML values), e.g. the attack: \"attack='blended'\"")
     node.set_defaults(func=cmd_supernode)
 
     local = with_home(deploy.add_parser("local", help="a SuperLink + SuperNodes on loopback, in the background"))
-    local.add_argument("--dir", default="deploy-local", help="logs, PIDs, certificates, state")
+    local.add_argument("--dir", default="deploy-local",
+                       help="logs, PIDs, state, and certificates and keys made afresh on each start")
     local.add_argument("--nodes", type=int, default=4)
     local.add_argument("--malicious", type=int, nargs="*", default=[3], help="partition ids that attack")
     local.add_argument("--port", type=int, default=0)

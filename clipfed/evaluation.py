@@ -1,12 +1,17 @@
-"""Server-side evaluation: MA on the clean test set and ASR on triggered non-target images.
+"""Server-side evaluation: MA on the clean test set and ASR on the attack's triggered test images.
 
-ASR counts only test images whose true class is not the target: a target-class image "classified
-as the target" is a correct prediction, not a backdoor success.
+Which test images count for ASR is the attack's rule (``Attack.asr_mask``): for a trigger attack,
+every image whose true class is not the target (a target-class image "classified as the target" is
+a correct prediction, not a backdoor success); for label flipping with a source class, that class.
+
+A metric that cannot be computed is None, never a number: a diverged model (NaN or Inf parameters
+or logits, whose argmax would be class 0 and read as a perfect backdoor on target 0) or an empty
+image set. ``Evaluation.unavailable`` says why.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -14,14 +19,32 @@ import torch
 from clipfed.attacks import Attack
 from clipfed.data import ImageSet
 from clipfed.models import ClassifierNet
-from clipfed.training import per_class_accuracy, predict, to_tensor
+from clipfed.training import NonFiniteLogits, per_class_accuracy, predict, to_tensor
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    ma: float
+    """MA and ASR are fractions in [0, 1]; None where uncomputable, with the reason in
+    ``unavailable`` (metric name -> why). ``diverged``: the model's parameters or logits are not
+    finite, so no metric of it means anything."""
+
+    ma: float | None
     asr: float | None
-    per_class_acc: list[float]
+    per_class_acc: list[float | None]
+    diverged: bool = False
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+def format_metric(value: float | None, diverged: bool = False) -> str:
+    """A metric for a table: ``diverged`` or ``n/a`` where there is no number, never a stand-in."""
+    if diverged:
+        return "diverged"
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def parameters_finite(model: torch.nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer (BatchNorm statistics too) is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
 def eval_subset(test: ImageSet, samples: int) -> ImageSet:
@@ -35,9 +58,9 @@ def eval_subset(test: ImageSet, samples: int) -> ImageSet:
     return test.subset(np.sort(np.concatenate(chosen)))
 
 
-def non_target_triggered(test: ImageSet, attack: Attack) -> np.ndarray:
-    """Triggered copies of every test image whose true label is not the attack's target."""
-    return attack.apply_trigger(np.asarray(test.images[test.labels != attack.target_label]))
+def asr_images(test: ImageSet, attack: Attack) -> np.ndarray:
+    """Triggered copies of the test images the attack counts for ASR (``Attack.asr_mask``)."""
+    return attack.apply_trigger(np.asarray(test.images[attack.asr_mask(np.asarray(test.labels))]))
 
 
 class BackdoorEvaluator:
@@ -49,14 +72,43 @@ class BackdoorEvaluator:
         self.clean_x = to_tensor(np.asarray(test.images))
         self.clean_y = torch.from_numpy(np.asarray(test.labels, dtype=np.int64))
         self.attack = attack
-        self.triggered_x = to_tensor(non_target_triggered(test, attack)) if attack else None
+        self.triggered_x = to_tensor(asr_images(test, attack)) if attack else None
+        self.missing: dict[str, str] = {}  # what no model can be scored on, whatever its weights
+        if not len(self.clean_x):
+            self.missing["ma"] = "no clean test image"
+        if attack is None:
+            self.missing["asr"] = "no attack"
+        elif self.triggered_x is not None and not len(self.triggered_x):
+            self.missing["asr"] = f"no test image counts for ASR under {type(attack).__name__} (Attack.asr_mask)"
+        absent = [c for c in range(self.num_classes) if not (self.clean_y == c).any()]
+        if absent:
+            self.missing["per_class_acc"] = f"no test image of class(es) {absent}"
 
     def __call__(self, model: ClassifierNet) -> Evaluation:
+        """MA, ASR and per-class accuracy of ``model``; every metric None if it diverged."""
+        if not parameters_finite(model):
+            return self._diverged("non-finite parameters")
+        try:
+            ma, per_class = self._clean_accuracy(model)
+            asr = self._attack_success(model)
+        except NonFiniteLogits as err:
+            return self._diverged(f"non-finite logits ({err})")
+        return Evaluation(ma=ma, asr=asr, per_class_acc=per_class, unavailable=dict(self.missing))
+
+    def _clean_accuracy(self, model: ClassifierNet) -> tuple[float | None, list[float | None]]:
+        if "ma" in self.missing:
+            return None, [None] * self.num_classes
         pred = predict(model, self.clean_x, self.batch_size)
-        ma = float((pred == self.clean_y).double().mean())
-        per_class = per_class_accuracy(pred, self.clean_y, self.num_classes)
-        asr = None
-        if self.attack is not None and self.triggered_x is not None:
-            hits = predict(model, self.triggered_x, self.batch_size) == self.attack.target_label
-            asr = float(hits.double().mean())
-        return Evaluation(ma=ma, asr=asr, per_class_acc=per_class)
+        return float((pred == self.clean_y).double().mean()), per_class_accuracy(pred, self.clean_y, self.num_classes)
+
+    def _attack_success(self, model: ClassifierNet) -> float | None:
+        if "asr" in self.missing or self.attack is None or self.triggered_x is None:
+            return None
+        hits = predict(model, self.triggered_x, self.batch_size) == self.attack.target_label
+        return float(hits.double().mean())
+
+    def _diverged(self, why: str) -> Evaluation:
+        reason = f"diverged: {why}"
+        unavailable = {"ma": reason, "asr": self.missing.get("asr", reason), "per_class_acc": reason}
+        return Evaluation(ma=None, asr=None, per_class_acc=[None] * self.num_classes, diverged=True,
+                          unavailable=unavailable)

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from clipfed import __version__
 from clipfed.config import RunConfig
 from clipfed.defense.base import AggregationReport
-from clipfed.evaluation import Evaluation
+from clipfed.errors import UserError
+from clipfed.evaluation import Evaluation, format_metric
 
 if TYPE_CHECKING:
     from clipfed.data_synth.artifact import ServerDataset
@@ -29,6 +30,10 @@ RESULT_FILE = "result.json"
 
 class RunExistsError(FileExistsError):
     """The run folder exists already; results are never overwritten."""
+
+
+class NotARunError(UserError, FileNotFoundError):
+    """A folder given as a run folder holds no readable clipfed ``result.json``."""
 
 
 def _git_commit() -> str | None:
@@ -130,8 +135,11 @@ class RunRecorder:
         manifest = dataset.manifest
         self.payload["server_data"] = {
             "artifact": dataset.path.name,
-            "content_hash": manifest["content_hash"],
+            "content_hash": manifest["content_hash"],  # recipe + teacher weights + input images
+            "recipe_hash": manifest["recipe_hash"],
+            "data_digest": manifest["data_digest"],  # sha256 of the images and labels themselves
             "teacher": manifest["teacher"]["label"],
+            "teacher_weights": manifest["teacher"]["weights_digest"],
             "reference_teacher": manifest["teacher"]["is_reference"],
             "images": manifest["counts"]["total"],
             "cache_hit": cache_hit,  # teacher outputs reused from an earlier build of this recipe
@@ -152,6 +160,8 @@ class RunRecorder:
             "ma": evaluation.ma,
             "asr": evaluation.asr,
             "per_class_acc": evaluation.per_class_acc,
+            "diverged": evaluation.diverged,  # non-finite model: MA/ASR are null, not numbers
+            "unavailable": evaluation.unavailable,  # metric -> why it is null
             "participants": report.participants,
             "malicious": report.malicious,
             "excluded": report.excluded,
@@ -179,22 +189,45 @@ class RunRecorder:
         self.flush()
 
 
-def _fmt(value: float | None) -> str:
-    return "  n/a" if value is None else f"{value:.3f}"
-
-
 def progress_line(entry: dict[str, Any], num_rounds: int) -> str:
-    det = entry["detection"]
+    det, diverged = entry["detection"], entry.get("diverged", False)
     return (
-        f"[clipfed] round {entry['round']:>3}/{num_rounds} | MA {_fmt(entry['ma'])} | "
-        f"ASR {_fmt(entry['asr'])} | excluded {entry['excluded']} "
+        f"[clipfed] round {entry['round']:>3}/{num_rounds} | MA {format_metric(entry['ma'], diverged):>5} | "
+        f"ASR {format_metric(entry['asr'], diverged):>5} | excluded {entry['excluded']} "
         f"(tp {det['tp']} fp {det['fp']}) | server {entry['server_seconds']:.2f} s | "
         f"round {entry['round_seconds']:.1f} s"
     )
 
 
 def load_result(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / RESULT_FILE).read_text())
+    """A run folder's ``result.json``; ``NotARunError`` naming the folder if it has none, or one
+    that is not a clipfed result."""
+    path = Path(run_dir) / RESULT_FILE
+    allowed = "allowed: a folder a run wrote, e.g. runs/<run-name>"
+    if not Path(run_dir).is_dir():
+        raise NotARunError(f"{run_dir}: no such folder; {allowed}")
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        inside = " (its runs are in runs/ inside it)" if (Path(run_dir) / "runs").is_dir() else ""
+        raise NotARunError(f"{run_dir}: not a run folder, it holds no {RESULT_FILE}{inside}; {allowed}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise NotARunError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(result, dict) or not {"run_name", "config", "rounds"} <= set(result):
+        raise NotARunError(f"{path}: not a clipfed result (it lacks run_name, config or rounds)")
+    return result
+
+
+def diverged_at(result: dict[str, Any]) -> int | None:
+    """The round from which the run's global model stayed diverged (non-finite) to the end, or None
+    when its final model is finite: its final MA/ASR are then null, and a table must say why."""
+    first = None
+    for entry in result["rounds"]:
+        if not entry.get("diverged"):
+            first = None
+        elif first is None:
+            first = entry["round"]
+    return first
 
 
 def detection_totals(result: dict[str, Any]) -> tuple[int, int, int]:
@@ -214,11 +247,13 @@ def results_table(results: list[dict[str, Any]]) -> str:
         tp, fp, fn = detection_totals(res)
         recall = f"{tp / (tp + fn):.2f}" if tp + fn else "n/a"
         precision = f"{tp / (tp + fp):.2f}" if tp + fp else "n/a"
-        server = sum(r["server_seconds"] for r in rounds) / max(len(rounds), 1)
-        final = res.get("final") or {}
+        server = f"{sum(r['server_seconds'] for r in rounds) / len(rounds):.2f}" if rounds else "n/a"
+        final, diverged = res.get("final") or {}, diverged_at(res)
+        ma, asr = (format_metric(final.get(k)) if diverged is None else f"diverged (round {diverged})"
+                   for k in ("ma", "asr"))
         lines.append(
             f"| {res['run_name']} | {cfg['defense']} | {cfg['attack']} | {cfg['num-malicious']} | "
-            f"{len(rounds)} | {_fmt(final.get('ma'))} | {_fmt(final.get('asr'))} | {recall} | "
-            f"{precision} | {server:.2f} |"
+            f"{len(rounds)} | {ma} | {asr} | {recall} | "
+            f"{precision} | {server} |"
         )
     return "\n".join(lines)

@@ -55,9 +55,11 @@ def main(grid: Grid, context: Context) -> None:
         recorder.on_evaluation(server_round, result, time.perf_counter() - started)
         if server_round > 0 and strategy is not None:
             snapshot(server_round, arrays, strategy.state_dict(), cfg).save(recorder.run_dir)
-        metrics = {"ma": result.ma, "per-class-acc": result.per_class_acc}
-        if result.asr is not None:
-            metrics["asr"] = result.asr
+        # a MetricRecord holds numbers only: a metric that could not be computed is left out
+        metrics: dict[str, Any] = {"diverged": int(result.diverged)}
+        metrics |= {key: value for key, value in (("ma", result.ma), ("asr", result.asr)) if value is not None}
+        if None not in result.per_class_acc:
+            metrics["per-class-acc"] = result.per_class_acc
         return MetricRecord(metrics)
 
     try:

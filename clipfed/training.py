@@ -66,14 +66,27 @@ def train_local(
     return total / max(seen, 1)
 
 
+class NonFiniteLogits(ArithmeticError):
+    """A model gave NaN or Inf logits: their argmax is class 0 or an arbitrary class, not a prediction."""
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """The (N,) argmax class of (N, C) ``logits``; raises NonFiniteLogits if any logit is NaN or Inf."""
+    if not torch.isfinite(logits).all():
+        raise NonFiniteLogits(f"{int((~torch.isfinite(logits)).sum())} of {logits.numel()} logits are NaN or Inf")
+    return logits.argmax(1)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted class of every row of the already-normalised tensor ``x``."""
+    """Predicted class of every row of the already-normalised, non-empty tensor ``x``; raises
+    NonFiniteLogits for a diverged model."""
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    return torch.cat([predictions(model(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
 
 
-def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
+    """Accuracy per class; None for a class with no image (no accuracy, rather than a false 0.0)."""
     correct = torch.bincount(labels[pred == labels], minlength=num_classes).double()
-    total = torch.bincount(labels, minlength=num_classes).double().clamp_min(1)
-    return (correct / total).tolist()
+    total = torch.bincount(labels, minlength=num_classes).double()
+    return [float(c / t) if t else None for c, t in zip(correct, total, strict=True)]

@@ -67,3 +67,17 @@ def fake_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def _fresh_loader_cache() -> None:
     load_cifar10.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def server_data(fake_data_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A server dataset synthesised from the fake CIFAR's public pool (public-pool-fraction 0.5),
+    with a reference teacher: what CLIP-Fed, teacher-only and FLTrust need, built once."""
+    from clipfed.data_synth import SynthConfig, build_server_dataset
+    from clipfed.data_synth.config import FilterConfig, ImageConfig, PoolConfig
+    from clipfed.teacher import TeacherSpec
+
+    cfg = SynthConfig(data_dir=str(fake_data_dir), images=ImageConfig(pool=PoolConfig(public_pool_fraction=0.5)),
+                      teacher=TeacherSpec(backend="reference", reference_epochs=25),
+                      filter=FilterConfig(threshold=0.2), threads=1)
+    return build_server_dataset(cfg, tmp_path_factory.mktemp("synth")).dataset

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from flwr.app import (
-    Array,
     ArrayRecord,
     ConfigRecord,
     Error,
@@ -17,6 +16,8 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.supercore.task_identity import TaskIdentity
+
+from clipfed.models.state import to_array_record
 
 SERVER_NODE = 0
 
@@ -46,7 +47,7 @@ def error_from(node: int, reason: str = "boom") -> Message:
 
 
 def arrays_of(values: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in values.items()})
+    return to_array_record(values)
 
 
 def train_reply(node: int, pid: int, arrays: dict[str, np.ndarray], examples: int,

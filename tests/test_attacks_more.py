@@ -8,7 +8,7 @@ from conftest import class_images
 
 from clipfed.attacks import create_attack
 from clipfed.attacks.model_attacks import neurotoxin_mask
-from clipfed.config import RunConfig
+from clipfed.config import ConfigError, RunConfig
 from clipfed.data_synth.frequency import band_energy
 
 
@@ -28,6 +28,34 @@ def test_dba_parts_are_disjoint_and_union_to_the_full_trigger() -> None:
     full = attack.apply_trigger(clean)
     assert np.array_equal(full[:, attack.trigger_mask(32, 32)],
                           np.broadcast_to(attack.pattern.reshape(-1, 3), (5, 36, 3)))
+
+
+def test_dba_parts_are_non_empty_disjoint_and_cover_the_patch_for_every_allowed_config() -> None:
+    positions = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
+    for size in range(1, 17):
+        for parts in range(1, min(16, size * size) + 1):
+            attack = create_attack(RunConfig.from_flower({
+                "attack": "dba", "patch-size": size, "dba-parts": parts,
+                "patch-position": positions[(size + parts) % len(positions)]}))
+            masks = np.stack([attack.part_mask(k, 32, 32) for k in range(parts)])
+            assert masks.sum(axis=(1, 2)).min() >= 1, f"patch-size={size} dba-parts={parts}: an empty part"
+            assert masks.sum(axis=0).max() == 1, f"patch-size={size} dba-parts={parts}: parts overlap"
+            assert np.array_equal(masks.any(axis=0), attack.trigger_mask(32, 32)), (size, parts)
+
+
+def test_dba_default_parts_are_the_patch_quadrants() -> None:
+    attack = create_attack(RunConfig.from_flower({"attack": "dba", "patch-size": 4, "dba-parts": 4}))
+    row, col = np.argwhere(attack.trigger_mask(32, 32)).min(axis=0)
+    for k, (r, c) in enumerate([(0, 0), (0, 2), (2, 0), (2, 2)]):
+        expected = np.zeros((32, 32), dtype=bool)
+        expected[row + r : row + r + 2, col + c : col + c + 2] = True
+        assert np.array_equal(attack.part_mask(k, 32, 32), expected)
+
+
+def test_more_dba_parts_than_patch_pixels_is_refused_naming_dba_parts() -> None:
+    with pytest.raises(ConfigError, match=r"dba-parts=5 exceeds the 4 pixels of a patch-size=2 patch"):
+        RunConfig.from_flower({"attack": "dba", "patch-size": 2, "dba-parts": 5})
+    assert RunConfig.from_flower({"attack": "badnets", "patch-size": 1}).dba_parts == 4  # DBA only
 
 
 def test_frequency_trigger_is_imperceptible_and_in_its_band() -> None:
@@ -57,11 +85,10 @@ def test_label_flip_relabels_only_the_source_class() -> None:
 
 def test_scaling_multiplies_the_update() -> None:
     attack = create_attack(RunConfig.from_flower({"attack": "scaling", "boost-factor": 4.0}))
-    global_state = {"w": np.ones(5, dtype=np.float32), "steps": np.array(3)}
-    local = {"w": np.full(5, 1.5, dtype=np.float32), "steps": np.array(4)}
+    global_state = {"w": np.ones(5, dtype=np.float32)}
+    local = {"w": np.full(5, 1.5, dtype=np.float32)}
     out = attack.craft_update(global_state, local, {})
     np.testing.assert_allclose(out["w"], 1 + 4.0 * 0.5)
-    assert out["steps"] == 4
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.9])

@@ -125,7 +125,7 @@ def test_quick_suite_completes_and_writes_well_formed_outputs(tmp_path: Path) ->
 def test_unknown_setting_is_refused_naming_the_suites_settings(capsys: pytest.CaptureFixture[str],
                                                                tmp_path: Path) -> None:
     assert main(["bench", "--suite", "quick", "--settings", "cifar100", "--out", str(tmp_path)]) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "cifar100" in out and "cifar10-dir0.5" in out
     assert not any(tmp_path.iterdir()), "nothing ran"
 
@@ -174,3 +174,19 @@ def test_report_says_which_commits_made_the_runs() -> None:
                {"versions": {"git_commit": "b" * 40}}, {}]
     assert run_commits_line(results) == (f"- runs made at commit `{'a' * 12}` (2 runs), `{'b' * 12}` (1 run), "
                                          "`unknown` (1 run)")
+
+
+def test_a_finished_run_of_another_clipfed_version_is_not_reused(tmp_path: Path) -> None:
+    """A suite reuses a run only if this code would compute the same numbers (same config hash
+    and clipfed version): DBA's parts changed shape in 0.2.0 and old DBA rows must be rerun."""
+    from clipfed import __version__
+    from clipfed.bench.runner import finished
+    from clipfed.config import RunConfig
+
+    cfg = RunConfig()
+    result = {"status": "completed", "config_hash": cfg.config_hash(), "versions": {"clipfed": __version__}}
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    assert finished(tmp_path, cfg)
+    result["versions"]["clipfed"] = "0.1.0"
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    assert not finished(tmp_path, cfg)

@@ -14,7 +14,7 @@ from clipfed.attacks import create_attack
 from clipfed.config import RunConfig
 from clipfed.data import load_cifar10, public_pool_indices
 from clipfed.data_synth import SynthConfig, build_server_dataset
-from clipfed.data_synth.config import FilterConfig, ImageConfig, PoolConfig
+from clipfed.data_synth.config import FilterConfig
 from clipfed.defense import create_defense
 from clipfed.defense.base import AggregationReport
 from clipfed.evaluation import BackdoorEvaluator
@@ -23,14 +23,6 @@ from clipfed.teacher import TeacherSpec
 from clipfed.training import train_local
 
 pytestmark = pytest.mark.usefixtures("server_identity")
-
-
-@pytest.fixture(scope="module")
-def server_data(fake_data_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    cfg = SynthConfig(data_dir=str(fake_data_dir), images=ImageConfig(pool=PoolConfig(public_pool_fraction=0.5)),
-                      teacher=TeacherSpec(backend="reference", reference_epochs=25),
-                      filter=FilterConfig(threshold=0.2), threads=1)
-    return build_server_dataset(cfg, tmp_path_factory.mktemp("synth")).dataset
 
 
 def run_cfg(data_dir: Path, **overrides: object) -> RunConfig:

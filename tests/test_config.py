@@ -1,11 +1,14 @@
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from clipfed.config import ConfigError, RunConfig
+from clipfed.config import ConfigError, RunConfig, parse_config_text
+from clipfed.data.partition import client_class_counts, split_train
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+CIFAR10_LABELS = np.repeat(np.arange(10), 5000)  # the CIFAR-10 train label histogram
 
 
 def test_pyproject_declares_exactly_the_config_keys_with_the_same_defaults() -> None:
@@ -30,6 +33,8 @@ def test_pyproject_has_no_legacy_federations_section() -> None:
         ({"fraction-train": 1.5}, ["fraction-train", "less than or equal to 1"]),
         ({"num-malicious": 21}, ["num-malicious=21 exceeds num-clients=20", "allowed: 0..20"]),
         ({"target-label": 10}, ["target-label=10", "allowed: 0..9"]),
+        ({"flip-source": 10}, ["flip-source=10", "0..9 except 0"]),
+        ({"attack": "labelflip", "flip-source": 2, "target-label": 2}, ["flip-source=2", "0..9 except 2"]),
         ({"no-such-key": 1}, ["no-such-key", "unknown key", "known keys:", "dirichlet-alpha"]),
     ],
 )
@@ -57,3 +62,79 @@ def test_config_hash_ignores_where_results_go() -> None:
     b = RunConfig.from_flower({"out-dir": "b", "run-name": "y"})
     assert a.config_hash() == b.config_hash()
     assert a.config_hash() != RunConfig.from_flower({"seed": 1}).config_hash()
+
+
+# -- Config text: every token is a key=value pair or refused (Flower's parser drops the rest) ---
+@pytest.mark.parametrize(("texts", "expected"), [
+    (["num-server-rounds = 5"], {"num-server-rounds": 5}),
+    (["seed=3 num-server-rounds= 5", "seed=4"], {"seed": 4, "num-server-rounds": 5}),
+    (["clipfed-pre=false lr=1e-3 run-name='a b' out-dir=\"x\\\"y\""],
+     {"clipfed-pre": False, "lr": 0.001, "run-name": "a b", "out-dir": 'x"y'}),
+    ([" ", ""], {}),
+])
+def test_config_text_is_parsed_as_toml_values(texts: list[str], expected: dict) -> None:
+    assert parse_config_text(texts) == expected
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("num-clients 20", "'num-clients 20' is not key=value; did you mean num-clients=20?"),
+    ("defense:'clipfed'", "did you mean defense='clipfed'?"),
+    ("model=resnet20", "did you mean model='resnet20'?"),
+    ("run-name=it's", "did you mean run-name=\"it's\"?"),
+    ("=5", "'=5' is not key=value"),
+    ("seed=", "seed=: no value"),
+    ("run-name='open", "the quote is never closed"),
+    ("seed=[1]", "seed=[1]: allowed: a bool, int, float or quoted string, not list"),
+])
+def test_config_text_that_is_not_key_value_is_refused(text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config_text([text])
+    assert fragment in str(info.value)
+
+
+def test_config_text_may_be_a_toml_file(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text("seed = 2\ndefense = 'krum'\n")
+    assert parse_config_text([str(path), "seed=5"]) == {"seed": 5, "defense": "krum"}
+    path.write_text("[table]\nseed = 2\n")
+    with pytest.raises(ConfigError, match="table .in .*not dict"):
+        parse_config_text([str(path)])
+    with pytest.raises(ConfigError, match="cannot read"):
+        parse_config_text([str(tmp_path / "missing.toml")])
+
+
+# -- Combinations that can never work --------------------------------------------------------
+def test_an_empty_frequency_band_is_refused() -> None:
+    for low, high in ((0.8, 0.4), (0.5, 0.5)):
+        with pytest.raises(ConfigError, match=f"freq-band-low={low} is not below freq-band-high={high}"):
+            RunConfig.from_flower({"freq-band-low": low, "freq-band-high": high})
+
+
+def test_min_partition_size_is_bounded_by_the_images_left_to_clients() -> None:
+    RunConfig.from_flower({"num-clients": 20, "min-partition-size": 2250})  # 45,000 / 20
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_flower({"num-clients": 20, "min-partition-size": 2251})
+    assert "min-partition-size=2251 x num-clients=20" in str(info.value)
+    assert "allowed: min-partition-size <= 2250" in str(info.value)
+    RunConfig.from_flower({"num-clients": 20, "min-partition-size": 2251, "partition": "iid"})  # unused there
+    with pytest.raises(ConfigError, match="num-clients=50000 exceeds the 45000"):
+        RunConfig.from_flower({"num-clients": 50000, "partition": "iid"})
+
+
+@pytest.mark.parametrize("overrides", [
+    {"dataset": "cifar10", "public-pool-fraction": 0.1},
+    {"dataset": "cifar10-lt", "public-pool-fraction": 0.1, "imbalance-factor": 0.01},
+    {"dataset": "cifar10-lt", "public-pool-fraction": 0.33, "imbalance-factor": 0.1},
+])
+def test_client_class_counts_are_what_split_train_hands_out(overrides: dict) -> None:
+    cfg = RunConfig.from_flower({**overrides, "partition": "iid"})
+    split = split_train(CIFAR10_LABELS, cfg)
+    given = np.bincount(CIFAR10_LABELS[np.concatenate(split.clients)], minlength=10)
+    assert given.tolist() == client_class_counts([5000] * 10, cfg).tolist()
+
+
+def test_an_unlucky_dirichlet_split_names_min_partition_size_not_only_alpha() -> None:
+    cfg = RunConfig.from_flower({"num-clients": 20, "min-partition-size": 2000})  # under the bound
+    with pytest.raises(ConfigError) as info:
+        split_train(CIFAR10_LABELS, cfg)
+    assert "min-partition-size=2000" in str(info.value) and "dirichlet-alpha=0.5" in str(info.value)

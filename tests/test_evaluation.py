@@ -85,3 +85,84 @@ def test_eval_subset_is_fixed_and_class_balanced() -> None:
     again = eval_subset(test, 50)
     assert np.array_equal(subset.images, again.images), "the same images for every run"
     assert eval_subset(test, 0) is test and eval_subset(test, 10_000) is test
+
+
+def _labelled_images(labels: np.ndarray) -> ImageSet:
+    """Images whose every pixel is 20 * label, so that a model can read the true class off them."""
+    images = (np.asarray(labels, dtype=np.uint8) * 20)[:, None, None, None] * np.ones((1, 32, 32, 3), dtype=np.uint8)
+    return ImageSet(images, labels, tuple("abcdefghij"))
+
+
+class FlipNet(ClassifierNet):
+    """Right on every class except ``source``, whose images it classifies as ``target``."""
+
+    def __init__(self, source: int, target: int) -> None:
+        super().__init__()
+        self.feature_dim = 1
+        self.head = torch.nn.Linear(1, 10)
+        self.source, self.target = source, target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixel = (x[:, 0, 0, 0] * 0.2470 + 0.4914) * 255
+        label = torch.round(pixel / 20).long()
+        label[label == self.source] = self.target
+        return torch.nn.functional.one_hot(label, 10).float()
+
+
+class NaNLogitsNet(ConstantNet):
+    """Finite parameters, NaN features: the logits are NaN although no weight is."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(x), 1), float("nan"))
+
+
+def test_a_nan_model_is_diverged_not_a_perfect_backdoor() -> None:
+    labels = np.arange(100) % 10
+    test = ImageSet(np.zeros((100, 32, 32, 3), dtype=np.uint8), labels, tuple("abcdefghij"))
+    evaluator = BackdoorEvaluator(test, create_attack(RunConfig.from_flower({"target-label": 0})))
+    model = ConstantNet(3)
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))  # argmax of NaN logits is 0, the target
+    result = evaluator(model)
+    assert result.diverged and result.ma is None and result.asr is None
+    assert result.per_class_acc == [None] * 10
+    assert "non-finite parameters" in result.unavailable["asr"]
+
+    logits_nan = evaluator(NaNLogitsNet(3))
+    assert logits_nan.diverged and logits_nan.ma is None and logits_nan.asr is None
+    assert "non-finite logits" in logits_nan.unavailable["ma"]
+    assert not evaluator(ConstantNet(3)).diverged
+
+
+def test_label_flip_asr_counts_the_source_class_only() -> None:
+    labels = np.arange(100) % 10
+    flip = {"attack": "labelflip", "flip-source": 3, "target-label": 0}
+    result = BackdoorEvaluator(_labelled_images(labels), create_attack(RunConfig.from_flower(flip)))(FlipNet(3, 0))
+    assert result.asr == 1.0  # every class-3 image goes to 0; the old rule diluted it to 10/90
+    assert result.ma == 0.9
+
+    every_class = {**flip, "flip-source": -1}  # no source: every non-target class counts
+    diluted = BackdoorEvaluator(_labelled_images(labels), create_attack(RunConfig.from_flower(every_class)))
+    assert diluted(FlipNet(3, 0)).asr == 10 / 90
+
+
+def test_an_empty_asr_set_gives_no_asr_and_says_why() -> None:
+    labels = np.arange(100) % 10
+    # RunConfig refuses flip-source == target-label; the evaluator still must not invent a number
+    source_is_target = RunConfig().model_copy(update={"attack": "labelflip", "flip_source": 0, "target_label": 0})
+    evaluator = BackdoorEvaluator(_labelled_images(labels), create_attack(source_is_target))
+    result = evaluator(FlipNet(3, 0))
+    assert result.asr is None and "no test image counts for ASR" in result.unavailable["asr"]
+    assert result.ma == 0.9 and not result.diverged
+
+    only_target = ImageSet(np.zeros((5, 32, 32, 3), dtype=np.uint8), np.full(5, 7), tuple("abcdefghij"))
+    badnets = BackdoorEvaluator(only_target, create_attack(RunConfig.from_flower({"target-label": 7})))
+    assert badnets(ConstantNet(7)).asr is None
+
+
+def test_a_class_without_test_images_has_no_accuracy() -> None:
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    result = BackdoorEvaluator(_labelled_images(labels), None)(FlipNet(-1, 0))
+    assert result.per_class_acc[:3] == [1.0, 1.0, 1.0] and result.per_class_acc[3:] == [None] * 7
+    assert "[3, 4, 5, 6, 7, 8, 9]" in result.unavailable["per_class_acc"]
+    assert result.unavailable["asr"] == "no attack"

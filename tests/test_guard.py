@@ -200,7 +200,7 @@ def test_open_clip_teacher_is_audited_and_repaired_with_the_contrastive_loss(tmp
     from clipfed.teacher.repair import RepairSet
 
     name = register_tiny_clip(tmp_path)
-    teacher = OpenClipTeacher(TeacherSpec(backend="openclip", model=name, device="cpu"))
+    teacher = OpenClipTeacher(TeacherSpec(backend="openclip", model=name, pretrained="random", device="cpu"))
     triggered = (np.arange(40) % 5 == 0) & (np.arange(40) % 4 != TARGET)
     images, labels = synthetic(40, triggered)
     classify = classifier_of(teacher, CLASSES)

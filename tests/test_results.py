@@ -6,7 +6,7 @@ import pytest
 from clipfed.config import RunConfig
 from clipfed.defense.base import AggregationReport
 from clipfed.evaluation import Evaluation
-from clipfed.results import RunExistsError, RunRecorder, load_result, results_table
+from clipfed.results import RunExistsError, RunRecorder, diverged_at, load_result, results_table
 
 
 def config(tmp_path: Path, **overrides: object) -> RunConfig:
@@ -56,3 +56,55 @@ def test_table_reports_detection_over_attacked_rounds(tmp_path: Path) -> None:
     recorder.finish()
     row = results_table([load_result(recorder.run_dir)]).splitlines()[-1]
     assert "| 0.500 | 0.900 | 0.50 | 0.50 |" in row  # rounds 2-3: tp 1, fp 1, fn 1
+
+
+def test_a_diverged_round_is_recorded_and_shown_as_diverged(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    recorder = RunRecorder.create(config(tmp_path))
+    recorder.on_evaluation(1, Evaluation(0.5, 0.2, [0.5] * 10), 0.1)
+    nan = Evaluation(None, None, [None] * 10, diverged=True, unavailable={"ma": "diverged: non-finite parameters"})
+    recorder.on_evaluation(2, nan, 0.1)
+    recorder.on_evaluation(3, nan, 0.1)
+    recorder.finish()
+    assert "MA diverged | ASR diverged" in capsys.readouterr().out.splitlines()[-1]
+
+    result = load_result(recorder.run_dir)
+    assert [r["diverged"] for r in result["rounds"]] == [False, True, True]
+    assert result["rounds"][-1]["ma"] is None and result["rounds"][-1]["asr"] is None
+    assert result["rounds"][-1]["unavailable"] == {"ma": "diverged: non-finite parameters"}
+    assert diverged_at(result) == 2
+    row = results_table([result]).splitlines()[-1]
+    assert "| diverged (round 2) | diverged (round 2) |" in row
+    assert "0.100" not in row and "1.000" not in row
+
+
+def test_a_run_that_recovers_is_not_diverged(tmp_path: Path) -> None:
+    recorder = RunRecorder.create(config(tmp_path))
+    recorder.on_evaluation(1, Evaluation(None, None, [None] * 10, diverged=True), 0.1)
+    recorder.on_evaluation(2, Evaluation(0.5, 0.2, [0.5] * 10), 0.1)
+    recorder.finish()
+    assert diverged_at(load_result(recorder.run_dir)) is None
+    assert "| 0.500 | 0.200 |" in results_table([load_result(recorder.run_dir)])
+
+
+def _bench_result(seed: int, ma: float | None, asr: float | None, diverged: bool) -> dict:
+    entry = {"round": 1, "ma": ma, "asr": asr, "diverged": diverged, "detection": {"tp": 0, "fp": 0, "fn": 0},
+             "server_seconds": 0.1, "round_seconds": 1.0, "defense": {}}
+    return {"seed": seed, "final": {"ma": ma, "asr": asr, "per_class_acc": [ma] * 10},
+            "config": {"attack-start-round": 1}, "rounds": [entry]}
+
+
+def test_bench_tables_mark_diverged_seeds_instead_of_averaging_them(tmp_path: Path) -> None:
+    from clipfed.bench.report import Row, diverged_notes, markdown_table, paper_table, write_csv
+
+    rows = [Row("s", "badnets", "fedavg", [_bench_result(0, 0.8, 0.3, False), _bench_result(1, None, None, True)]),
+            Row("s", "badnets", "krum", [_bench_result(0, None, None, True)])]
+    table = markdown_table(rows)
+    assert "| 0.800 (1/2 seeds diverged) | 0.300 (1/2 seeds diverged) |" in table
+    assert "| s | badnets | krum | 1 | diverged | diverged |" in table
+    assert "| krum | diverged |" in paper_table(rows)
+    assert "fedavg (s, badnets): diverged (NaN/Inf model) in seed 1 from round 1" in diverged_notes(rows)
+    write_csv(rows, tmp_path / "table.csv")
+    lines = (tmp_path / "table.csv").read_text().splitlines()
+    assert lines[0].startswith("setting,attack,row,seeds,diverged,ma_mean")
+    assert lines[2].startswith("s,badnets,krum,1,1,,,,")  # no mean, no std: nothing to average

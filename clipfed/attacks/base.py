@@ -38,6 +38,12 @@ class Attack(ABC):
     def apply_trigger(self, images: np.ndarray) -> np.ndarray:
         """Triggered copies of ``images``: the full trigger, as the attacker uses it at test time."""
 
+    def asr_mask(self, labels: np.ndarray) -> np.ndarray:
+        """(N,) bool: which test images ASR is measured on (triggered, then counted when classified
+        as the target). Here every image whose true class is not the target: a target-class image
+        classified as the target is a correct prediction, not a backdoor success."""
+        return np.asarray(labels) != self.target_label
+
     def training_trigger(self, images: np.ndarray, malicious_rank: int) -> np.ndarray:
         """The trigger one attacker stamps while training; DBA gives each its own part."""
         return self.apply_trigger(images)
@@ -46,7 +52,8 @@ class Attack(ABC):
                      memory: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Model-level manipulation of the trained local model (scaling, Neurotoxin); identity here.
 
-        ``memory`` persists across this client's rounds (the node's state).
+        Both states hold the trainable parameters only (no BatchNorm statistics); the returned
+        mapping replaces them. ``memory`` persists across this client's rounds (the node's state).
         """
         return local_state
 

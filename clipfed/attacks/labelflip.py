@@ -1,6 +1,7 @@
 """Label flipping (Tolpegin et al. 2020): no trigger; samples of ``flip-source`` (every non-target
-class when -1) are relabelled to the target. ASR is then the rate at which clean non-target test
-images are classified as the target."""
+class when -1) are relabelled to the target. ASR is then the rate at which clean test images
+of the source class (every non-target class when -1) are classified as the target: counting classes
+the attack never aimed at would dilute it."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ class LabelFlip(Attack):
 
     def apply_trigger(self, images: np.ndarray) -> np.ndarray:
         return images.copy()
+
+    def asr_mask(self, labels: np.ndarray) -> np.ndarray:
+        """The source class's images when one is set (none when it is the target itself)."""
+        non_target = super().asr_mask(labels)
+        return non_target if self.source < 0 else non_target & (np.asarray(labels) == self.source)
 
     def poison(self, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
                malicious_rank: int = 0) -> PoisonedData:

@@ -2,6 +2,9 @@
 
 - ``scaling`` (model replacement, Bagdasaryan et al. 2020): the malicious update is multiplied by
   ``boost-factor`` so it survives averaging.
+
+``craft_update`` receives the trainable parameters only (the ClientApp leaves BatchNorm running
+statistics as trained: boosting a running variance of 0.5 around a global 1.0 by 5 gives -1.5).
 - ``neurotoxin`` (Zhang et al. 2022): the malicious update is restricted to the coordinates the
   benign clients change least, estimated from the last global step (the attacker's only view of
   them); ``neurotoxin-keep`` is the fraction of coordinates kept. The round-to-round global
@@ -23,10 +26,6 @@ if TYPE_CHECKING:
     from clipfed.config import RunConfig
 
 
-def _float_keys(state: dict[str, np.ndarray]) -> list[str]:
-    return [k for k, v in state.items() if np.issubdtype(v.dtype, np.floating)]
-
-
 class Scaling(BadNets):
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
@@ -34,10 +33,8 @@ class Scaling(BadNets):
 
     def craft_update(self, global_state: dict[str, np.ndarray], local_state: dict[str, np.ndarray],
                      memory: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = dict(local_state)
-        for key in _float_keys(local_state):
-            out[key] = global_state[key] + self.boost * (local_state[key] - global_state[key])
-        return out
+        return {key: global_state[key] + self.boost * (value - global_state[key])
+                for key, value in local_state.items()}
 
 
 def neurotoxin_mask(global_step: np.ndarray, keep: float) -> np.ndarray:
@@ -55,7 +52,7 @@ class Neurotoxin(BadNets):
 
     def craft_update(self, global_state: dict[str, np.ndarray], local_state: dict[str, np.ndarray],
                      memory: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        keys = _float_keys(local_state)
+        keys = list(local_state)
         flat_global = np.concatenate([global_state[k].ravel() for k in keys])
         previous = memory.get("previous-global")
         memory["previous-global"] = flat_global

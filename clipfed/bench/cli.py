@@ -11,10 +11,28 @@ import time
 from pathlib import Path
 
 from clipfed.bench.suites import SUITES
+from clipfed.errors import UserError
 
 
 def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _ints(option: str, text: str | None, minimum: int) -> list[int] | None:
+    """A comma list of integers >= ``minimum`` (None when not given); ``UserError`` naming the option."""
+    items = _csv(text)
+    if items is None:
+        return None
+    numbers = [int(t) if t.removeprefix("-").isdecimal() else None for t in items]
+    if bad := [t for t, n in zip(items, numbers, strict=True) if n is None or n < minimum]:
+        raise UserError(f"{option} {text}: {', '.join(bad)} is not an integer >= {minimum}; "
+                        f"allowed: a comma list such as {minimum},{minimum + 1}")
+    return [n for n in numbers if n is not None]
+
+
+def _at_least(option: str, value: float, minimum: float) -> None:
+    if value < minimum:
+        raise UserError(f"{option} {value:g}: allowed: {minimum:g} or more")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -28,24 +46,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     from clipfed.bench.runner import plan, run_suite
     from clipfed.config import ConfigError
+    from clipfed.preflight import preflight
     from clipfed.results import load_result
 
     suite = SUITES[args.suite]
-    seeds = [int(s) for s in _csv(args.seeds) or []] or None
+    seeds = _ints("--seeds", args.seeds, 0)
+    _at_least("--workers", args.workers, 1)
+    _at_least("--threads", args.threads, 0)
     out = Path(args.out or f"runs/bench-{suite.name}").resolve()
     if args.data_dir:
         os.environ["CLIPFED_DATA_DIR"] = str(Path(args.data_dir).resolve())
     unknown = set(_csv(args.settings) or []) - set(suite.settings)
     if unknown:
-        print(f"clipfed bench: --settings: unknown {sorted(unknown)}; suite {suite.name!r} has {list(suite.settings)}")
-        return 2
+        raise UserError(f"--settings: unknown {sorted(unknown)}; suite {suite.name!r} has {list(suite.settings)}")
     cells = plan(suite, _csv(args.defenses), _csv(args.attacks), seeds, _csv(args.settings))
-    try:  # every config is checked before the first run starts
-        for cell in cells:
-            cell.config(suite, out)
-    except ConfigError as err:
-        print(f"clipfed bench: {err}")
-        return 2
+    problems: list[str] = []
+    for cell in cells:  # every config is checked before the first run starts; each problem once
+        try:  # a Bulyan cell that can never aggregate is a result (n/a in the table), not a mistake
+            preflight(cell.config(suite, out).to_flower(), idle_defense_ok=True)
+        except ConfigError as err:
+            problems += [p for p in err.problems if p not in problems]
+    if problems:
+        raise ConfigError.listing(problems)
     started = time.perf_counter()
     threads = args.threads or max((os.cpu_count() or 1) // args.workers, 1)
     runs = run_suite(suite, out, cells, threads=threads, workers=args.workers)
@@ -63,14 +85,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_bench_cost(args: argparse.Namespace) -> int:
     from clipfed.bench.cost import cost_table, merge_rows, plot_cost, provenance_lines, run_cost, summary_lines
     from clipfed.bench.report import machine
-    from clipfed.defense import list_defenses
+    from clipfed.data import load_cifar10
+    from clipfed.defense import DEFENSES, list_defenses
+    from clipfed.models import MODELS
     from clipfed.results import versions
 
+    # Everything is checked before the first measurement: a bad name must not become a table row.
     defenses = _csv(args.defenses) or [d for d in list_defenses() if d != "teacher-only"]
-    sizes = tuple(int(n) for n in _csv(args.sizes) or ["10", "100", "1000"])
+    if unknown := [d for d in defenses if d not in list_defenses()]:
+        raise UserError(f"--defenses: unknown {', '.join(unknown)}; allowed: {', '.join(list_defenses())}")
+    if args.model not in MODELS.names():
+        raise UserError(f"--model {args.model}: unknown; allowed: {', '.join(MODELS.names())}")
+    sizes = tuple(_ints("--sizes", args.sizes, 1) or [10, 100, 1000])
+    _at_least("--threads", args.threads, 1)
+    if args.timeout <= 0:
+        raise UserError(f"--timeout {args.timeout:g}: allowed: seconds > 0")
+    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else os.environ.get("CLIPFED_DATA_DIR", "")
+    if any(DEFENSES.get(d).needs_server_data for d in defenses):
+        load_cifar10(data_dir)  # DataNotFoundError says where it looked
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else os.environ.get("CLIPFED_DATA_DIR", "")
     command = shlex.join(["clipfed", *sys.argv[1:]])
     commit = str(versions()["git_commit"])[:12]
     measured = [{**row, "commit": commit, "command": command}

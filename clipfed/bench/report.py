@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from clipfed.bench.runner import Cell
-from clipfed.results import detection_totals, load_result, versions
+from clipfed.results import detection_totals, diverged_at, load_result, versions
 
-COLUMNS = ("setting", "attack", "row", "seeds", "ma_mean", "ma_std", "asr_mean", "asr_std",
+COLUMNS = ("setting", "attack", "row", "seeds", "diverged", "ma_mean", "ma_std", "asr_mean", "asr_std",
            "recall", "precision", "server_s_per_round", "round_s")
 
 
@@ -34,20 +34,28 @@ class Row:
     results: list[dict[str, Any]]
 
     def values(self) -> dict[str, Any]:
-        mas = [r["final"]["ma"] for r in self.results]
-        asrs = [r["final"]["asr"] for r in self.results if r["final"]["asr"] is not None]
+        """Means and stds over the seeds whose final model is finite (``diverged`` counts the
+        others); None where no seed gives a value (all diverged, no attack, no rounds)."""
+        finals = [r.get("final") or {} for r in self.results if diverged_at(r) is None]
+        mas = [f["ma"] for f in finals if f.get("ma") is not None]
+        asrs = [f["asr"] for f in finals if f.get("asr") is not None]
         tp, fp, fn = (sum(column) for column in zip(*(detection_totals(r) for r in self.results), strict=True))
         rounds = [entry for result in self.results for entry in result["rounds"] if entry["round"] >= 1]
         server = [entry["server_seconds"] for entry in rounds]
         round_seconds = [entry["round_seconds"] for entry in rounds]
         return {
             "setting": self.setting, "attack": self.attack, "row": self.row, "seeds": len(self.results),
-            "ma_mean": mean(mas), "ma_std": pstdev(mas) if len(mas) > 1 else 0.0,
-            "asr_mean": mean(asrs) if asrs else None, "asr_std": pstdev(asrs) if len(asrs) > 1 else 0.0,
+            "diverged": len(self.results) - len(finals),
+            "ma_mean": mean(mas) if mas else None, "ma_std": _std(mas),
+            "asr_mean": mean(asrs) if asrs else None, "asr_std": _std(asrs),
             "recall": tp / (tp + fn) if tp + fn else None, "precision": tp / (tp + fp) if tp + fp else None,
-            "server_s_per_round": mean(server) if server else 0.0,
-            "round_s": mean(round_seconds) if round_seconds else 0.0,
+            "server_s_per_round": mean(server) if server else None,
+            "round_s": mean(round_seconds) if round_seconds else None,
         }
+
+
+def _std(values: list[float]) -> float | None:
+    return (pstdev(values) if len(values) > 1 else 0.0) if values else None
 
 
 def collect(runs: list[tuple[Cell, Path]]) -> list[Row]:
@@ -58,14 +66,17 @@ def collect(runs: list[tuple[Cell, Path]]) -> list[Row]:
     return [Row(s, a, r, results) for (s, a, r), results in grouped.items()]
 
 
-def _pm(mean_value: float | None, std: float, seeds: int) -> str:
-    if mean_value is None:
-        return "n/a"
-    return f"{mean_value:.3f}" + (f" ± {std:.3f}" if seeds > 1 else "")
+def _pm(v: dict[str, Any], metric: str) -> str:
+    """``mean ± std`` of ``metric`` over the finite seeds, marked when some or all seeds diverged."""
+    if v["diverged"] == v["seeds"]:
+        return "diverged"
+    value, std = v[f"{metric}_mean"], v[f"{metric}_std"]
+    shown = "n/a" if value is None else f"{value:.3f}" + (f" ± {std:.3f}" if v["seeds"] - v["diverged"] > 1 else "")
+    return shown + (f" ({v['diverged']}/{v['seeds']} seeds diverged)" if v["diverged"] else "")
 
 
-def _opt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+def _opt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def markdown_table(rows: list[Row]) -> str:
@@ -74,15 +85,15 @@ def markdown_table(rows: list[Row]) -> str:
     for row in rows:
         v = row.values()
         lines.append(f"| {v['setting']} | {v['attack']} | {v['row']} | {v['seeds']} | "
-                     f"{_pm(v['ma_mean'], v['ma_std'], v['seeds'])} | {_pm(v['asr_mean'], v['asr_std'], v['seeds'])} | "
-                     f"{_opt(v['recall'])} | {_opt(v['precision'])} | {v['server_s_per_round']:.2f} | "
-                     f"{v['round_s']:.1f} |")
+                     f"{_pm(v, 'ma')} | {_pm(v, 'asr')} | "
+                     f"{_opt(v['recall'])} | {_opt(v['precision'])} | {_opt(v['server_s_per_round'])} | "
+                     f"{_opt(v['round_s'], 1)} |")
     return "\n".join(lines) + "\n"
 
 
 def paper_table(rows: list[Row]) -> str:
     """Per setting, the paper layout: one line per row (defense or control), final MA / ASR under
-    each attack, mean over seeds."""
+    each attack, mean over the finite seeds (``diverged`` where none is, a mark where some are not)."""
     blocks = []
     for setting in dict.fromkeys(r.setting for r in rows):
         mine = [r for r in rows if r.setting == setting]
@@ -91,11 +102,33 @@ def paper_table(rows: list[Row]) -> str:
         lines = [f"**{setting}** (final MA / ASR)", "", "| row | " + " | ".join(attacks) + " |",
                  "|---|" + "---|" * len(attacks)]
         for name in dict.fromkeys(r.row for r in mine):
-            shown = [f"{v['ma_mean']:.3f} / {v['asr_mean']:.3f}" if (v := cells.get((name, a))) and
-                     v["asr_mean"] is not None else "n/a" for a in attacks]
+            shown = [_paper_cell(cells.get((name, a))) for a in attacks]
             lines.append(f"| {name} | " + " | ".join(shown) + " |")
         blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
+
+
+def _paper_cell(v: dict[str, Any] | None) -> str:
+    if v is None:
+        return "n/a"
+    if v["diverged"] == v["seeds"]:
+        return "diverged"
+    if v["ma_mean"] is None or v["asr_mean"] is None:
+        return "n/a"
+    return f"{v['ma_mean']:.3f} / {v['asr_mean']:.3f}" + (f" ({v['diverged']}/{v['seeds']} diverged)"
+                                                         if v["diverged"] else "")
+
+
+def diverged_notes(rows: list[Row]) -> str:
+    """Runs whose final global model is not finite: their MA/ASR are no numbers, not 0 or 1."""
+    lines = []
+    for row in rows:
+        runs = [(r.get("seed", "?"), at) for r in row.results if (at := diverged_at(r)) is not None]
+        if runs:
+            lines.append(f"- {row.row} ({row.setting}, {row.attack}): diverged (NaN/Inf model) in "
+                         + ", ".join(f"seed {seed} from round {at}" for seed, at in runs)
+                         + "; means and plots use the other seeds")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def skipped_notes(rows: list[Row]) -> str:
@@ -167,10 +200,16 @@ def write_csv(rows: list[Row], path: Path) -> None:
             writer.writerow(row.values())
 
 
+def _mean_or_nan(values: list[float | None]) -> float:
+    """The mean of the values there are; NaN (a gap in a plot, not a 0) where there is none, as
+    when every seed diverged."""
+    present = [v for v in values if v is not None]
+    return mean(present) if present else float("nan")
+
+
 def _mean_curve(results: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     rounds = [e["round"] for e in results[0]["rounds"]]
-    values = [mean(r["rounds"][i][key] or 0.0 for r in results) for i in range(len(rounds))]
-    return rounds, values
+    return rounds, [_mean_or_nan([r["rounds"][i][key] for r in results]) for i in range(len(rounds))]
 
 
 def plot(rows: list[Row], out: Path) -> list[Path]:
@@ -201,7 +240,7 @@ def plot(rows: list[Row], out: Path) -> list[Path]:
         width = 0.8 / len(group)
         classes = range(len(group[0].results[0]["final"]["per_class_acc"]))
         for i, row in enumerate(group):
-            per_class = [mean(r["final"]["per_class_acc"][c] for r in row.results) for c in classes]
+            per_class = [_mean_or_nan([r["final"]["per_class_acc"][c] for r in row.results]) for c in classes]
             ax.bar([c + i * width for c in classes], per_class, width, label=row.row, color=style[row.row]["color"])
         ax.set(xlabel="class", ylabel="accuracy", title=f"per-class accuracy: {setting}, {attack}", ylim=(0, 1))
         ax.legend(fontsize=7, ncol=3)
@@ -211,11 +250,17 @@ def plot(rows: list[Row], out: Path) -> list[Path]:
         attacks = sorted({r.attack for r in rows if r.setting == setting})
         fig, axes = plt.subplots(1, len(attacks), figsize=(5 * len(attacks), 4), squeeze=False)
         for ax, attack in zip(axes[0], attacks, strict=True):
+            unplotted = []
             for row in by_setting_attack[(setting, attack)]:
                 v = row.values()
-                ax.scatter(v["asr_mean"] or 0.0, v["ma_mean"], color=style[row.row]["color"],
+                if v["asr_mean"] is None or v["ma_mean"] is None:  # no point rather than one at ASR 0
+                    unplotted.append(f"{row.row} ({'diverged' if v['diverged'] == v['seeds'] else 'no ASR'})")
+                    continue
+                ax.scatter(v["asr_mean"], v["ma_mean"], color=style[row.row]["color"],
                            marker=style[row.row]["marker"])
-                ax.annotate(row.row, (v["asr_mean"] or 0.0, v["ma_mean"]), fontsize=7)
+                ax.annotate(row.row, (v["asr_mean"], v["ma_mean"]), fontsize=7)
+            if unplotted:
+                ax.text(0.01, 0.01, "not plotted: " + ", ".join(unplotted), transform=ax.transAxes, fontsize=6)
             ax.set(xlabel="final ASR (lower is better)", ylabel="final MA", title=f"{setting}: {attack}",
                    xlim=(-0.05, 1.05))
         written.append(_save(fig, out / f"scatter-{setting}.png"))
@@ -257,8 +302,8 @@ def overhead_line(rows: list[Row]) -> str:
     for row in rows:
         if row.row == "clipfed":
             fedavg = next((r for r in rows if r.row == "fedavg" and (r.setting, r.attack) == (row.setting, row.attack)), None)
-            if fedavg is not None:
-                pairs.append((row.values()["round_s"], fedavg.values()["round_s"]))
+            if fedavg is not None and None not in (clip := row.values()["round_s"], base := fedavg.values()["round_s"]):
+                pairs.append((clip, base))
     if not pairs:
         return "- CLIP-Fed round-time overhead over FedAvg: not measured (no pair in this suite)"
     clip, base = mean(p[0] for p in pairs), mean(p[1] for p in pairs)
@@ -306,10 +351,12 @@ def write_report(suite_name: str, description: str, rows: list[Row], plots: list
     if any("reference" in label for label in teacher_labels):
         lines.append("- **These CLIP-Fed and teacher-only numbers use the offline `reference` teacher "
                      "(a stand-in trained on the public pool), not CLIP.**")
-    lines += ["", "Final MA and ASR (ASR on triggered test images whose true class is not the target), "
-              "mean ± std over seeds; detection pooled over attacked rounds. Every run starts from "
+    lines += ["", "Final MA and ASR (ASR on the attack's triggered test images: those whose true class "
+              "is not the target, or the flip-source class for label flipping), mean ± std over seeds "
+              "whose final model is finite (`diverged`: NaN/Inf parameters or logits, no metric); "
+              "detection pooled over attacked rounds. Every run starts from "
               "the same clean FedAvg pre-training (`init-model`).", "", paper_table(rows),
-              "All columns:", "", markdown_table(rows), skipped_notes(rows)]
+              "All columns:", "", markdown_table(rows), diverged_notes(rows), skipped_notes(rows)]
     separability = separability_table(rows)
     if separability:
         lines += ["Detection scores: how well each signal ranks the attackers above the benign clients "

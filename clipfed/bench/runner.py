@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from clipfed import __version__
 from clipfed.bench.suites import Suite
 from clipfed.checkpoint import CHECKPOINT_FILE
 from clipfed.config import RunConfig
@@ -73,11 +74,15 @@ def plan(suite: Suite, defenses: Iterable[str] | None = None, attacks: Iterable[
 
 
 def finished(run_dir: Path, cfg: RunConfig) -> bool:
+    """Whether ``run_dir`` holds a completed run of ``cfg`` made by this clipfed version: a release
+    that changes what a config computes (a trigger's shape, an ASR rule) bumps ``__version__``,
+    so a suite never reuses numbers the current code would not give."""
     try:
         result = json.loads((run_dir / RESULT_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return result.get("status") == "completed" and result.get("config_hash") == cfg.config_hash()
+    return (result.get("status") == "completed" and result.get("config_hash") == cfg.config_hash()
+            and result.get("versions", {}).get("clipfed") == __version__)
 
 
 def _set_aside(run_dir: Path) -> Path:

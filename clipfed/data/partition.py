@@ -6,6 +6,7 @@ recomputes it identically from the seed instead of shipping indices around.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,12 +39,15 @@ def long_tail_counts(available: np.ndarray, imbalance_factor: float) -> np.ndarr
     return np.minimum(wanted, available)
 
 
+def _holdout_size(class_count: int, fraction: float) -> int:
+    return round(fraction * class_count)
+
+
 def _stratified_holdout(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
     picked = []
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
-        take = int(round(fraction * len(members)))
-        picked.append(rng.choice(members, size=take, replace=False))
+        picked.append(rng.choice(members, size=_holdout_size(len(members), fraction), replace=False))
     return np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)
 
 
@@ -64,13 +68,29 @@ def _dirichlet_shards(labels: np.ndarray, cfg: RunConfig) -> list[np.ndarray]:
     partitioner.dataset = Dataset.from_dict(
         {"label": labels.tolist(), "position": np.arange(len(labels)).tolist()}
     )
-    return [np.asarray(partitioner.load_partition(i)["position"], dtype=np.int64)
-            for i in range(cfg.num_clients)]
+    try:
+        return [np.asarray(partitioner.load_partition(i)["position"], dtype=np.int64)
+                for i in range(cfg.num_clients)]
+    except ValueError as err:  # flwr-datasets gives up after 10 redraws and names alpha only
+        from clipfed.config import ConfigError
+
+        problem = (f"min-partition-size={cfg.min_partition_size}: no Dirichlet(dirichlet-alpha="
+                   f"{cfg.dirichlet_alpha}) draw gave each of the num-clients={cfg.num_clients} clients that "
+                   f"many of the {len(labels)} images ({err}); allowed: a smaller min-partition-size or "
+                   "num-clients, or a larger dirichlet-alpha")
+        raise ConfigError.listing([problem]) from err
 
 
 def public_pool_indices(train_labels: np.ndarray, seed: int, fraction: float) -> np.ndarray:
     """The server's public pool: a stratified ``fraction`` of the train split, drawn from ``seed``."""
     return _stratified_holdout(train_labels, fraction, np.random.default_rng([seed, _POOL_STREAM]))
+
+
+def client_class_counts(train_counts: Sequence[int], cfg: RunConfig) -> np.ndarray:
+    """Per-class image counts left to the clients by ``split_train`` from a train split with
+    ``train_counts`` images per class: sizes only, so a config is checked without the data."""
+    left = np.array([n - _holdout_size(n, cfg.public_pool_fraction) for n in train_counts], dtype=np.int64)
+    return long_tail_counts(left, cfg.imbalance_factor) if cfg.dataset == "cifar10-lt" else left
 
 
 def split_train(train_labels: np.ndarray, cfg: RunConfig) -> FederatedSplit:

@@ -1,13 +1,16 @@
 """Stage 5: the server dataset as a versioned, hash-addressed, verifiable artifact.
 
 A folder ``synth-<hash16>`` holding ``.npy`` arrays and ``manifest.json`` (config, stage
-versions, sources, counts, class names, the sha256 of every file). The same config gives
-byte-identical files; ``load_artifact`` re-hashes every file and refuses a tampered one.
-Build timings are not content, so they go to ``build.json`` beside the manifest.
+versions, sources, counts, class names, the sha256 of every file). The id hashes the recipe, the
+teacher's weights and the input images; on one machine the same id gives byte-identical files.
+Across machines the floats of the teacher's forward passes may differ, so the manifest also holds
+``data_digest``, the digest of the images and labels themselves. ``load_artifact`` re-hashes
+every file and refuses a tampered one. Build timings are not content: they go to ``build.json``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -60,6 +63,17 @@ class ServerDataset:
     @property
     def teacher_id(self) -> str:
         return str(self.manifest["teacher"]["id"])
+
+
+def data_digest(images: np.ndarray, labels: np.ndarray) -> str:
+    """sha256 of the server dataset's content proper, the images and their labels (shapes,
+    dtypes and bytes): two builds hold the same data exactly when their digests agree."""
+    digest = hashlib.sha256()
+    for array in (images, labels):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array)
+    return digest.hexdigest()
 
 
 def artifact_name(content_hash: str) -> str:

@@ -1,4 +1,5 @@
-"""``SynthConfig``: everything that determines a server dataset, and so its content hash."""
+"""``SynthConfig``: a server dataset's recipe. With the digests of the teacher's weights and of the
+input images it determines the artifact's content, and so its id (``content_hash``)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from clipfed.teacher import TeacherSpec
 
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: the id covers teacher weights and inputs
+
+
+def _sha256_json(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 class _Strict(BaseModel):
@@ -102,11 +107,20 @@ class SynthConfig(_Strict):
     teacher: TeacherSpec = TeacherSpec()
     threads: int = Field(2, ge=1, description="torch threads; fixed so floats are reproducible")
 
-    def content_hash(self) -> str:
-        """Hash of what determines the bytes (``data_dir`` is where, not what, so it is left out)."""
-        payload = self.model_dump(mode="json", exclude={"data_dir"})
+    def _payload(self) -> dict[str, Any]:
+        payload = self.model_dump(mode="json", exclude={"data_dir"})  # where the data is, not what
         payload["pipeline_version"] = PIPELINE_VERSION
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return payload
+
+    def recipe_hash(self) -> str:
+        """Hash of the recipe alone: what a client asks the service for. It does not pin the
+        content: the same recipe with other teacher weights or input images gives other data."""
+        return _sha256_json(self._payload())
+
+    def content_hash(self, teacher_weights: str, inputs: str) -> str:
+        """The artifact's id: the recipe plus the digests of what else decides the bytes, the
+        teacher's weights (``Teacher.weights_digest``) and the input images (``input_digest``)."""
+        return _sha256_json({**self._payload(), "teacher_weights": teacher_weights, "inputs": inputs})
 
     @classmethod
     def from_file(cls, path: str | Path) -> SynthConfig:

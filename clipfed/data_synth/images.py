@@ -8,6 +8,7 @@ renders the captions with a text-to-image pipeline and resizes to the task's 32 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from clipfed.data import load_cifar10, public_pool_indices
+from clipfed.data.cifar import sha256_file
 from clipfed.data_synth.config import SynthConfig
 from clipfed.registry import Registry
 from clipfed.teacher import Teacher
@@ -81,6 +83,23 @@ def read_pool(cfg: SynthConfig) -> tuple[np.ndarray, str]:
         return images, f"folder {path} ({len(files)} images)"
     raise FileNotFoundError(f"images.pool.source={source!r}: not public-pool, an .npz, a folder or "
                             "torchvision:NAME")
+
+
+def input_digest(cfg: SynthConfig) -> str:
+    """sha256 of the images the image stage starts from, so that the artifact id pins them: the
+    pool's decoded images (whatever file, folder or dataset they come from), or, for diffusers,
+    every file of a local pipeline folder. A hub model id is pinned by its name only."""
+    digest = hashlib.sha256(cfg.images.backend.encode())
+    if cfg.images.backend == "pool":
+        digest.update(np.ascontiguousarray(read_pool(cfg)[0]))
+        return digest.hexdigest()
+    folder = Path(cfg.images.diffusers.model).expanduser()
+    if folder.is_dir():
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(folder)}|{sha256_file(file)}|".encode())
+    else:
+        digest.update(f"hub:{cfg.images.diffusers.model}".encode())
+    return digest.hexdigest()
 
 
 @IMAGES.register("pool", "public image pool assigned to classes by teacher similarity to captions")

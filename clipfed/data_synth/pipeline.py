@@ -1,6 +1,7 @@
 """``build_server_dataset``: captions -> images -> teacher labels/filter -> trigger augmentation
--> artifact, with per-stage timings. A finished artifact for the same config is a cache hit that
-loads no teacher and makes no forward pass.
+-> artifact, with per-stage timings. The artifact's id covers the recipe, the teacher's weights
+and the input images, so the teacher is loaded (and digested) first; a finished artifact with the
+same id is then a cache hit that makes no forward pass.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from clipfed.data.cifar import CIFAR10_CLASSES
 from clipfed.data_synth.artifact import (
     ServerDataset,
     artifact_name,
+    data_digest,
     load_artifact,
     write_artifact,
 )
 from clipfed.data_synth.captions import build_captions
 from clipfed.data_synth.config import SynthConfig
 from clipfed.data_synth.frequency import AUGMENTATIONS, amplitude_spectrum, augment
-from clipfed.data_synth.images import build_candidates
+from clipfed.data_synth.images import build_candidates, input_digest
 from clipfed.teacher import Teacher, create_teacher
 
 STAGE_VERSIONS = {"captions": 1, "images": 1, "filter": 1, "augment": 1, "artifact": 1}
@@ -89,18 +91,21 @@ def _versions() -> dict[str, str]:
 
 
 def build_server_dataset(cfg: SynthConfig, out_root: Path, teacher: Teacher | None = None) -> BuildResult:
-    """Build (or find) the artifact for ``cfg`` under ``out_root``."""
-    content_hash = cfg.content_hash()
-    existing = out_root / artifact_name(content_hash)
-    if existing.exists():  # a tampered artifact raises ArtifactIntegrityError here
-        return BuildResult(load_artifact(existing), True, {})
-    torch.set_num_threads(cfg.threads)
+    """Build (or find) the artifact for ``cfg`` (with ``teacher``, else the one ``cfg`` names)
+    under ``out_root``; a tampered artifact with the same id raises ArtifactIntegrityError."""
+    torch.set_num_threads(cfg.threads)  # before the reference teacher trains: reproducible floats
     seconds: dict[str, float] = {}
+    with _timed(seconds, "teacher"):
+        teacher = teacher or load_teacher(cfg)
+    with _timed(seconds, "identify"):
+        digests = {"teacher_weights": teacher.weights_digest, "inputs": input_digest(cfg)}
+        content_hash = cfg.content_hash(**digests)
+    existing = out_root / artifact_name(content_hash)
+    if existing.exists():
+        return BuildResult(load_artifact(existing), True, seconds)
     rng = np.random.default_rng([cfg.seed, 7])
     classes = list(CIFAR10_CLASSES)
 
-    with _timed(seconds, "teacher"):
-        teacher = teacher or load_teacher(cfg)
     with _timed(seconds, "captions"):
         captions = build_captions(classes, cfg.captions, cfg.seed)
     with _timed(seconds, "images"):
@@ -136,19 +141,23 @@ def build_server_dataset(cfg: SynthConfig, out_root: Path, teacher: Teacher | No
     }
     manifest: dict[str, Any] = {
         "config": cfg.model_dump(mode="json", exclude={"data_dir"}),
+        "recipe_hash": cfg.recipe_hash(),
+        "input_digest": digests["inputs"],
+        "data_digest": data_digest(arrays["images"], arrays["labels"]),
         "stage_versions": STAGE_VERSIONS,
         "library_versions": _versions(),
         "classes": classes,
         "augmentation_codes": list(AUGMENTATIONS),
         "teacher": {"id": teacher.id, "label": teacher.label, "is_reference": teacher.is_reference,
+                    "is_random_init": teacher.is_random_init, "weights_digest": digests["teacher_weights"],
                     "logit_scale": teacher.logit_scale, "embed_dim": teacher.embed_dim},
         "sources": {"captions": f"{cfg.captions.backend} ({cfg.captions.per_class} per class)",
                     "images": candidates.source},
         "counts": {
-            "candidates": int(len(candidates.intended)),
+            "candidates": len(candidates.intended),
             "clean_per_class": np.bincount(clean_labels, minlength=len(classes)).tolist(),
             "augmented_by_kind": {k: int((codes == i).sum()) for i, k in enumerate(AUGMENTATIONS) if i},
-            "total": int(len(arrays["labels"])),
+            "total": len(arrays["labels"]),
         },
         "captions": {classes[c]: caps for c, caps in captions.items()},
         "client_data_used": False,

@@ -1,9 +1,12 @@
 """``clipfed synth serve``: the synthesis service over HTTP (FastAPI).
 
-POST /builds with a SynthConfig (JSON) -> the artifact's id (its content hash) and status;
-GET /builds/{id} -> queued | running | done | failed (with the error); GET /artifacts/{id} ->
-the artifact as .tar.gz. Builds run one at a time in a worker thread; a finished artifact in
-the store is served at once (the same config is never built twice).
+POST /builds with a SynthConfig (JSON) -> the build's id (the recipe's hash) and status;
+GET /builds/{recipe} -> queued | running | done (with ``content_hash``, the artifact's id) |
+failed (with the error); GET /artifacts/{content_hash} -> the artifact as .tar.gz. The artifact
+id depends on the teacher's weights, which only the service loads, so it is known once a build
+is done. Builds run one at a time in a worker thread; a build whose artifact is already in the
+store (every request checks again, as the teacher's weights may have changed) loads the teacher,
+finds the artifact and makes no forward pass.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ LOG = logging.getLogger("clipfed.synth.service")
 
 
 class BuildQueue:
-    """Build status by content hash, and a single worker lock."""
+    """Build status by recipe hash, and a single worker lock."""
 
     def __init__(self, store: Path, data_dir: str) -> None:
         self.store = store
@@ -36,11 +39,9 @@ class BuildQueue:
     def submit(self, cfg: SynthConfig) -> dict[str, Any]:
         if not cfg.data_dir and self.data_dir:
             cfg = cfg.model_copy(update={"data_dir": self.data_dir})
-        key = cfg.content_hash()
-        with self.lock:
-            if (self.store / artifact_name(key)).exists():
-                self.status[key] = {"id": key, "status": "done"}
-            elif self.status.get(key, {}).get("status") not in ("queued", "running"):
+        key = cfg.recipe_hash()
+        with self.lock:  # a finished recipe is checked again: its teacher's weights may have changed
+            if self.status.get(key, {}).get("status") not in ("queued", "running"):
                 self.status[key] = {"id": key, "status": "queued"}
                 threading.Thread(target=self._build, args=(key, cfg), daemon=True).start()
             return dict(self.status[key])
@@ -50,7 +51,8 @@ class BuildQueue:
             self._set(key, status="running")
             try:
                 result = build_server_dataset(cfg, self.store)
-                self._set(key, status="done", seconds=result.seconds)
+                self._set(key, status="done", content_hash=result.dataset.manifest["content_hash"],
+                          cache_hit=result.cache_hit, seconds=result.seconds)
             except Exception as err:  # reported to the client; the service stays up
                 LOG.exception("build %s failed", key[:16])
                 self._set(key, status="failed", error=f"{type(err).__name__}: {err}")
@@ -63,8 +65,6 @@ class BuildQueue:
         with self.lock:
             if key in self.status:
                 return dict(self.status[key])
-        if (self.store / artifact_name(key)).exists():
-            return {"id": key, "status": "done"}
         raise HTTPException(404, f"no build {key}")
 
 
@@ -84,12 +84,11 @@ def create_app(store: Path, data_dir: str = "") -> FastAPI:
     def status(key: str) -> dict[str, Any]:
         return queue.get(key)
 
-    @app.get("/artifacts/{key}")
-    def download(key: str) -> Response:
-        path = store / artifact_name(key)
-        if queue.get(key)["status"] != "done" or not path.exists():
-            raise HTTPException(409, f"artifact {key[:16]} is not built (yet)")
-        verify_artifact(path)
+    @app.get("/artifacts/{content_hash}")
+    def download(content_hash: str) -> Response:
+        path = store / artifact_name(content_hash)
+        if not path.exists() or verify_artifact(path)["content_hash"] != content_hash:
+            raise HTTPException(404, f"no artifact {content_hash}")
         return Response(pack_artifact(path), media_type="application/gzip",
                         headers={"Content-Disposition": f'attachment; filename="{path.name}.tar.gz"'})
 

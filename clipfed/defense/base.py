@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,8 +34,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from clipfed.defense.updates import flatten, float_keys, unflatten
+from clipfed.defense.updates import flatten, unflatten
 from clipfed.defense.validation import reply_problem
+from clipfed.models.state import buffer_names, conform
 
 if TYPE_CHECKING:
     from clipfed.config import RunConfig
@@ -54,6 +55,7 @@ class AggregationReport:
     rejected: list[dict[str, object]] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)  # sampled; no reply in time, or an error reply
     offline: list[int] = field(default_factory=list)  # not sampled: their node had disconnected
+    refused: list[dict[str, object]] = field(default_factory=list)  # nodes whose partition claim was refused
     server_seconds: float = 0.0
     details: dict[str, object] = field(default_factory=dict)  # defense-specific: scores, timings
 
@@ -69,14 +71,17 @@ class AggregationReport:
         }
 
 
-def detached(replies: list[Message]) -> list[Message]:
-    """Shallow copies whose ArrayRecords are new mappings: flwr's FedMedian/FedTrimmedAvg pop
-    arrays out of the replies they aggregate, and ours must stay intact for the report."""
+def detached(replies: list[Message], keys: Sequence[str] | None = None) -> list[Message]:
+    """Shallow copies whose ArrayRecords are new mappings (of ``keys`` only, when given): flwr's
+    FedMedian/FedTrimmedAvg pop arrays out of the replies they aggregate, and ours must stay
+    intact for the report; ``keys`` lets flwr's rules see the parameters and not the statistics."""
     clones = []
     for msg in replies:
         clone = copy.copy(msg)
-        content = RecordDict({key: ArrayRecord(dict(value.items())) if isinstance(value, ArrayRecord) else value
-                              for key, value in msg.content.items()})
+        content = RecordDict({
+            name: ArrayRecord({k: v for k, v in value.items() if keys is None or k in keys})
+            if isinstance(value, ArrayRecord) else value
+            for name, value in msg.content.items()})
         clone.__dict__["_content"] = content
         clones.append(clone)
     return clones
@@ -92,11 +97,12 @@ class PartitionSampler:
     def __init__(self, cfg: RunConfig, poll_seconds: float = 1.0) -> None:
         self.seed = cfg.seed
         self.num_clients = cfg.num_clients
-        self.sample_size = max(1, int(round(cfg.fraction_train * cfg.num_clients)))
+        self.sample_size = cfg.clients_per_round
         self.timeout = cfg.round_timeout
         self.poll_seconds = poll_seconds
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self.offline: list[int] = []  # partitions whose node left the SuperLink
+        self.refused: dict[int, dict[str, object]] = {}  # node id -> why its partition claim was refused
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
         deadline = time.monotonic() + self.timeout
@@ -116,27 +122,52 @@ class PartitionSampler:
 
         Only the first round waits for all ``num-clients`` nodes; later rounds go on with the
         nodes that are still connected (a dead SuperNode drops out of the SuperLink's list), and
-        a node that joins later (a restarted SuperNode) is asked for its partition id.
+        a node that joins later (a restarted SuperNode) is asked for its partition id. A node
+        whose answer cannot be used (no partition id, one outside ``0..num-clients-1``, or one that
+        a node still online already holds) is refused: logged, listed in ``refused`` (and so in
+        every round's report), never sampled; the run goes on without it.
         """
         nodes = sorted(grid.get_node_ids()) if self.node_of else self._wait_for_nodes(grid)
-        known = set(self.node_of.values())
+        known = set(self.node_of.values()) | set(self.refused)
         unknown = [n for n in nodes if n not in known]
         if not unknown:
             return nodes
         queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
-        for reply in grid.send_and_receive(queries, timeout=self.timeout):
+        online = set(nodes)
+        for reply in sorted(grid.send_and_receive(queries, timeout=self.timeout),
+                            key=lambda m: m.metadata.src_node_id):
+            node = reply.metadata.src_node_id
             if reply.has_error():
-                log(WARNING, "Node %d did not report its partition: %s",
-                    reply.metadata.src_node_id, reply.error.reason)
+                log(WARNING, "Node %d did not report its partition: %s", node, reply.error.reason)
                 continue
-            pid = partition_id(reply)
-            if not 0 <= pid < self.num_clients:
-                raise RuntimeError(
-                    f"a SuperNode reports partition-id={pid}, outside 0..{self.num_clients - 1} "
-                    f"(num-clients={self.num_clients}); fix its node config or num-clients"
-                )
-            self.node_of[pid] = reply.metadata.src_node_id
+            pid, reason = self._claimed_partition(reply, online)
+            if reason is not None:
+                self.refused[node] = {"node": node, "partition": pid, "reason": reason}
+                log(WARNING, "Refused node %d: %s", node, reason)
+                continue
+            assert pid is not None
+            if pid in self.node_of:
+                log(WARNING, "Partition %d moved from node %d (offline) to node %d (a restarted SuperNode)",
+                    pid, self.node_of[pid], node)
+            self.node_of[pid] = node
         return nodes
+
+    def _claimed_partition(self, reply: Message, online: set[int]) -> tuple[int | None, str | None]:
+        """The partition id a QUERY reply claims, or why the claim is refused."""
+        try:
+            value = reply.content["metrics"]["partition-id"]
+        except KeyError:
+            return None, "its reply carries no partition-id metric"
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            return None, f"partition-id={value!r} is not an integer"
+        pid = int(value)
+        if not 0 <= pid < self.num_clients:
+            return pid, (f"partition-id={pid} is outside 0..{self.num_clients - 1} (num-clients="
+                         f"{self.num_clients}); fix its node config or num-clients")
+        holder = self.node_of.get(pid)
+        if holder is not None and holder in online:
+            return pid, f"partition-id={pid} is already held by node {holder}, which is online"
+        return pid, None
 
     def sample(self, grid: Grid, server_round: int) -> dict[int, int]:
         """This round's clients as {node id: partition id}, ordered by partition id."""
@@ -176,6 +207,21 @@ class DefenseStrategy(FedAvg):
         self.last_report: AggregationReport | None = None
         self.global_arrays: ArrayRecord | None = None  # what this round's clients started from
         self.sampled: dict[int, int] = {}  # this round's {node id: partition id}
+        # Values one round computes in select() for its combine(); emptied at every round's start so
+        # that nothing computed for round t is ever used in round t+1.
+        self.round_values: dict[str, Any] = {}
+
+    @property
+    def parameter_keys(self) -> list[str]:
+        """The global model's trainable-parameter keys, in its order: the update coordinates.
+
+        Buffers (BatchNorm's running statistics and step counter) are not updates; they are
+        averaged over the kept clients (``with_statistics``), never clipped, flipped or noised.
+        """
+        if self.global_arrays is None:
+            raise RuntimeError("no global model recorded: configure_train was not called this round")
+        buffers = buffer_names(self.cfg.model, self.cfg.num_classes)
+        return [k for k in self.global_arrays if k not in buffers]
 
     # Checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -240,16 +286,22 @@ class DefenseStrategy(FedAvg):
 
     # Helpers for defenses that work on flat update vectors -----------------------------------
     def updates(self, replies: list[Message]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """(n, d) client updates relative to the global model, the flat global model, float keys."""
-        if self.global_arrays is None:
-            raise RuntimeError("no global model recorded: configure_train was not called this round")
-        keys = float_keys(self.global_arrays)
+        """(n, d) parameter updates relative to the global model, the flat global parameters
+        (d,), and the parameter keys they were flattened from (buffers are not updates)."""
+        keys = self.parameter_keys
+        assert self.global_arrays is not None
         base = flatten(self.global_arrays, keys)
         return torch.stack([flatten(m.content["arrays"], keys) - base for m in replies]), base, keys
 
+    def with_statistics(self, parameters: ArrayRecord, replies: list[Message]) -> ArrayRecord:
+        """``parameters`` plus every buffer as the example-weighted mean over ``replies`` (the kept
+        clients): a mean of valid running statistics is a valid statistic (variances stay > 0)."""
+        averaged = aggregate_arrayrecords([m.content for m in replies], self.weighted_by_key)
+        return ArrayRecord({k: parameters[k] if k in parameters else averaged[k] for k in averaged})
+
     def apply_update(self, update: torch.Tensor, base: torch.Tensor, keys: list[str],
                      replies: list[Message]) -> ArrayRecord:
-        """``base + update`` as an ArrayRecord; non-float buffers get FedAvg's mean of ``replies``."""
+        """``base + update`` on the parameter ``keys``; buffers get the mean over ``replies``."""
         averaged = aggregate_arrayrecords([m.content for m in replies], self.weighted_by_key)
         return unflatten(base + update, averaged, keys)
 
@@ -262,17 +314,24 @@ class DefenseStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         started = time.perf_counter()
         report = AggregationReport(server_round)
+        self.round_values = {}
         replies = list(replies)
         answered = {msg.metadata.src_node_id for msg in replies if not msg.has_error()}
         report.missing = sorted(p for node, p in self.sampled.items() if node not in answered)
         report.offline = list(self.sampler.offline)
+        report.refused = list(self.sampler.refused.values())
         if report.missing:
             log(WARNING, "Round %d: no reply from partitions %s (timeout or dead node)",
                 server_round, report.missing)
         valid: list[Message] = []
         seen: set[int] = set()
+        parameter_keys = set(self.parameter_keys) if self.global_arrays is not None else None
         for msg in replies:
-            reason = reply_problem(msg, self.global_arrays, self.cfg.num_clients, self.cfg.max_update_norm)
+            reason = reply_problem(msg, self.global_arrays, self.cfg.num_clients, self.cfg.max_update_norm,
+                                   parameter_keys)
+            sampled_as = self.sampled.get(msg.metadata.src_node_id)
+            if reason is None and sampled_as is not None and partition_id(msg) != sampled_as:
+                reason = f"reports partition-id={partition_id(msg)}, but its node holds partition {sampled_as}"
             if reason is None and partition_id(msg) in seen:
                 reason = f"a second reply for partition {partition_id(msg)}"
             if reason is not None:
@@ -295,6 +354,8 @@ class DefenseStrategy(FedAvg):
         report.excluded = [p for p in report.participants if p not in kept_ids]
         if kept:
             arrays = self.combine(server_round, kept)
+        if arrays is not None and self.global_arrays is not None:
+            arrays = conform(arrays, self.global_arrays)  # integer buffers back to int64, 0-d kept
         if arrays is not None:
             weights = np.array([float(m.content["metrics"]["num-examples"]) for m in kept])
             losses = np.array([float(m.content["metrics"]["train-loss"]) for m in kept])

@@ -26,6 +26,6 @@ class BulyanDefense(DefenseStrategy):
             return None
         self.num_malicious_nodes = f
         self.selection_rule = select_multikrum
-        arrays, _ = Bulyan.aggregate_train(self, server_round, detached(replies))  # type: ignore[arg-type]
-        assert arrays is not None
-        return arrays
+        parameters, _ = Bulyan.aggregate_train(self, server_round, detached(replies, self.parameter_keys))  # type: ignore[arg-type]
+        assert parameters is not None
+        return self.with_statistics(parameters, replies)

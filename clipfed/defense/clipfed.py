@@ -31,6 +31,7 @@ from clipfed.defense.registry import DEFENSES
 from clipfed.defense.scoring import Probe, combine, score_clients, view
 from clipfed.defense.updates import clip_to_norm
 from clipfed.models import create_model
+from clipfed.models.state import conform
 from clipfed.training import to_tensor
 
 if TYPE_CHECKING:
@@ -191,7 +192,7 @@ class TeacherOnlyDefense(ClipFedDefense):
         report = AggregationReport(server_round)
         self.details = report.details
         assert self.global_arrays is not None
-        arrays = self.post_align(server_round, self.global_arrays)
+        arrays = conform(self.post_align(server_round, self.global_arrays), self.global_arrays)
         report.server_seconds = time.perf_counter() - started
         if self.on_report is not None:
             self.on_report(report)

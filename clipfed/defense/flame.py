@@ -32,16 +32,16 @@ def flame_cluster(updates: torch.Tensor) -> np.ndarray:
 @DEFENSES.register("flame", "FLAME: HDBSCAN cosine clustering, median-norm clipping, noise (flame-noise)")
 class FlameDefense(DefenseStrategy):
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:
-        if len(replies) < 3:
+        if len(replies) < 3:  # too few to cluster; combine() still clips to this round's median
             return replies
         updates, _, _ = self.updates(replies)
-        self.bound = updates.norm(dim=1).quantile(0.5)
+        self.round_values["bound"] = updates.norm(dim=1).quantile(0.5)  # median norm of *all* updates
         keep = set(flame_cluster(updates).tolist())
         return [m for i, m in enumerate(replies) if i in keep]
 
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         updates, base, keys = self.updates(replies)
-        bound = getattr(self, "bound", updates.norm(dim=1).quantile(0.5))
+        bound = self.round_values.get("bound", updates.norm(dim=1).quantile(0.5))
         mean_update = clip_to_norm(updates, bound).mean(0)
         generator = torch.Generator().manual_seed(self.cfg.seed * 1009 + server_round)
         noise = torch.randn(mean_update.shape, generator=generator) * self.cfg.flame_noise * float(bound)

@@ -55,7 +55,7 @@ class FLTrustDefense(DefenseStrategy):
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:
         updates, base, keys = self.updates(replies)
         root = self._root(server_round, base, keys)
-        self.aggregate, trust = fltrust_aggregate(updates, root)
+        self.round_values["aggregate"], trust = fltrust_aggregate(updates, root)
         self.details["trust"] = [round(float(t), 4) for t in trust]
         return [m for m, t in zip(replies, trust, strict=True) if t > 0]
 
@@ -73,4 +73,4 @@ class FLTrustDefense(DefenseStrategy):
 
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         _, base, keys = self.updates(replies)
-        return self.apply_update(self.aggregate, base, keys, replies)
+        return self.apply_update(self.round_values["aggregate"], base, keys, replies)

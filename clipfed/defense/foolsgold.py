@@ -52,9 +52,9 @@ class FoolsGoldDefense(DefenseStrategy):
         pids = [partition_id(m) for m in replies]
         for pid, update in zip(pids, updates, strict=True):
             self.history[pid] = self.history.get(pid, torch.zeros_like(update)) + update
-        self.weights = foolsgold_weights(torch.stack([self.history[p] for p in pids]))
-        self.details["weights"] = [round(float(w), 4) for w in self.weights]
-        return [m for m, w in zip(replies, self.weights, strict=True) if w > 0]
+        weights = self.round_values["weights"] = foolsgold_weights(torch.stack([self.history[p] for p in pids]))
+        self.details["weights"] = [round(float(w), 4) for w in weights]
+        return [m for m, w in zip(replies, weights, strict=True) if w > 0]
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": {pid: h.clone() for pid, h in self.history.items()}}
@@ -64,5 +64,6 @@ class FoolsGoldDefense(DefenseStrategy):
 
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         updates, base, keys = self.updates(replies)
-        kept = self.weights[self.weights > 0]
+        weights = self.round_values["weights"]
+        kept = weights[weights > 0]
         return self.apply_update((kept.unsqueeze(1) * updates).sum(0) / kept.sum(), base, keys, replies)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from flwr.app import Message
 from flwr.serverapp.strategy.multikrum import select_multikrum
 
-from clipfed.defense.base import DefenseStrategy
+from clipfed.defense.base import DefenseStrategy, detached
 from clipfed.defense.registry import DEFENSES
 
 
@@ -21,10 +21,11 @@ class _KrumFamily(DefenseStrategy):
         raise NotImplementedError
 
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:
-        contents = [m.content for m in replies]
+        views = detached(replies, self.parameter_keys)  # distances over parameters, not statistics
+        contents = [m.content for m in views]
         chosen = select_multikrum(contents, self.assumed_attackers(), self.to_select(len(replies)))
         chosen_ids = {id(c) for c in chosen}
-        return [m for m in replies if id(m.content) in chosen_ids]
+        return [m for m, v in zip(replies, views, strict=True) if id(v.content) in chosen_ids]
 
 
 @DEFENSES.register("krum", "Krum: the single update closest to its n-f-2 neighbours (krum-f)")

@@ -12,6 +12,6 @@ from clipfed.defense.registry import DEFENSES
 @DEFENSES.register("median", "coordinate-wise median (flwr FedMedian)")
 class MedianDefense(DefenseStrategy):
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
-        arrays, _ = FedMedian.aggregate_train(self, server_round, detached(replies))  # type: ignore[arg-type]
-        assert arrays is not None
-        return arrays
+        parameters, _ = FedMedian.aggregate_train(self, server_round, detached(replies, self.parameter_keys))  # type: ignore[arg-type]
+        assert parameters is not None
+        return self.with_statistics(parameters, replies)

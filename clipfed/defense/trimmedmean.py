@@ -14,6 +14,6 @@ from clipfed.defense.registry import DEFENSES
 class TrimmedMeanDefense(DefenseStrategy):
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         self.beta = self.cfg.trim_beta
-        arrays, _ = FedTrimmedAvg.aggregate_train(self, server_round, detached(replies))  # type: ignore[arg-type]
-        assert arrays is not None
-        return arrays
+        parameters, _ = FedTrimmedAvg.aggregate_train(self, server_round, detached(replies, self.parameter_keys))  # type: ignore[arg-type]
+        assert parameters is not None
+        return self.with_statistics(parameters, replies)

@@ -1,15 +1,13 @@
-"""Model updates as flat float vectors, for geometry, clipping and robust aggregation."""
+"""Model updates as flat float vectors, for geometry, clipping and robust aggregation.
+
+Which keys are update coordinates (the trainable parameters, not BatchNorm statistics) is
+decided by ``DefenseStrategy.parameter_keys`` (``clipfed.models.state``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
-
-
-def float_keys(arrays: ArrayRecord) -> list[str]:
-    """The trainable-like entries (floating point); integer buffers are not updates."""
-    return [k for k, v in arrays.items() if np.issubdtype(np.dtype(v.dtype), np.floating)]
 
 
 def flatten(arrays: ArrayRecord, keys: list[str]) -> torch.Tensor:
@@ -27,7 +25,7 @@ def unflatten(vector: torch.Tensor, like: ArrayRecord, keys: list[str]) -> Array
             size = array.size
             array = vector[offset : offset + size].reshape(array.shape).numpy().astype(array.dtype)
             offset += size
-        out[key] = Array(np.ascontiguousarray(array))
+        out[key] = Array(np.require(array, requirements="C"))  # 0-d stays 0-d
     return ArrayRecord(out)
 
 

@@ -2,12 +2,14 @@
 
 ``reply_problem`` returns why a reply must be rejected (or None): a client error, missing
 records, array keys/shapes/dtypes that differ from the global model's, non-finite values, an
-absurd update norm, or malformed metrics. The round goes on with the replies that pass.
+absurd update norm (over the trainable parameters), a negative running variance, or malformed
+metrics. The round goes on with the replies that pass.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 from flwr.app import ArrayRecord, Message
@@ -40,7 +42,13 @@ def metrics_problem(msg: Message, num_clients: int) -> str | None:
     return None
 
 
-def arrays_problem(arrays: ArrayRecord, reference: ArrayRecord | None, max_update_norm: float) -> str | None:
+def arrays_problem(arrays: ArrayRecord, reference: ArrayRecord | None, max_update_norm: float,
+                   parameter_keys: Collection[str] | None = None) -> str | None:
+    """Why ``arrays`` cannot be aggregated against the global ``reference``, or None.
+
+    The update norm counts ``parameter_keys`` only (all floating arrays when None): running
+    statistics are not update coordinates.
+    """
     if reference is not None:
         missing = sorted(set(reference) - set(arrays))
         extra = sorted(set(arrays) - set(reference))
@@ -58,7 +66,9 @@ def arrays_problem(arrays: ArrayRecord, reference: ArrayRecord | None, max_updat
         if np.issubdtype(array.dtype, np.floating):
             if not np.isfinite(array).all():
                 return f"array {key!r} holds NaN or Inf"
-            if reference is not None:
+            if key.endswith("running_var") and (array < 0).any():
+                return f"array {key!r} holds a negative variance"
+            if reference is not None and (parameter_keys is None or key in parameter_keys):
                 squared += float(np.sum((array.astype(np.float64) - reference[key].numpy()) ** 2))
     if reference is not None and math.sqrt(squared) > max_update_norm:
         return f"update norm {math.sqrt(squared):.3g} exceeds max-update-norm={max_update_norm:g}"
@@ -66,11 +76,11 @@ def arrays_problem(arrays: ArrayRecord, reference: ArrayRecord | None, max_updat
 
 
 def reply_problem(msg: Message, reference: ArrayRecord | None, num_clients: int,
-                  max_update_norm: float) -> str | None:
+                  max_update_norm: float, parameter_keys: Collection[str] | None = None) -> str | None:
     """Why ``msg`` cannot be aggregated, or None."""
     if msg.has_error():
         return f"client error: {msg.error.reason}"
     arrays = msg.content.array_records.get("arrays")
     if arrays is None or len(msg.content.array_records) != 1:
         return "expected exactly one ArrayRecord named 'arrays'"
-    return metrics_problem(msg, num_clients) or arrays_problem(arrays, reference, max_update_norm)
+    return metrics_problem(msg, num_clients) or arrays_problem(arrays, reference, max_update_norm, parameter_keys)

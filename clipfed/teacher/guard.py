@@ -22,7 +22,8 @@ from clipfed.attacks import Attack, create_attack
 from clipfed.config import RunConfig
 from clipfed.data import ImageSet, load_federated
 from clipfed.data_synth.config import SynthConfig
-from clipfed.evaluation import BackdoorEvaluator
+from clipfed.evaluation import BackdoorEvaluator, format_metric
+from clipfed.errors import UserError
 from clipfed.teacher.audit import (
     AuditConfig,
     AuditReport,
@@ -104,10 +105,11 @@ def poisoned_reference(pool: PoisonedPool, spec: TeacherSpec, classes: Sequence[
                                    name="poisoned", source="poisoned")
 
 
-def teacher_scores(evaluator: BackdoorEvaluator, teacher: ReferenceTeacher) -> dict[str, float]:
-    """Clean top-1 on the test set and ASR on its triggered non-target images."""
+def teacher_scores(evaluator: BackdoorEvaluator, teacher: ReferenceTeacher) -> dict[str, Any]:
+    """Clean top-1 on the test set and ASR on its triggered non-target images; both None when
+    uncomputable (``diverged``: the teacher's weights or logits are NaN/Inf)."""
     result = evaluator(teacher.model)
-    return {"clean_acc": result.ma, "asr": float(result.asr or 0.0)}
+    return {"clean_acc": result.ma, "asr": result.asr, "diverged": result.diverged}
 
 
 def repair(teacher: Teacher, report: AuditReport, probe: ImageSet, out: Path) -> tuple[Path, RepairSet]:
@@ -139,9 +141,18 @@ def guard_teacher(teacher: Teacher, oracle: Oracle, probe: ImageSet, mode: str, 
 
 
 def load_probe(path: str, classes: tuple[str, ...]) -> ImageSet:
-    """An npz with ``images`` (N, H, W, 3 uint8) and ``labels`` (the server's labels for them)."""
-    with np.load(path) as data:
-        return ImageSet(np.asarray(data["images"]), np.asarray(data["labels"], dtype=np.int64), classes)
+    """An npz with ``images`` (N, H, W, 3 uint8) and ``labels`` (the server's labels for them).
+
+    Raises ``UserError`` naming the file when it is not such an npz."""
+    try:
+        with np.load(path) as data:
+            images, labels = np.asarray(data["images"]), np.asarray(data["labels"], dtype=np.int64)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"probe {path}: not an npz with 'images' (N, H, W, 3 uint8) and 'labels' ({err})") from None
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(labels) or images.dtype != np.uint8:
+        raise UserError(f"probe {path}: images {images.shape} {images.dtype} and labels {labels.shape}; allowed: "
+                        "images (N, H, W, 3) uint8 and N labels")
+    return ImageSet(images, labels, classes)
 
 
 def run_guard(cfg: RunConfig, synth: SynthConfig, out: Path) -> tuple[SynthConfig, dict[str, Any]]:
@@ -220,9 +231,8 @@ def demo_summary(result: dict[str, Any]) -> str:
         f"pool): {result['repair_set']}",
         "",
         "| teacher | clean top-1 | ASR |", "|---|---|---|",
-        f"| clean reference (oracle) | {result['clean_teacher']['clean_acc']:.3f} | {result['clean_teacher']['asr']:.3f} |",
-        f"| poisoned | {b['clean_acc']:.3f} | {b['asr']:.3f} |",
-        f"| repaired | {a['clean_acc']:.3f} | {a['asr']:.3f} |",
+        *(f"| {name} | {format_metric(s['clean_acc'], s['diverged'])} | {format_metric(s['asr'], s['diverged'])} |"
+          for name, s in (("clean reference (oracle)", result["clean_teacher"]), ("poisoned", b), ("repaired", a))),
         "",
         f"repaired checkpoint: {result['repaired_checkpoint']} (use it: teacher-checkpoint=<path>)",
     ])

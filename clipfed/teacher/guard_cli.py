@@ -9,6 +9,7 @@ from pathlib import Path
 
 from clipfed.config import RunConfig
 from clipfed.data import ImageSet
+from clipfed.errors import UserError
 from clipfed.teacher.base import Teacher
 from clipfed.teacher.oracle import Oracle
 
@@ -29,6 +30,9 @@ def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, Oracle, Teach
     from clipfed.teacher.oracle import ORACLES
     from clipfed.teacher.reference import load_or_train_reference
 
+    for option, value in (("--checkpoint", args.checkpoint), ("--probe", args.probe)):
+        if value and not Path(value).is_file():
+            raise UserError(f"{option} {value}: no such file")
     cfg = _run_config(args)
     train, _, split = load_federated(cfg)
     pool = train.subset(split.public_pool)
@@ -67,6 +71,11 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def cmd_guard_demo(args: argparse.Namespace) -> int:
     from clipfed.teacher.guard import demo_summary, demonstrate
 
+    if not 0 < args.poison_rate <= 1:
+        raise UserError(f"--poison-rate {args.poison_rate}: allowed: a share of the pool in (0, 1]")
+    if args.attack == "none":
+        raise UserError("--attack none: the demonstration poisons the teacher with a trigger; "
+                        "allowed: any attack but none")
     result = demonstrate(_run_config(args), Path(args.out).resolve(), args.poison_rate)
     print(demo_summary(result))
     return 0

@@ -1,24 +1,70 @@
 """The ``openclip`` teacher: any open_clip model by name, with a pretrained tag or a checkpoint.
 
-Real use downloads weights by tag (``pretrained="laion2b_s34b_b79k"``); offline, ``pretrained=""``
-gives a random-init model (no download; the tokenizer ships in the package) and ``checkpoint``
-loads a local file through open_clip's own loader. CIFAR's 32px images go through the model's own
-preprocessing config (bicubic resize to its input size, its mean/std), vectorised in torch.
+Real use downloads weights by tag (``pretrained="laion2b_s34b_b79k"``); ``checkpoint`` loads a
+local file through open_clip's own loader. ``pretrained="random"`` gives a random-init model (no
+download; seeded, so the same every time), only when asked for by name, and its label says it
+has no knowledge. CIFAR's 32 px images go through open_clip's own eval transform for the model's
+preprocess config (size, resize mode, interpolation, mean/std), run batched on tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from clipfed.data import ImageSet
 from clipfed.data.cifar import sha256_file
-from clipfed.teacher.base import Teacher, TeacherSpec, normalize, resolve_device
+from clipfed.teacher.base import (
+    RANDOM_INIT,
+    Teacher,
+    TeacherSpec,
+    normalize,
+    resolve_device,
+)
 from clipfed.teacher.registry import TEACHERS
+
+RANDOM_INIT_SEED = 0
+
+
+def preprocess_batch(x: torch.Tensor, cfg: Mapping[str, Any]) -> torch.Tensor:
+    """open_clip's eval transform for ``cfg`` (a model's ``preprocess_cfg``), on a whole batch.
+
+    ``x``: float (N, 3, H, W) in [0, 1]; returns (N, 3, *size) normalised. The steps and their
+    parameters are those of ``open_clip.image_transform_v2(PreprocessCfg(**cfg), is_train=False)``
+    (which works per PIL image), each applied to the tensor batch. Pixels are clamped and rounded
+    to 1/255 where open_clip's PIL path turns uint8 into floats. An unknown step raises TypeError
+    rather than being skipped."""
+    import torchvision.transforms.functional as TF
+    from open_clip.transform import (
+        CenterCropOrPad,
+        MaybeConvertMode,
+        MaybeToTensor,
+        PreprocessCfg,
+        ResizeKeepRatio,
+        center_crop_or_pad,
+        image_transform_v2,
+    )
+    from torchvision.transforms import CenterCrop, Normalize, Resize
+
+    known = {k: v for k, v in cfg.items() if k in PreprocessCfg.__dataclass_fields__}
+    for step in image_transform_v2(PreprocessCfg(**known), is_train=False).transforms:
+        if isinstance(step, (Resize, CenterCrop, Normalize)):  # torchvision: batched tensors as is
+            x = step(x)
+        elif isinstance(step, ResizeKeepRatio):  # reads a PIL-style (width, height) .size
+            size = step.get_params(SimpleNamespace(size=(x.shape[-1], x.shape[-2])), step.size, step.longest)
+            x = TF.resize(x, size, step.interpolation)
+        elif isinstance(step, CenterCropOrPad):
+            x = center_crop_or_pad(x, step.size, fill=step.fill / 255)
+        elif isinstance(step, MaybeToTensor):  # PIL's images are uint8 up to here
+            x = x.clamp(0, 1).mul(255).round().div(255)
+        elif not isinstance(step, MaybeConvertMode):  # RGB already
+            raise TypeError(f"open_clip eval transform step {step!r} has no batched equivalent here")
+    return x
 
 
 class OpenClipTeacher(Teacher):
@@ -29,18 +75,21 @@ class OpenClipTeacher(Teacher):
 
         self.spec = spec
         self.device = resolve_device(spec.device)
-        weights = spec.checkpoint or spec.pretrained or None
         if spec.checkpoint and not Path(spec.checkpoint).is_file():
-            raise FileNotFoundError(f"teacher checkpoint {spec.checkpoint} does not exist")
-        self.model = open_clip.create_model(spec.model, pretrained=weights, device=self.device)
+            raise FileNotFoundError(f"teacher-checkpoint {spec.checkpoint} does not exist")
+        # a checkpoint wins: model_copy (the teacher guard's repair) adds one without re-validating
+        self.is_random_init = not spec.checkpoint and spec.pretrained == RANDOM_INIT
+        if self.is_random_init:
+            with torch.random.fork_rng(devices=[]):  # the same random weights every time
+                torch.manual_seed(RANDOM_INIT_SEED)
+                self.model = open_clip.create_model(spec.model, pretrained=None, device="cpu").to(self.device)
+            weights_id = "random-init"
+        else:  # TeacherSpec refuses neither pretrained nor checkpoint: never a silent random init
+            self.model = open_clip.create_model(spec.model, pretrained=spec.checkpoint or spec.pretrained,
+                                                device=self.device, require_pretrained=True)
+            weights_id = f"ckpt-{sha256_file(Path(spec.checkpoint))[:12]}" if spec.checkpoint else spec.pretrained
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(spec.model)
-        cfg = self.model.visual.preprocess_cfg
-        size = self.model.visual.image_size
-        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-        self.mean = torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1)
-        weights_id = f"ckpt-{sha256_file(Path(spec.checkpoint))[:12]}" if spec.checkpoint else (spec.pretrained or "random-init")
         self._id = f"openclip:{spec.model}:{weights_id}"
         self._dim = int(self.encode_texts(["a"]).shape[1])
 
@@ -57,11 +106,12 @@ class OpenClipTeacher(Teacher):
         return float(self.model.logit_scale.exp().clamp(max=100).item())
 
     def preprocess(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> the model's input (N, 3, *size), as open_clip's own transform for
+        the model's current preprocess config would make it."""
+        import open_clip
+
         x = torch.tensor(np.asarray(images), device=self.device).permute(0, 3, 1, 2).float().div_(255.0)
-        if tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False,
-                              antialias=True).clamp_(0, 1)
-        return (x - self.mean) / self.std
+        return preprocess_batch(x, open_clip.get_model_preprocess_cfg(self.model))
 
     @torch.no_grad()
     def encode_images(self, images: np.ndarray) -> torch.Tensor:
