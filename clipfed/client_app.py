@@ -11,7 +11,6 @@ import math
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -21,11 +20,11 @@ from clipfed.config import RunConfig
 from clipfed.data import load_federated, malicious_clients
 from clipfed.models import create_model
 from clipfed.models.state import buffer_names, to_array_record
+from clipfed.streams import Stream, stream_rng
 from clipfed.training import train_local
 
 app = ClientApp()
 
-_TRAIN_STREAM = 6
 ROLES = ("benign", "malicious")
 # Run-config keys a SuperNode's node config may set for itself: where its data lies, and a
 # malicious node's attack settings. (The server measures ASR with the run config's trigger.)
@@ -111,14 +110,14 @@ def train(msg: Message, context: Context) -> Message:
     attacking = role.malicious and attack is not None and server_round >= cfg.attack_start_round
     poisoned = 0
     if attacking:
-        rng = np.random.default_rng([cfg.seed, _TRAIN_STREAM, server_round, role.partition_id])
+        rng = stream_rng(cfg.seed, Stream.CLIENT_TRAINING, server_round, role.partition_id)
         result = attack.poison(images, labels, rng, role.malicious_rank)
         images, labels, poisoned = result.images, result.labels, int(result.poisoned.sum())
 
     model = create_model(cfg.model, cfg.num_classes)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     generator = torch.Generator().manual_seed(
-        int(np.random.default_rng([cfg.seed, _TRAIN_STREAM, server_round, role.partition_id, 1])
+        int(stream_rng(cfg.seed, Stream.CLIENT_TRAINING, server_round, role.partition_id, 1)
             .integers(2**62))
     )
     torch.manual_seed(int(generator.initial_seed()))

@@ -218,7 +218,9 @@ class RunConfig(BaseModel):
     def _teacher_weights_named(self) -> RunConfig:
         """teacher='openclip' names its weights (teacher-pretrained or teacher-checkpoint): refused
         here, before any round, rather than silently running a random-init teacher."""
-        from clipfed.teacher.base import teacher_weights_problem  # late: torch only when validating
+        from clipfed.teacher.base import (
+            teacher_weights_problem,  # late: torch only when validating
+        )
 
         problem = teacher_weights_problem(self.teacher, self.teacher_pretrained, self.teacher_checkpoint)
         if problem:

@@ -18,12 +18,11 @@ from pathlib import Path
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
 from clipfed.client_app import app as client_app
 from clipfed.config import RunConfig
+from clipfed.flower_internals import SERVER_NODE_ID, assign_message_id, server_identity
 
-SERVER_NODE_ID = 0
 NODE_ID_BASE = 1_000_000
 
 
@@ -60,7 +59,7 @@ class InProcessGrid(Grid):
         ids = []
         for message in messages:
             message_id = str(next(self._ids))
-            message.metadata.__dict__["_message_id"] = message_id
+            assign_message_id(message, message_id)
             self._replies[message_id] = self._deliver(message)
             ids.append(message_id)
         return ids
@@ -88,11 +87,7 @@ def run_inprocess(cfg: RunConfig, threads: int = 1) -> Path:
 
     if not cfg.run_name:
         cfg = cfg.model_copy(update={"run_name": default_run_name(cfg)})
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SERVER_NODE_ID
-    try:
+    with server_identity():
         main(InProcessGrid(cfg, threads), Context(run_id=1, node_id=SERVER_NODE_ID, node_config={},
                                                   state=RecordDict(), run_config=cfg.to_flower()))
-    finally:
-        TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
     return Path(cfg.out_dir) / cfg.run_name

@@ -19,11 +19,11 @@ from flwr.app import (
     MessageType,
     RecordDict,
 )
-from flwr.supercore.task_identity import TaskIdentity
 
 from clipfed.client_app import train
 from clipfed.config import RunConfig
 from clipfed.data import load_federated
+from clipfed.flower_internals import server_identity
 from clipfed.models import create_model
 from clipfed.training import train_local
 
@@ -41,7 +41,6 @@ def main() -> None:
     shard = train_set.subset(split.clients[args.partition_id])
     n = len(shard)
 
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # act as a server
     context = Context(run_id=1, node_id=1, node_config={"partition-id": args.partition_id,
                       "num-partitions": args.num_clients, "num-threads": 1},
                       state=RecordDict(), run_config=cfg.to_flower())
@@ -76,4 +75,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with server_identity():  # the script builds Messages as a server would
+        main()

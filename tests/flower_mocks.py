@@ -15,8 +15,8 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.supercore.task_identity import TaskIdentity
 
+from clipfed.flower_internals import server_identity as flower_server_identity
 from clipfed.models.state import to_array_record
 
 SERVER_NODE = 0
@@ -25,10 +25,8 @@ SERVER_NODE = 0
 @pytest.fixture
 def server_identity() -> Iterator[None]:
     """Make this process look like a running ServerApp so Messages can be constructed."""
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SERVER_NODE
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+    with flower_server_identity(node_id=SERVER_NODE):
+        yield
 
 
 def instruction(node: int, content: RecordDict | None = None, kind: str = MessageType.TRAIN) -> Message:

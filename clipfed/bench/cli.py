@@ -83,7 +83,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_cost(args: argparse.Namespace) -> int:
-    from clipfed.bench.cost import cost_table, merge_rows, plot_cost, provenance_lines, run_cost, summary_lines
+    from clipfed.bench.cost import (
+        cost_table,
+        merge_rows,
+        plot_cost,
+        provenance_lines,
+        run_cost,
+        summary_lines,
+    )
     from clipfed.bench.report import machine
     from clipfed.data import load_cifar10
     from clipfed.defense import DEFENSES, list_defenses

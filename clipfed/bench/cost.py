@@ -27,16 +27,21 @@ def _max_rss_mb() -> float:
 
 def measure(defense: str, num_updates: int, model: str, threads: int, data_dir: str) -> dict[str, Any]:
     """One measurement in this process (call it in a fresh one): seconds and peak MB."""
+    from clipfed.flower_internals import server_identity
+
+    with server_identity():  # the mock replies are Messages, which need a server's identity
+        return _measure(defense, num_updates, model, threads, data_dir)
+
+
+def _measure(defense: str, num_updates: int, model: str, threads: int, data_dir: str) -> dict[str, Any]:
     import torch
     from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-    from flwr.supercore.task_identity import TaskIdentity
 
     from clipfed.config import RunConfig
     from clipfed.defense import DEFENSES, create_defense
     from clipfed.models import create_model
 
     torch.set_num_threads(threads)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     cfg = RunConfig.from_flower({"num-clients": num_updates, "num-malicious": 0, "model": model,
                                  "defense": defense, "data-dir": data_dir, "krum-f": -1})
     inputs: dict[str, Any] = {}

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clipfed.streams import Stream, stream_rng
+
 if TYPE_CHECKING:
     from clipfed.config import RunConfig
 
 # Independent random streams derived from the run seed, one per purpose.
-_POOL_STREAM, _LT_STREAM, _IID_STREAM, _ROLE_STREAM = 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def _dirichlet_shards(labels: np.ndarray, cfg: RunConfig) -> list[np.ndarray]:
 
 def public_pool_indices(train_labels: np.ndarray, seed: int, fraction: float) -> np.ndarray:
     """The server's public pool: a stratified ``fraction`` of the train split, drawn from ``seed``."""
-    return _stratified_holdout(train_labels, fraction, np.random.default_rng([seed, _POOL_STREAM]))
+    return _stratified_holdout(train_labels, fraction, stream_rng(seed, Stream.PUBLIC_POOL))
 
 
 def client_class_counts(train_counts: Sequence[int], cfg: RunConfig) -> np.ndarray:
@@ -98,7 +99,7 @@ def split_train(train_labels: np.ndarray, cfg: RunConfig) -> FederatedSplit:
     pool = public_pool_indices(train_labels, cfg.seed, cfg.public_pool_fraction)
     remaining = np.setdiff1d(np.arange(len(train_labels)), pool)
     if cfg.dataset == "cifar10-lt":
-        rng = np.random.default_rng([cfg.seed, _LT_STREAM])
+        rng = stream_rng(cfg.seed, Stream.LONG_TAIL)
         rest_labels = train_labels[remaining]
         available = np.bincount(rest_labels, minlength=cfg.num_classes)
         counts = long_tail_counts(available, cfg.imbalance_factor)
@@ -106,7 +107,7 @@ def split_train(train_labels: np.ndarray, cfg: RunConfig) -> FederatedSplit:
                 for c in range(cfg.num_classes)]
         remaining = np.sort(np.concatenate(keep))
     if cfg.partition == "iid":
-        order = np.random.default_rng([cfg.seed, _IID_STREAM]).permutation(remaining)
+        order = stream_rng(cfg.seed, Stream.IID_SPLIT).permutation(remaining)
         shards = [np.sort(s) for s in np.array_split(order, cfg.num_clients)]
     else:
         shards = [np.sort(remaining[s]) for s in _dirichlet_shards(train_labels[remaining], cfg)]
@@ -115,6 +116,6 @@ def split_train(train_labels: np.ndarray, cfg: RunConfig) -> FederatedSplit:
 
 def malicious_clients(cfg: RunConfig) -> frozenset[int]:
     """The partition ids of malicious clients: ``num-malicious`` drawn from the seed."""
-    rng = np.random.default_rng([cfg.seed, _ROLE_STREAM])
+    rng = stream_rng(cfg.seed, Stream.ROLES)
     chosen = rng.choice(cfg.num_clients, size=cfg.num_malicious, replace=False)
     return frozenset(int(i) for i in chosen)

@@ -16,11 +16,10 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from clipfed.data.cifar import cache_dir
 from clipfed.data_synth.config import CaptionConfig, OpenAICaptionConfig
 from clipfed.registry import Registry
+from clipfed.streams import Stream, stream_rng
 
 CaptionBackend = Callable[[Sequence[str], CaptionConfig, int], dict[int, list[str]]]
 CAPTIONS: Registry[CaptionBackend] = Registry("caption backend")
@@ -55,7 +54,7 @@ def template_captions(classes: Sequence[str], cfg: CaptionConfig, seed: int) -> 
         if cfg.per_class > len(grammar):
             raise ValueError(f"captions.per_class={cfg.per_class}: the template grammar has only "
                              f"{len(grammar)} captions for {name!r}")
-        rng = np.random.default_rng([seed, index])
+        rng = stream_rng(seed, Stream.CAPTIONS, index)  # not [seed, index]: streams 1-7 are taken
         out[index] = [grammar[i] for i in sorted(rng.choice(len(grammar), cfg.per_class, replace=False))]
     return out
 

@@ -31,6 +31,7 @@ from clipfed.data_synth.captions import build_captions
 from clipfed.data_synth.config import SynthConfig
 from clipfed.data_synth.frequency import AUGMENTATIONS, amplitude_spectrum, augment
 from clipfed.data_synth.images import build_candidates, input_digest
+from clipfed.streams import Stream, stream_rng
 from clipfed.teacher import Teacher, create_teacher
 
 STAGE_VERSIONS = {"captions": 1, "images": 1, "filter": 1, "augment": 1, "artifact": 1}
@@ -103,7 +104,7 @@ def build_server_dataset(cfg: SynthConfig, out_root: Path, teacher: Teacher | No
     existing = out_root / artifact_name(content_hash)
     if existing.exists():
         return BuildResult(load_artifact(existing), True, seconds)
-    rng = np.random.default_rng([cfg.seed, 7])
+    rng = stream_rng(cfg.seed, Stream.SYNTH_POOL)
     classes = list(CIFAR10_CLASSES)
 
     with _timed(seconds, "captions"):

@@ -12,7 +12,6 @@ merged); FedAvg overrides neither.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,12 +35,13 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from clipfed.defense.updates import flatten, unflatten
 from clipfed.defense.validation import reply_problem
+from clipfed.flower_internals import construct_messages, with_content
 from clipfed.models.state import buffer_names, conform
+from clipfed.streams import Stream, stream_rng
 
 if TYPE_CHECKING:
     from clipfed.config import RunConfig
 
-_SAMPLE_STREAM = 5
 
 
 @dataclass
@@ -75,16 +75,10 @@ def detached(replies: list[Message], keys: Sequence[str] | None = None) -> list[
     """Shallow copies whose ArrayRecords are new mappings (of ``keys`` only, when given): flwr's
     FedMedian/FedTrimmedAvg pop arrays out of the replies they aggregate, and ours must stay
     intact for the report; ``keys`` lets flwr's rules see the parameters and not the statistics."""
-    clones = []
-    for msg in replies:
-        clone = copy.copy(msg)
-        content = RecordDict({
-            name: ArrayRecord({k: v for k, v in value.items() if keys is None or k in keys})
-            if isinstance(value, ArrayRecord) else value
-            for name, value in msg.content.items()})
-        clone.__dict__["_content"] = content
-        clones.append(clone)
-    return clones
+    return [with_content(msg, RecordDict({
+        name: ArrayRecord({k: v for k, v in value.items() if keys is None or k in keys})
+        if isinstance(value, ArrayRecord) else value
+        for name, value in msg.content.items()})) for msg in replies]
 
 
 def partition_id(msg: Message) -> int:
@@ -176,7 +170,7 @@ class PartitionSampler:
         self.offline = sorted(p for p, node in self.node_of.items() if node not in online)
         if self.offline:
             log(WARNING, "Round %d: partitions %s are offline", server_round, self.offline)
-        rng = np.random.default_rng([self.seed, _SAMPLE_STREAM, server_round])
+        rng = stream_rng(self.seed, Stream.SAMPLING, server_round)
         size = min(self.sample_size, len(partitions))
         chosen = sorted(int(p) for p in rng.choice(partitions, size=size, replace=False))
         log(INFO, "configure_train: sampled partitions %s", chosen)
@@ -274,7 +268,7 @@ class DefenseStrategy(FedAvg):
         self.sampled = self.sampler.sample(grid, server_round)
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, list(self.sampled), MessageType.TRAIN)
+        return construct_messages(self, record, list(self.sampled), MessageType.TRAIN)
 
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:
         """The replies to aggregate; a filtering defense overrides this. FedAvg keeps all."""

@@ -13,6 +13,7 @@ from flwr.serverapp.strategy.multikrum import select_multikrum
 
 from clipfed.defense.base import DefenseStrategy, detached
 from clipfed.defense.registry import DEFENSES
+from clipfed.flower_internals import aggregate_with
 
 
 @DEFENSES.register("bulyan", "Bulyan: Multi-Krum then trimmed mean around the median (krum-f)")
@@ -26,6 +27,6 @@ class BulyanDefense(DefenseStrategy):
             return None
         self.num_malicious_nodes = f
         self.selection_rule = select_multikrum
-        parameters, _ = Bulyan.aggregate_train(self, server_round, detached(replies, self.parameter_keys))  # type: ignore[arg-type]
+        parameters, _ = aggregate_with(Bulyan, self, server_round, detached(replies, self.parameter_keys))
         assert parameters is not None
         return self.with_statistics(parameters, replies)

@@ -32,6 +32,7 @@ from clipfed.defense.scoring import Probe, combine, score_clients, view
 from clipfed.defense.updates import clip_to_norm
 from clipfed.models import create_model
 from clipfed.models.state import conform
+from clipfed.streams import Stream, stream_rng
 from clipfed.training import to_tensor
 
 if TYPE_CHECKING:
@@ -39,12 +40,11 @@ if TYPE_CHECKING:
     from clipfed.data_synth import ServerDataset
     from clipfed.defense.base import AggregationReport, PartitionSampler
 
-_PROBE_STREAM, _POST_STREAM = 11, 12
 
 
 def build_probe(data: ServerDataset, size: int, num_classes: int, seed: int) -> Probe:
     """A class-balanced set of clean server images and every trigger-like copy of them."""
-    rng = np.random.default_rng([seed, _PROBE_STREAM])
+    rng = stream_rng(seed, Stream.CLIPFED_PROBE)
     clean_rows = np.flatnonzero(data.clean)
     per_class = max(1, size // num_classes)
     chosen = np.sort(np.concatenate([
@@ -143,8 +143,8 @@ class ClipFedDefense(DefenseStrategy):
         model.train()
         params = list(model.parameters()) + list(self.projector.parameters())
         optimizer = torch.optim.SGD(params, lr=cfg.clipfed_post_lr, momentum=0.9, weight_decay=5e-4)
-        generator = torch.Generator().manual_seed(int(np.random.default_rng(
-            [cfg.seed, _POST_STREAM, server_round]).integers(2**62)))
+        generator = torch.Generator().manual_seed(int(stream_rng(
+            cfg.seed, Stream.CLIPFED_POST, server_round).integers(2**62)))
         temperature = cfg.clipfed_kd_temperature
         totals = {"kl": 0.0, "pc": 0.0, "ce": 0.0}
         for _ in range(cfg.clipfed_post_steps):

@@ -16,6 +16,7 @@ from clipfed.defense.base import DefenseStrategy
 from clipfed.defense.registry import DEFENSES
 from clipfed.defense.updates import flatten
 from clipfed.models import create_model
+from clipfed.streams import Stream, stream_rng
 from clipfed.training import train_local
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class FLTrustDefense(DefenseStrategy):
     def _root(self, server_round: int, base: torch.Tensor, keys: list[str]) -> torch.Tensor:
         assert self.global_arrays is not None
         self.model.load_state_dict(self.global_arrays.to_torch_state_dict())
-        rng = np.random.default_rng([self.cfg.seed, 13, server_round])
+        rng = stream_rng(self.cfg.seed, Stream.FLTRUST_ROOT, server_round)
         rows = rng.choice(len(self.root_labels), size=min(len(self.root_labels), self.cfg.fltrust_root_size),
                           replace=False)
         train_local(self.model, self.root_images[rows], self.root_labels[rows], epochs=1,

@@ -7,11 +7,12 @@ from flwr.serverapp.strategy import FedMedian
 
 from clipfed.defense.base import DefenseStrategy, detached
 from clipfed.defense.registry import DEFENSES
+from clipfed.flower_internals import aggregate_with
 
 
 @DEFENSES.register("median", "coordinate-wise median (flwr FedMedian)")
 class MedianDefense(DefenseStrategy):
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
-        parameters, _ = FedMedian.aggregate_train(self, server_round, detached(replies, self.parameter_keys))  # type: ignore[arg-type]
+        parameters, _ = aggregate_with(FedMedian, self, server_round, detached(replies, self.parameter_keys))
         assert parameters is not None
         return self.with_statistics(parameters, replies)

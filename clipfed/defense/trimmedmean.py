@@ -8,12 +8,13 @@ from flwr.serverapp.strategy import FedTrimmedAvg
 
 from clipfed.defense.base import DefenseStrategy, detached
 from clipfed.defense.registry import DEFENSES
+from clipfed.flower_internals import aggregate_with
 
 
 @DEFENSES.register("trimmedmean", "coordinate-wise trimmed mean (flwr FedTrimmedAvg, trim-beta)")
 class TrimmedMeanDefense(DefenseStrategy):
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         self.beta = self.cfg.trim_beta
-        parameters, _ = FedTrimmedAvg.aggregate_train(self, server_round, detached(replies, self.parameter_keys))  # type: ignore[arg-type]
+        parameters, _ = aggregate_with(FedTrimmedAvg, self, server_round, detached(replies, self.parameter_keys))
         assert parameters is not None
         return self.with_statistics(parameters, replies)

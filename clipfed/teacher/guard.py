@@ -22,8 +22,9 @@ from clipfed.attacks import Attack, create_attack
 from clipfed.config import RunConfig
 from clipfed.data import ImageSet, load_federated
 from clipfed.data_synth.config import SynthConfig
-from clipfed.evaluation import BackdoorEvaluator, format_metric
 from clipfed.errors import UserError
+from clipfed.evaluation import BackdoorEvaluator, format_metric
+from clipfed.streams import Stream, stream_rng
 from clipfed.teacher.audit import (
     AuditConfig,
     AuditReport,
@@ -88,7 +89,7 @@ class PoisonedPool:
 
 def poison_pool(pool: ImageSet, attack: Attack, rate: float, seed: int) -> PoisonedPool:
     """What a web-scale caption-poisoning attack does to a CLIP's training data, in miniature."""
-    rng = np.random.default_rng([seed, 77])
+    rng = stream_rng(seed, Stream.GUARD_PROBE)
     candidates = np.flatnonzero(pool.labels != attack.target_label)
     chosen = rng.choice(candidates, size=int(round(rate * len(pool.labels))), replace=False)
     images, labels = np.array(pool.images), np.array(pool.labels, dtype=np.int64)
