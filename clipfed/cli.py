@@ -1,4 +1,9 @@
-"""The ``clipfed`` command: list components, run experiments through ``flwr run``, print tables."""
+"""The ``clipfed`` command: list components, run experiments through ``flwr run``, print tables.
+
+Only light modules are imported here (argparse, pydantic's config, the registries' catalogues):
+``clipfed --help`` and ``clipfed list`` need no torch, scikit-learn, open_clip or flwr, so each
+command handler imports what it uses.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clipfed.attacks import ATTACKS
 from clipfed.bench.cli import add_bench_parsers
 from clipfed.config import ConfigError, RunConfig, parse_config_text
-from clipfed.data.cifar import DATA_DIR_ENV, download_cifar10
-from clipfed.defense import DEFENSES
 from clipfed.deploy_cli import add_deploy_parser
 from clipfed.errors import UserError
-from clipfed.models import MODELS
-from clipfed.preflight import preflight
-from clipfed.results import load_result, results_table
 from clipfed.teacher.guard_cli import add_guard_parsers
 
 # The short attack-vs-defense experiment `make demo` runs: CIFAR-10, 20 clients, Dirichlet 0.5,
@@ -60,6 +59,9 @@ def resolved_config(overrides: dict[str, Any], base: dict[str, Any] | None = Non
                     num_supernodes: int | None = None) -> RunConfig:
     """Validate and pre-flight before anything starts (``ConfigError`` lists every problem); make
     paths absolute (the ServerApp runs elsewhere)."""
+    from clipfed.data.cifar import DATA_DIR_ENV
+    from clipfed.preflight import preflight
+
     values = {**(base or {}), **overrides}
     values.setdefault("data-dir", os.environ.get(DATA_DIR_ENV, ""))
     cfg = preflight(values, num_supernodes=num_supernodes)
@@ -72,6 +74,9 @@ def resolved_config(overrides: dict[str, Any], base: dict[str, Any] | None = Non
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from clipfed.attacks import ATTACKS  # the registries' catalogues: no implementation is imported
+    from clipfed.defense import DEFENSES
+    from clipfed.models import MODELS
     from clipfed.teacher import TEACHERS
 
     for title, registry in (("models", MODELS), ("attacks", ATTACKS), ("defenses", DEFENSES),
@@ -108,7 +113,7 @@ def cmd_run(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int
 def cmd_demo(args: argparse.Namespace) -> int:
     """FedAvg and CLIP-Fed under the same attack, then one table."""
     base = resolved_config(parse_overrides(args.run_config), DEMO_CONFIG, args.num_supernodes)  # ConfigError: exit 2
-    from clipfed.results import default_run_name
+    from clipfed.results import default_run_name, load_result, results_table
 
     run_dirs = []
     for defense in DEMO_DEFENSES:
@@ -127,12 +132,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
+    from clipfed.results import load_result, results_table
+
     print(results_table([load_result(Path(d)) for d in args.run_dirs]))
     return 0
 
 
 def cmd_download(args: argparse.Namespace) -> int:
     from urllib.error import URLError
+
+    from clipfed.data.cifar import DATA_DIR_ENV, download_cifar10
 
     try:
         folder = download_cifar10(args.data_dir)
@@ -147,6 +156,7 @@ def cmd_synth_build(args: argparse.Namespace) -> int:
     import json
     import tomllib
 
+    from clipfed.data.cifar import DATA_DIR_ENV
     from clipfed.data_synth import SynthConfig, build_server_dataset
 
     if args.config and not Path(args.config).is_file():
@@ -178,6 +188,7 @@ def cmd_synth_build(args: argparse.Namespace) -> int:
 def cmd_synth_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from clipfed.data.cifar import DATA_DIR_ENV
     from clipfed.data_synth.service import create_app
 
     uvicorn.run(create_app(Path(args.store), args.data_dir or os.environ.get(DATA_DIR_ENV, "")),
@@ -193,6 +204,7 @@ def cmd_teacher_eval(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from clipfed.data import load_cifar10
+    from clipfed.data.cifar import DATA_DIR_ENV
     from clipfed.data_synth import SynthConfig
     from clipfed.data_synth.pipeline import public_pool
     from clipfed.preflight import teacher_problems
@@ -287,32 +299,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors that mean bad input (exit 2) besides UserError and ConfigError, by module and class name:
+# they live in modules that import torch or flwr, and `clipfed list` must not load those to catch them.
+USER_ERRORS = ("clipfed.data.cifar.DataNotFoundError", "clipfed.results.RunExistsError",
+               "clipfed.deploy.DeployError", "clipfed.data_synth.artifact.ArtifactIntegrityError")
+
+
+def loaded_classes(*qualnames: str) -> tuple[type[BaseException], ...]:
+    """The named exception classes whose modules are imported: an error can only have been raised
+    by a module that was loaded, so catching it needs no import (and a module not loaded is skipped)."""
+    found = []
+    for qualname in qualnames:
+        module, _, name = qualname.rpartition(".")
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. Bad input (``UserError`` and the errors that name a bad key, file or
     name) ends as ``clipfed: <message>`` on stderr with exit 2, a run that failed with exit 1 (its
     message names where its logs are), SIGINT/SIGTERM with 128 + the signal number. Any other
     exception is a bug and keeps its traceback."""
-    from clipfed.data.cifar import DataNotFoundError
-    from clipfed.data_synth.artifact import ArtifactIntegrityError
-    from clipfed.deploy import DeployError
-    from clipfed.launch import FlowerRunError, Interrupted
-    from clipfed.results import RunExistsError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (UserError, ConfigError, DataNotFoundError, RunExistsError, DeployError, ArtifactIntegrityError) as err:
+    except (UserError, ConfigError) as err:
         print(f"clipfed: {err}", file=sys.stderr)
         return 2
-    except FlowerRunError as err:
+    except BaseException as err:
+        if isinstance(err, loaded_classes(*USER_ERRORS)):
+            code = 2
+        elif isinstance(err, loaded_classes("clipfed.launch.FlowerRunError")):
+            code = 1
+        elif isinstance(err, loaded_classes("clipfed.launch.Interrupted")):
+            code = 128 + err.signum  # type: ignore[attr-defined]
+        elif isinstance(err, KeyboardInterrupt):
+            print("clipfed: interrupted", file=sys.stderr)
+            return 128 + signal.SIGINT
+        else:
+            raise
         print(f"clipfed: {err}", file=sys.stderr)
-        return 1
-    except Interrupted as err:
-        print(f"clipfed: {err}", file=sys.stderr)
-        return 128 + err.signum
-    except KeyboardInterrupt:
-        print("clipfed: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+        return code
 
 
 if __name__ == "__main__":

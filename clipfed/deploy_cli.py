@@ -3,7 +3,8 @@
 On real machines, run ``clipfed deploy superlink`` on the server host and ``clipfed deploy
 supernode`` on each client host (they exec the Flower command with the right flags); ``clipfed
 deploy local`` starts a whole cluster on this machine in the background and ``clipfed deploy
-stop`` stops it by the PIDs it recorded.
+stop`` stops it by the PIDs it recorded. Handlers import ``clipfed.deploy`` (cryptography) and
+``clipfed.launch`` (httpx) when they run, so building the parser stays light.
 """
 
 from __future__ import annotations
@@ -11,23 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipfed.config import ConfigError, parse_config_text
-from clipfed.deploy import (
-    SUPERLINK_PORT,
-    DeployError,
-    Processes,
-    TLSFiles,
-    check_ca_file,
-    make_node_keys,
-    make_tls,
-    register_supernode,
-    stop_pids,
-    superlink_command,
-    supernode_command,
-    write_connection,
-)
-from clipfed.launch import flower_env, free_port, wait_healthy
+
+if TYPE_CHECKING:
+    from clipfed.deploy import TLSFiles
 
 LOCAL_CONNECTION = "clipfed-deploy"
 
@@ -37,6 +27,8 @@ def _flwr_home(args: argparse.Namespace) -> Path:
 
 
 def _tls_in(folder: str | None) -> TLSFiles | None:
+    from clipfed.deploy import DeployError, TLSFiles
+
     if not folder:
         return None
     root = Path(folder)
@@ -49,6 +41,8 @@ def _tls_in(folder: str | None) -> TLSFiles | None:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
+    from clipfed.deploy import make_tls
+
     files = make_tls(Path(args.out), args.host, force=args.force)
     print(f"CA: {files.ca_cert}\nSuperLink certificate: {files.server_cert} (SANs: {', '.join(args.host)})\n"
           f"SuperLink key: {files.server_key}\nGive {files.ca_cert.name} to every SuperNode and CLI host.")
@@ -56,6 +50,8 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from clipfed.deploy import make_node_keys
+
     for name in args.name:
         private, public = make_node_keys(Path(args.out), name, force=args.force)
         print(f"{name}: private {private} (stays on the node), public {public} (register it)")
@@ -63,6 +59,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_connection(args: argparse.Namespace) -> int:
+    from clipfed.deploy import write_connection
+
     path = write_connection(_flwr_home(args), args.name, args.address,
                             Path(args.root_certificates) if args.root_certificates else None)
     print(f"[superlink.{args.name}] -> {args.address} written to {path}")
@@ -70,6 +68,8 @@ def cmd_connection(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    from clipfed.deploy import register_supernode
+
     for key in args.public_key:
         node_id = register_supernode(_flwr_home(args), args.connection, Path(key))
         print(f"registered {key}: node id {node_id}")
@@ -77,20 +77,27 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def _exec(command: list[str]) -> int:
+    from clipfed.launch import flower_env
+
     print("$ " + " ".join(command), flush=True)
     os.execvpe(command[0], command, flower_env(Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))))
     return 0  # not reached
 
 
 def cmd_superlink(args: argparse.Namespace) -> int:
+    from clipfed.deploy import SUPERLINK_PORT, DeployError, superlink_command
+
     if args.auth and not args.tls_dir:
         raise DeployError("--auth (SuperNode authentication) needs TLS; allowed: --auth with --tls-dir DIR "
                           "(made by `clipfed deploy certs`), or no --auth")
-    return _exec(superlink_command(args.host, args.port, _tls_in(args.tls_dir), args.auth,
+    port = SUPERLINK_PORT if args.port is None else args.port
+    return _exec(superlink_command(args.host, port, _tls_in(args.tls_dir), args.auth,
                                    args.database, args.isolation))
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
+    from clipfed.deploy import DeployError, check_ca_file, supernode_command
+
     node = {"partition-id": args.partition_id, "num-partitions": args.num_partitions, "role": args.role,
             "num-threads": args.threads}
     if args.malicious_rank is not None:
@@ -122,6 +129,18 @@ def local_node_config(pid: int, nodes: int, malicious: list[int]) -> dict[str, i
 
 def cmd_local(args: argparse.Namespace) -> int:
     """A SuperLink and N SuperNodes on loopback, in the background; `clipfed deploy stop DIR`."""
+    from clipfed.deploy import (
+        DeployError,
+        Processes,
+        make_node_keys,
+        make_tls,
+        register_supernode,
+        superlink_command,
+        supernode_command,
+        write_connection,
+    )
+    from clipfed.launch import flower_env, free_port, wait_healthy
+
     folder = Path(args.dir).resolve()
     if (folder / "logs" / "pids.json").exists():
         raise DeployError(f"deploy local: {folder}/logs/pids.json exists (a cluster is running?); "
@@ -154,6 +173,8 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    from clipfed.deploy import DeployError, stop_pids
+
     pid_file = Path(args.dir) / "logs" / "pids.json"
     if not pid_file.is_file():
         raise DeployError(f"deploy stop {args.dir}: no {pid_file}; allowed: the --dir of a running "
@@ -196,7 +217,7 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
     link = deploy.add_parser("superlink", help="exec flower-superlink with clipfed's flags")
     link.add_argument("--host", default="0.0.0.0")
-    link.add_argument("--port", type=int, default=SUPERLINK_PORT)
+    link.add_argument("--port", type=int, default=None)  # None: clipfed.deploy.SUPERLINK_PORT
     link.add_argument("--tls-dir", help="folder from `clipfed deploy certs`; without it: insecure")
     link.add_argument("--auth", action="store_true", help="SuperNode authentication (needs --tls-dir)")
     link.add_argument("--database", default="state.db")

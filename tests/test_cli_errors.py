@@ -102,7 +102,7 @@ def test_download_offline_is_a_clean_error(places: dict[str, Path], monkeypatch:
     def offline(data_dir: str) -> Path:
         raise URLError("Name or service not known")
 
-    monkeypatch.setattr(cli, "download_cifar10", offline)
+    monkeypatch.setattr("clipfed.data.cifar.download_cifar10", offline)
     assert main(["download", "--data-dir", str(places["OUT"])]) == 2
     assert capsys.readouterr().err.startswith("clipfed: download failed (Name or service not known)")
 

@@ -1,14 +1,25 @@
-"""Backdoor attacks, selectable by name (``attack=NAME``) and listable with ``list_attacks()``."""
+"""Backdoor attacks, selectable by name (``attack=NAME``) and listable with ``list_attacks()``.
+
+Each attack is declared in ``clipfed.attacks.registry``'s catalogue and its module is imported on
+first use, so importing this package (and listing attacks) loads no torch.
+"""
 
 from __future__ import annotations
 
-from clipfed.attacks import badnets as _badnets  # noqa: F401  (registers "badnets")
-from clipfed.attacks import blended as _blended  # noqa: F401  (registers "blended")
-from clipfed.attacks import dba as _dba  # noqa: F401  (registers "dba")
-from clipfed.attacks import frequency as _frequency  # noqa: F401  (registers "frequency")
-from clipfed.attacks import labelflip as _labelflip  # noqa: F401  (registers "labelflip")
-from clipfed.attacks import model_attacks as _model_attacks  # noqa: F401  ("scaling", "neurotoxin")
-from clipfed.attacks.base import Attack, PoisonedData
+from typing import TYPE_CHECKING, Any
+
 from clipfed.attacks.registry import ATTACKS, create_attack, list_attacks
 
+if TYPE_CHECKING:
+    from clipfed.attacks.base import Attack, PoisonedData
+
 __all__ = ["ATTACKS", "Attack", "PoisonedData", "create_attack", "list_attacks"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Attack`` and ``PoisonedData`` load with ``clipfed.attacks.base`` on first use."""
+    if name in ("Attack", "PoisonedData"):
+        from clipfed.attacks import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

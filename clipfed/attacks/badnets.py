@@ -64,6 +64,6 @@ class BadNets(Attack):
         return out
 
 
-@ATTACKS.register("badnets", "BadNets patch trigger (patch-size, patch-position, patch-pattern)")
+@ATTACKS.register("badnets")
 def badnets(cfg: RunConfig) -> Attack:
     return BadNets(cfg)

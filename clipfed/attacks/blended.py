@@ -36,6 +36,6 @@ class Blended(Attack):
         return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
-@ATTACKS.register("blended", "Blended full-image trigger (blend-alpha, blend-pattern)")
+@ATTACKS.register("blended")
 def blended(cfg: RunConfig) -> Attack:
     return Blended(cfg)

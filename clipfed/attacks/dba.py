@@ -68,6 +68,6 @@ class DBA(BadNets):
         return out
 
 
-@ATTACKS.register("dba", "distributed backdoor: each attacker stamps one part of the patch (dba-parts)")
+@ATTACKS.register("dba")
 def dba(cfg: RunConfig) -> DBA:
     return DBA(cfg)

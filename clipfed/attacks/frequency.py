@@ -38,6 +38,6 @@ class FrequencyTrigger(Attack):
         return np.clip(np.rint(images.astype(np.float64) + pattern), 0, 255).astype(np.uint8)
 
 
-@ATTACKS.register("frequency", "imperceptible mid/high-DCT-band trigger (freq-psnr, freq-band-*)")
+@ATTACKS.register("frequency")
 def frequency(cfg: RunConfig) -> FrequencyTrigger:
     return FrequencyTrigger(cfg)

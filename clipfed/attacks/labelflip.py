@@ -42,6 +42,6 @@ class LabelFlip(Attack):
         return PoisonedData(images.copy(), new_labels, flipped)
 
 
-@ATTACKS.register("labelflip", "label flipping to the target, no trigger (flip-source)")
+@ATTACKS.register("labelflip")
 def labelflip(cfg: RunConfig) -> LabelFlip:
     return LabelFlip(cfg)

@@ -68,11 +68,11 @@ class Neurotoxin(BadNets):
         return out
 
 
-@ATTACKS.register("scaling", "model replacement: BadNets update boosted by boost-factor")
+@ATTACKS.register("scaling")
 def scaling(cfg: RunConfig) -> Scaling:
     return Scaling(cfg)
 
 
-@ATTACKS.register("neurotoxin", "BadNets update restricted to rarely-updated coordinates (neurotoxin-keep)")
+@ATTACKS.register("neurotoxin")
 def neurotoxin(cfg: RunConfig) -> Neurotoxin:
     return Neurotoxin(cfg)

@@ -1,4 +1,9 @@
-"""The attack registry: ``create_attack(cfg)`` builds the attack that ``cfg.attack`` names."""
+"""The attack registry: ``create_attack(cfg)`` builds the attack that ``cfg.attack`` names.
+
+The catalogue below is where an attack is declared (name, module, description); its module
+registers the factory with ``@ATTACKS.register(name)`` and is imported on first use, so listing
+attacks imports no torch.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,16 @@ if TYPE_CHECKING:
     from clipfed.attacks.base import Attack
     from clipfed.config import RunConfig
 
-ATTACKS: Registry[Callable[[RunConfig], Attack]] = Registry("attack")
+ATTACKS: Registry[Callable[[RunConfig], Attack]] = Registry("attack", {
+    "badnets": ("clipfed.attacks.badnets", "BadNets patch trigger (patch-size, patch-position, patch-pattern)"),
+    "blended": ("clipfed.attacks.blended", "Blended full-image trigger (blend-alpha, blend-pattern)"),
+    "dba": ("clipfed.attacks.dba", "distributed backdoor: each attacker stamps one part of the patch (dba-parts)"),
+    "frequency": ("clipfed.attacks.frequency", "imperceptible mid/high-DCT-band trigger (freq-psnr, freq-band-*)"),
+    "labelflip": ("clipfed.attacks.labelflip", "label flipping to the target, no trigger (flip-source)"),
+    "neurotoxin": ("clipfed.attacks.model_attacks",
+                   "BadNets update restricted to rarely-updated coordinates (neurotoxin-keep)"),
+    "scaling": ("clipfed.attacks.model_attacks", "model replacement: BadNets update boosted by boost-factor"),
+})
 
 
 def list_attacks(pattern: str = "*") -> list[str]:

@@ -22,7 +22,10 @@ from clipfed.registry import Registry
 from clipfed.streams import Stream, stream_rng
 
 CaptionBackend = Callable[[Sequence[str], CaptionConfig, int], dict[int, list[str]]]
-CAPTIONS: Registry[CaptionBackend] = Registry("caption backend")
+CAPTIONS: Registry[CaptionBackend] = Registry("caption backend", {
+    "openai": (__name__, "any OpenAI-compatible chat endpoint (vLLM, Ollama, hosted); cached"),
+    "template": (__name__, "offline grammar over class-specific subjects, views and settings"),
+})
 
 SUBJECTS: dict[str, tuple[str, ...]] = {
     "airplane": ("a passenger jet", "a small propeller plane", "a fighter jet", "an airliner", "a seaplane"),
@@ -43,7 +46,7 @@ SETTINGS = ("on a sunny day", "at dusk", "in the rain", "against a plain backgro
 STYLES = ("a photo of", "a blurry photo of", "a low-resolution photo of", "a bright photo of")
 
 
-@CAPTIONS.register("template", "offline grammar over class-specific subjects, views and settings")
+@CAPTIONS.register("template")
 def template_captions(classes: Sequence[str], cfg: CaptionConfig, seed: int) -> dict[int, list[str]]:
     """``per_class`` distinct captions per class, chosen by ``seed`` from the grammar's product."""
     out: dict[int, list[str]] = {}
@@ -95,7 +98,7 @@ def _cache_file(settings: OpenAICaptionConfig, base_url: str, prompt: str) -> Pa
     return cache_dir() / "captions" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
 
 
-@CAPTIONS.register("openai", "any OpenAI-compatible chat endpoint (vLLM, Ollama, hosted); cached")
+@CAPTIONS.register("openai")
 def openai_captions(classes: Sequence[str], cfg: CaptionConfig, seed: int) -> dict[int, list[str]]:
     from openai import OpenAI
 

@@ -37,7 +37,10 @@ class Candidates:
 
 
 ImageBackend = Callable[[SynthConfig, Sequence[str], dict[int, list[str]], Teacher], Candidates]
-IMAGES: Registry[ImageBackend] = Registry("image backend")
+IMAGES: Registry[ImageBackend] = Registry("image backend", {
+    "diffusers": (__name__, "text-to-image diffusers pipeline (model id or local folder)"),
+    "pool": (__name__, "public image pool assigned to classes by teacher similarity to captions"),
+})
 
 
 def resize_uint8(images: np.ndarray, size: int = 32) -> np.ndarray:
@@ -102,7 +105,7 @@ def input_digest(cfg: SynthConfig) -> str:
     return digest.hexdigest()
 
 
-@IMAGES.register("pool", "public image pool assigned to classes by teacher similarity to captions")
+@IMAGES.register("pool")
 def pool_images(cfg: SynthConfig, classes: Sequence[str], captions: dict[int, list[str]],
                 teacher: Teacher) -> Candidates:
     images, origin = read_pool(cfg)
@@ -115,7 +118,7 @@ def pool_images(cfg: SynthConfig, classes: Sequence[str], captions: dict[int, li
     return Candidates(images, intended, origin, embeddings)
 
 
-@IMAGES.register("diffusers", "text-to-image diffusers pipeline (model id or local folder)")
+@IMAGES.register("diffusers")
 def diffusers_images(cfg: SynthConfig, classes: Sequence[str], captions: dict[int, list[str]],
                      teacher: Teacher) -> Candidates:
     from diffusers import DiffusionPipeline

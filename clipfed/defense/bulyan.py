@@ -16,7 +16,7 @@ from clipfed.defense.registry import DEFENSES
 from clipfed.flower_internals import aggregate_with
 
 
-@DEFENSES.register("bulyan", "Bulyan: Multi-Krum then trimmed mean around the median (krum-f)")
+@DEFENSES.register("bulyan")
 class BulyanDefense(DefenseStrategy):
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
         f = self.cfg.num_malicious if self.cfg.krum_f < 0 else self.cfg.krum_f

@@ -66,7 +66,7 @@ def build_probe(data: ServerDataset, size: int, num_classes: int, seed: int) -> 
     )
 
 
-@DEFENSES.register("clipfed", "CLIP-Fed: teacher-guided pre-aggregation filter + CLIP alignment")
+@DEFENSES.register("clipfed")
 class ClipFedDefense(DefenseStrategy):
     needs_server_data = True
 
@@ -175,7 +175,7 @@ class ClipFedDefense(DefenseStrategy):
         return ArrayRecord(model.state_dict())
 
 
-@DEFENSES.register("teacher-only", "no clients: the server distils the teacher on its own dataset")
+@DEFENSES.register("teacher-only")
 class TeacherOnlyDefense(ClipFedDefense):
     """The control row of every efficacy table: what the teacher alone gives the global model."""
 

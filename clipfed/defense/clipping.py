@@ -24,14 +24,14 @@ class _Clipped(DefenseStrategy):
         return (clip_to_norm(updates, self.cfg.clip_norm) * weights).sum(0), base, keys
 
 
-@DEFENSES.register("normclip", "norm-difference clipping of every update to clip-norm")
+@DEFENSES.register("normclip")
 class NormClipDefense(_Clipped):
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         mean_update, base, keys = self.clipped_mean(replies)
         return self.apply_update(mean_update, base, keys, replies)
 
 
-@DEFENSES.register("weakdp", "weak DP: norm clipping (clip-norm) plus Gaussian noise (dp-noise)")
+@DEFENSES.register("weakdp")
 class WeakDPDefense(_Clipped):
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         mean_update, base, keys = self.clipped_mean(replies)
@@ -39,7 +39,7 @@ class WeakDPDefense(_Clipped):
         return self.apply_update(noisy, base, keys, replies)
 
 
-@DEFENSES.register("crfl", "CRFL: clip the global model norm (crfl-clip), add smoothing noise (crfl-noise)")
+@DEFENSES.register("crfl")
 class CRFLDefense(_Clipped):
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         updates, base, keys = self.updates(replies)

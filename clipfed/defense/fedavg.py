@@ -6,6 +6,6 @@ from clipfed.defense.base import DefenseStrategy
 from clipfed.defense.registry import DEFENSES
 
 
-@DEFENSES.register("fedavg", "FedAvg, no defense (example-weighted mean of all updates)")
+@DEFENSES.register("fedavg")
 class FedAvgDefense(DefenseStrategy):
     """Example-weighted mean of every reply; excludes no one."""

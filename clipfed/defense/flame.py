@@ -29,7 +29,7 @@ def flame_cluster(updates: torch.Tensor) -> np.ndarray:
     return np.flatnonzero(labels == np.bincount(clustered).argmax())
 
 
-@DEFENSES.register("flame", "FLAME: HDBSCAN cosine clustering, median-norm clipping, noise (flame-noise)")
+@DEFENSES.register("flame")
 class FlameDefense(DefenseStrategy):
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:
         if len(replies) < 3:  # too few to cluster; combine() still clips to this round's median

@@ -40,7 +40,7 @@ def fltrust_aggregate(updates: torch.Tensor, root: torch.Tensor) -> tuple[torch.
     return (trust.unsqueeze(1) * rescaled).sum(0) / trust.sum(), trust
 
 
-@DEFENSES.register("fltrust", "FLTrust: trust = ReLU(cos) to a server root update (server dataset)")
+@DEFENSES.register("fltrust")
 class FLTrustDefense(DefenseStrategy):
     needs_server_data = True
 

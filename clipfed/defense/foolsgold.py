@@ -40,7 +40,7 @@ def foolsgold_weights(histories: torch.Tensor, confidence: float = 1.0) -> torch
     return torch.nan_to_num(logit, neginf=0.0, posinf=1.0).clamp(0, 1).float()
 
 
-@DEFENSES.register("foolsgold", "FoolsGold: down-weight clients whose update histories look alike")
+@DEFENSES.register("foolsgold")
 class FoolsGoldDefense(DefenseStrategy):
     def __init__(self, cfg: RunConfig, sampler: PartitionSampler | None = None,
                  on_report: Callable[[AggregationReport], None] | None = None) -> None:

@@ -28,13 +28,13 @@ class _KrumFamily(DefenseStrategy):
         return [m for m, v in zip(replies, views, strict=True) if id(v.content) in chosen_ids]
 
 
-@DEFENSES.register("krum", "Krum: the single update closest to its n-f-2 neighbours (krum-f)")
+@DEFENSES.register("krum")
 class KrumDefense(_KrumFamily):
     def to_select(self, n: int) -> int:
         return 1
 
 
-@DEFENSES.register("multikrum", "Multi-Krum: average of the m best Krum scores (krum-f, multikrum-m)")
+@DEFENSES.register("multikrum")
 class MultiKrumDefense(_KrumFamily):
     def to_select(self, n: int) -> int:
         m = self.cfg.multikrum_m

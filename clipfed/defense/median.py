@@ -10,7 +10,7 @@ from clipfed.defense.registry import DEFENSES
 from clipfed.flower_internals import aggregate_with
 
 
-@DEFENSES.register("median", "coordinate-wise median (flwr FedMedian)")
+@DEFENSES.register("median")
 class MedianDefense(DefenseStrategy):
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         parameters, _ = aggregate_with(FedMedian, self, server_round, detached(replies, self.parameter_keys))

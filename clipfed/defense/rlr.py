@@ -16,7 +16,7 @@ def rlr_learning_rates(updates: torch.Tensor, threshold: int, server_lr: float =
     return torch.where(agreement >= threshold, server_lr, -server_lr)
 
 
-@DEFENSES.register("rlr", "Robust Learning Rate: flip the server lr where sign agreement < rlr-threshold")
+@DEFENSES.register("rlr")
 class RLRDefense(DefenseStrategy):
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         updates, base, keys = self.updates(replies)

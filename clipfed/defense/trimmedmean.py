@@ -11,7 +11,7 @@ from clipfed.defense.registry import DEFENSES
 from clipfed.flower_internals import aggregate_with
 
 
-@DEFENSES.register("trimmedmean", "coordinate-wise trimmed mean (flwr FedTrimmedAvg, trim-beta)")
+@DEFENSES.register("trimmedmean")
 class TrimmedMeanDefense(DefenseStrategy):
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         self.beta = self.cfg.trim_beta

@@ -28,6 +28,6 @@ class SmallCNN(ClassifierNet):
         return self.body(x)
 
 
-@MODELS.register("cnn", "small CNN, ~0.49M parameters, for CPU experiments")
+@MODELS.register("cnn")
 def small_cnn(num_classes: int) -> ClassifierNet:
     return SmallCNN(num_classes)

@@ -53,11 +53,11 @@ class CifarResNet(ClassifierNet):
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
 
-@MODELS.register("resnet20", "ResNet-20 for CIFAR (He et al. 2016), 0.27M parameters")
+@MODELS.register("resnet20")
 def resnet20(num_classes: int) -> ClassifierNet:
     return CifarResNet(num_classes, widths=(16, 32, 64), depths=(3, 3, 3))
 
 
-@MODELS.register("resnet18", "ResNet-18, CIFAR variant (3x3 stem, no max-pool), 11M; for a GPU")
+@MODELS.register("resnet18")
 def resnet18(num_classes: int) -> ClassifierNet:
     return CifarResNet(num_classes, widths=(64, 128, 256, 512), depths=(2, 2, 2, 2))

@@ -1,4 +1,4 @@
-"""``clipfed teacher audit | repair | guard-demo``."""
+"""``clipfed teacher audit | repair | guard-demo``; handlers import torch-heavy modules when they run."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipfed.config import RunConfig
-from clipfed.data import ImageSet
 from clipfed.errors import UserError
-from clipfed.teacher.base import Teacher
-from clipfed.teacher.oracle import Oracle
+
+if TYPE_CHECKING:
+    from clipfed.data import ImageSet
+    from clipfed.teacher.base import Teacher
+    from clipfed.teacher.oracle import Oracle
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:

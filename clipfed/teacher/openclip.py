@@ -138,6 +138,6 @@ class OpenClipTeacher(Teacher):
         return normalize(torch.stack(prototypes))
 
 
-@TEACHERS.register("openclip", "any open_clip model: pretrained tag (online) or local checkpoint")
+@TEACHERS.register("openclip")
 def openclip_teacher(spec: TeacherSpec, pool: ImageSet | None = None) -> Teacher:
     return OpenClipTeacher(spec)

@@ -28,7 +28,10 @@ from clipfed.training import to_tensor
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right), pixel bounds, bottom/right exclusive
 
-ORACLES: Registry[Callable[..., Oracle]] = Registry("oracle")
+ORACLES: Registry[Callable[..., Oracle]] = Registry("oracle", {
+    "clipseg": (__name__, "CLIPSeg via transformers: a model id (online) or a local folder"),
+    "reference": (__name__, "offline stand-in: a clean reference classifier scanning boxes"),
+})
 
 
 @dataclass(frozen=True)
@@ -138,12 +141,12 @@ def mask_box(mask: torch.Tensor, relative: float = 0.5) -> Box:
     return (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
 
 
-@ORACLES.register("clipseg", "CLIPSeg via transformers: a model id (online) or a local folder")
+@ORACLES.register("clipseg")
 def clipseg_oracle(model_id: str = "CIDAS/clipseg-rd64-refined", **kwargs: Any) -> Oracle:
     return ClipSegOracle(model_id, **kwargs)
 
 
-@ORACLES.register("reference", "offline stand-in: a clean reference classifier scanning boxes")
+@ORACLES.register("reference")
 def reference_oracle(classify: Callable[[torch.Tensor], torch.Tensor], **kwargs: Any) -> Oracle:
     return ReferenceOracle(classify, **kwargs)
 

@@ -177,7 +177,7 @@ def save_reference_checkpoint(teacher: ReferenceTeacher, path: Path) -> Path:
     return _save_state(teacher.model, path)
 
 
-@TEACHERS.register("reference", "offline stand-in: cosine classifier trained on the public pool")
+@TEACHERS.register("reference")
 def reference_teacher(spec: TeacherSpec, pool: ImageSet | None = None) -> Teacher:
     if spec.checkpoint:
         return load_reference_checkpoint(spec, len(pool.classes) if pool is not None else 10)

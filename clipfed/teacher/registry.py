@@ -1,4 +1,9 @@
-"""The teacher registry: ``create_teacher(spec, pool)`` builds the backend ``spec.backend`` names."""
+"""The teacher registry: ``create_teacher(spec, pool)`` builds the backend ``spec.backend`` names.
+
+The catalogue below is where a backend is declared (name, module, description); its module
+registers the factory with ``@TEACHERS.register(name)`` and is imported on first use, so listing
+teachers imports no torch or open_clip.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,10 @@ if TYPE_CHECKING:
     from clipfed.data import ImageSet
     from clipfed.teacher.base import Teacher, TeacherSpec
 
-TEACHERS: Registry[Callable[..., Teacher]] = Registry("teacher")
+TEACHERS: Registry[Callable[..., Teacher]] = Registry("teacher", {
+    "openclip": ("clipfed.teacher.openclip", "any open_clip model: pretrained tag (online) or local checkpoint"),
+    "reference": ("clipfed.teacher.reference", "offline stand-in: cosine classifier trained on the public pool"),
+})
 
 
 def list_teachers(pattern: str = "*") -> list[str]:
