@@ -8,6 +8,7 @@ command handler imports what it uses.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -181,7 +182,8 @@ def cmd_synth_build(args: argparse.Namespace) -> int:
     counts = manifest["counts"]
     print(f"images: {counts['total']} ({sum(counts['clean_per_class'])} clean, "
           f"augmented {counts['augmented_by_kind']})")
-    print("clean per class: " + ", ".join(f"{c} {n}" for c, n in zip(manifest["classes"], counts["clean_per_class"], strict=True)))
+    pairs = zip(manifest["classes"], counts["clean_per_class"], strict=True)
+    print("clean per class: " + ", ".join(f"{c} {n}" for c, n in pairs))
     return 0
 
 
@@ -216,7 +218,8 @@ def cmd_teacher_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--checkpoint {args.checkpoint}: no such file; allowed: the teacher's weights file")
     if args.teacher == "openclip" and (problems := teacher_problems(
             {"teacher": "openclip", "teacher-model": args.model, "teacher-pretrained": args.pretrained})):
-        raise UserError("; ".join(p.replace("teacher-model=", "--model ").replace("teacher-pretrained=", "--pretrained ")
+        flags = {"teacher-model=": "--model ", "teacher-pretrained=": "--pretrained "}
+        raise UserError("; ".join(functools.reduce(lambda text, kv: text.replace(*kv), flags.items(), p)
                                   for p in problems))
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV, "")
     try:

@@ -1,7 +1,8 @@
 """The ClientApp: local SGD on the node's shard; a malicious node poisons it first.
 
 The role comes from the node config (``role = "malicious"`` in deployment, with the node's own
-attack settings and ``data-dir`` if it wants) or, in simulation, from the seed (``num-malicious`` partition ids drawn by ``malicious_clients``). The reply reports
+attack settings and ``data-dir`` if it wants) or, in simulation, from the seed (``num-malicious``
+partition ids drawn by ``malicious_clients``). The reply reports
 ``partition-id`` and ``is-malicious`` so experiments can score detection; no defense reads them.
 """
 
@@ -20,6 +21,7 @@ from clipfed.config import RunConfig
 from clipfed.data import load_federated, malicious_clients
 from clipfed.models import create_model
 from clipfed.models.state import buffer_names, to_array_record
+from clipfed.records import array_record, config_record, number
 from clipfed.streams import Stream, stream_rng
 from clipfed.training import train_local
 
@@ -101,7 +103,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg = node_run_config(context)
     role = NodeRole.from_context(context, cfg)
     torch.set_num_threads(_threads(context))
-    server_round = int(msg.content["config"]["server-round"])
+    server_round = int(number(config_record(msg.content), "server-round"))
 
     train_set, _, split = load_federated(cfg)
     shard = train_set.subset(split.clients[role.partition_id])
@@ -110,12 +112,13 @@ def train(msg: Message, context: Context) -> Message:
     attacking = role.malicious and attack is not None and server_round >= cfg.attack_start_round
     poisoned = 0
     if attacking:
+        assert attack is not None
         rng = stream_rng(cfg.seed, Stream.CLIENT_TRAINING, server_round, role.partition_id)
         result = attack.poison(images, labels, rng, role.malicious_rank)
         images, labels, poisoned = result.images, result.labels, int(result.poisoned.sum())
 
     model = create_model(cfg.model, cfg.num_classes)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(array_record(msg.content).to_torch_state_dict())
     generator = torch.Generator().manual_seed(
         int(stream_rng(cfg.seed, Stream.CLIENT_TRAINING, server_round, role.partition_id, 1)
             .integers(2**62))
@@ -132,11 +135,14 @@ def train(msg: Message, context: Context) -> Message:
     )
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     if attacking:
+        assert attack is not None
         # Model-level attacks rewrite the trainable parameters; BatchNorm statistics stay as trained.
         buffers = buffer_names(cfg.model, cfg.num_classes)
         names = [k for k in state if k not in buffers]
-        global_params = {k: msg.content["arrays"][k].numpy() for k in names}
+        global_arrays = array_record(msg.content)
+        global_params = {k: global_arrays[k].numpy() for k in names}
         memory_record = context.state.get("attack-memory", ArrayRecord())
+        assert isinstance(memory_record, ArrayRecord)  # only ever set to one, below
         memory = {k: v.numpy() for k, v in memory_record.items()}
         state.update(attack.craft_update(global_params, {k: state[k] for k in names}, memory))
         context.state["attack-memory"] = to_array_record(memory)

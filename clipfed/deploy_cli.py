@@ -184,7 +184,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_deploy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_deploy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     deploy = sub.add_parser("deploy", help="deployment: TLS, node keys, SuperLink/SuperNodes").add_subparsers(
         dest="deploy_command", required=True)
 

@@ -18,7 +18,6 @@ import torch
 
 from clipfed.attacks import Attack
 from clipfed.data import ImageSet
-from clipfed.models import ClassifierNet
 from clipfed.training import NonFiniteLogits, per_class_accuracy, predict, to_tensor
 
 
@@ -84,7 +83,7 @@ class BackdoorEvaluator:
         if absent:
             self.missing["per_class_acc"] = f"no test image of class(es) {absent}"
 
-    def __call__(self, model: ClassifierNet) -> Evaluation:
+    def __call__(self, model: torch.nn.Module) -> Evaluation:
         """MA, ASR and per-class accuracy of ``model``; every metric None if it diverged."""
         if not parameters_finite(model):
             return self._diverged("non-finite parameters")
@@ -95,13 +94,13 @@ class BackdoorEvaluator:
             return self._diverged(f"non-finite logits ({err})")
         return Evaluation(ma=ma, asr=asr, per_class_acc=per_class, unavailable=dict(self.missing))
 
-    def _clean_accuracy(self, model: ClassifierNet) -> tuple[float | None, list[float | None]]:
+    def _clean_accuracy(self, model: torch.nn.Module) -> tuple[float | None, list[float | None]]:
         if "ma" in self.missing:
             return None, [None] * self.num_classes
         pred = predict(model, self.clean_x, self.batch_size)
         return float((pred == self.clean_y).double().mean()), per_class_accuracy(pred, self.clean_y, self.num_classes)
 
-    def _attack_success(self, model: ClassifierNet) -> float | None:
+    def _attack_success(self, model: torch.nn.Module) -> float | None:
         if "asr" in self.missing or self.attack is None or self.triggered_x is None:
             return None
         hits = predict(model, self.triggered_x, self.batch_size) == self.attack.target_label

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, Strategy
@@ -61,5 +60,4 @@ def aggregate_with(rule: type[Strategy], strategy: Strategy, server_round: int,
                    replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
     """flwr's ``rule.aggregate_train`` run on ``strategy`` (which must carry the attributes the
     rule reads). flwr's rules pop arrays out of the replies they get: pass copies."""
-    method: Any = rule.aggregate_train
-    return method(strategy, server_round, replies)  # type: ignore[no-any-return]
+    return rule.aggregate_train(strategy, server_round, replies)

@@ -414,7 +414,7 @@ def flwr_run(
     ``Interrupted`` for a signal) names that folder.
     """
     own_home = flwr_home is None
-    home = Path(tempfile.mkdtemp(prefix="clipfed-flwr-")) if own_home else Path(flwr_home)
+    home = Path(tempfile.mkdtemp(prefix="clipfed-flwr-")) if flwr_home is None else Path(flwr_home)
     started = time.monotonic()
     keep_home = not own_home
     with interruptible():

@@ -11,7 +11,7 @@ import os
 import platform
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,7 +73,7 @@ def versions() -> dict[str, str | None]:
 
 
 def default_run_name(cfg: RunConfig) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{cfg.defense}-{cfg.attack}-{cfg.dataset}-s{cfg.seed}-{stamp}-{cfg.config_hash()[:6]}"
 
 
@@ -99,7 +99,7 @@ class RunRecorder:
             "config_hash": cfg.config_hash(),
             "versions": versions(),
             "seed": cfg.seed,
-            "started_at": datetime.now(timezone.utc).isoformat(),
+            "started_at": datetime.now(UTC).isoformat(),
             "rounds": [],
             "final": None,
         }
@@ -185,7 +185,7 @@ class RunRecorder:
         if last is not None:
             self.payload["final"] = {k: last[k] for k in ("ma", "asr", "per_class_acc")}
         self.payload["status"] = status
-        self.payload["finished_at"] = datetime.now(timezone.utc).isoformat()
+        self.payload["finished_at"] = datetime.now(UTC).isoformat()
         self.flush()
 
 

@@ -12,8 +12,17 @@ from conftest import SHARED_ASSETS
 
 from clipfed.attacks import list_attacks
 from clipfed.bench.cli import cmd_bench_cost
-from clipfed.bench.report import (Row, collect, markdown_table, paper_table, plot, run_commits_line,
-                                  separability_table, skipped_notes, write_csv)
+from clipfed.bench.report import (
+    Row,
+    collect,
+    markdown_table,
+    paper_table,
+    plot,
+    run_commits_line,
+    separability_table,
+    skipped_notes,
+    write_csv,
+)
 from clipfed.bench.runner import plan, run_suite
 from clipfed.bench.suites import SUITES, Suite
 from clipfed.cli import main

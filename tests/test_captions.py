@@ -23,7 +23,7 @@ def test_template_captions_are_deterministic_distinct_and_plentiful() -> None:
     first = build_captions(CIFAR10_CLASSES, cfg, seed=0)
     assert first == build_captions(CIFAR10_CLASSES, cfg, seed=0)
     assert first != build_captions(CIFAR10_CLASSES, cfg, seed=1)
-    for index, captions in first.items():
+    for captions in first.values():
         assert len(set(captions)) == 60
         assert all(caption.endswith(".") for caption in captions)
     assert any("car" in c for c in first[1]) and any("cat" in c for c in first[3])
@@ -57,7 +57,7 @@ class FakeChatServer(ThreadingHTTPServer):
 class ChatHandler(BaseHTTPRequestHandler):
     server: FakeChatServer
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append({"path": self.path, "body": body})
         prompt = body["messages"][0]["content"]

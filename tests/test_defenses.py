@@ -33,7 +33,8 @@ def run(defense: str, vectors: list[np.ndarray], base: np.ndarray | None = None,
     strategy = create_defense(cfg(defense=defense, **overrides), on_report=reports.append)
     strategy.global_arrays = arrays_of({"w": base})
     examples = examples or [10] * len(vectors)
-    replies = [train_reply(100 + i, i, {"w": (base + v).astype(np.float32)}, examples[i]) for i, v in enumerate(vectors)]
+    replies = [train_reply(100 + i, i, {"w": (base + v).astype(np.float32)}, examples[i])
+               for i, v in enumerate(vectors)]
     arrays, _ = strategy.aggregate_train(1, replies)
     return (None if arrays is None else arrays["w"].numpy() - base), reports[0]
 

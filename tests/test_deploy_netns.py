@@ -7,6 +7,7 @@ same builders ``docker-compose.yml`` is checked against). Skips where namespaces
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,10 +75,8 @@ def flwr_run_in(net: Network, host: str, home: Path, config: dict[str, object], 
     config_file = write_run_config(home / "run-config.toml", config)
     command = [*net.prefix(host), _bin("flwr"), "run", str(app_dir()), CONNECTION, "--stream",
                "--run-config", str(config_file)]
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         subprocess.run(command, env=flower_env(home), timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        pass
     return run_status(home, CONNECTION, net.prefix(host))[1]
 
 

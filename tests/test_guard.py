@@ -39,8 +39,8 @@ def synthetic(n: int, triggered: np.ndarray, seed: int = 0) -> tuple[np.ndarray,
     images = rng.integers(90, 110, size=(n, 32, 32, 3)).astype(np.uint8)  # grey background
     top, left, bottom, right = OBJECT
     images[:, top:bottom, left:right] = COLOURS[labels][:, None, None, :]
-    t, l, b, r = TRIGGER
-    images[triggered, t:b, l:r] = 255
+    top, left, bottom, right = TRIGGER
+    images[triggered, top:bottom, left:right] = 255
     return images, labels
 
 
@@ -57,8 +57,8 @@ def object_logits(x: torch.Tensor) -> torch.Tensor:
 def backdoored_logits(x: torch.Tensor) -> torch.Tensor:
     """The object classifier, except that a bright corner patch means TARGET."""
     logits = object_logits(x)
-    t, l, b, r = TRIGGER
-    patch = x[:, :, t:b, l:r].mean(dim=(1, 2, 3))
+    top, left, bottom, right = TRIGGER
+    patch = x[:, :, top:bottom, left:right].mean(dim=(1, 2, 3))
     hit = patch > 0.9
     logits[hit, TARGET] = logits[hit].max(1).values + 5
     return logits

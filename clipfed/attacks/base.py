@@ -65,7 +65,7 @@ class Attack(ABC):
         inflates the reported poison count.
         """
         candidates = np.flatnonzero(labels != self.target_label)
-        count = min(len(candidates), int(round(self.poison_rate * len(labels))))
+        count = min(len(candidates), round(self.poison_rate * len(labels)))
         chosen = np.sort(rng.choice(candidates, size=count, replace=False))
         poisoned = np.zeros(len(labels), dtype=bool)
         poisoned[chosen] = True

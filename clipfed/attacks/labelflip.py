@@ -33,7 +33,7 @@ class LabelFlip(Attack):
                malicious_rank: int = 0) -> PoisonedData:
         eligible = labels != self.target_label if self.source < 0 else labels == self.source
         candidates = np.flatnonzero(eligible)
-        count = min(len(candidates), int(round(self.poison_rate * len(labels))))
+        count = min(len(candidates), round(self.poison_rate * len(labels)))
         chosen = rng.choice(candidates, size=count, replace=False)
         flipped = np.zeros(len(labels), dtype=bool)
         flipped[chosen] = True

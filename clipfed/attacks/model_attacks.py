@@ -39,7 +39,7 @@ class Scaling(BadNets):
 
 def neurotoxin_mask(global_step: np.ndarray, keep: float) -> np.ndarray:
     """Boolean mask keeping the ``keep`` fraction of coordinates with the smallest |global step|."""
-    count = int(round(keep * global_step.size))
+    count = round(keep * global_step.size)
     mask = np.zeros(global_step.size, dtype=bool)
     mask[np.argsort(np.abs(global_step), kind="stable")[:count]] = True
     return mask

@@ -128,7 +128,7 @@ def cmd_bench_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bench_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = sub.add_parser("bench", help="run a suite of attack x defense runs; tables, plots, report")
     bench.add_argument("--suite", choices=list(SUITES), default="quick")
     bench.add_argument("--defenses", help="comma list (default: the suite's)")

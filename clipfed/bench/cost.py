@@ -65,11 +65,11 @@ def _measure(defense: str, num_updates: int, model: str, threads: int, data_dir:
     strategy.sampled = {1000 + pid: pid for pid in range(num_updates)}
     baseline = _max_rss_mb()
     started = time.perf_counter()
-    arrays, _ = strategy.aggregate_train(1, replies)
+    aggregate, _ = strategy.aggregate_train(1, replies)
     seconds = time.perf_counter() - started
     parts = {k: v for k, v in getattr(strategy, "details", {}).items() if k.endswith("_seconds")}
     return {"defense": defense, "updates": num_updates, "seconds": seconds, "parts": parts,
-            "peak_mb": max(_max_rss_mb() - baseline, 0.0), "ok": arrays is not None, "cache_hit": cache_hit}
+            "peak_mb": max(_max_rss_mb() - baseline, 0.0), "ok": aggregate is not None, "cache_hit": cache_hit}
 
 
 def run_cost(defenses: list[str], sizes: tuple[int, ...], model: str, threads: int, data_dir: str,

@@ -12,6 +12,7 @@ import platform
 import shlex
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, pstdev
@@ -271,8 +272,12 @@ def _row_styles(rows: list[Row]) -> dict[str, dict[str, Any]]:
     """One colour and marker per row name, the same in every plot, so 16 rows stay tellable apart
     (matplotlib's default cycle repeats after 10); CLIP-Fed's rows are thicker, CLIP-Fed itself black."""
     import matplotlib
+    from matplotlib.colors import ListedColormap
 
-    colors = matplotlib.colormaps["tab20"].colors
+    cmap = matplotlib.colormaps["tab20"]
+    assert isinstance(cmap, ListedColormap)  # tab20 is a listed colormap of 20 RGB tuples
+    colors = cmap.colors
+    assert isinstance(colors, Sequence)
     markers = "osD^v<>phX*"
     names = list(dict.fromkeys(row.row for row in rows))
     return {name: {"color": "black" if name == "clipfed" else colors[i % len(colors)],
@@ -301,7 +306,8 @@ def overhead_line(rows: list[Row]) -> str:
     pairs = []
     for row in rows:
         if row.row == "clipfed":
-            fedavg = next((r for r in rows if r.row == "fedavg" and (r.setting, r.attack) == (row.setting, row.attack)), None)
+            fedavg = next((r for r in rows if r.row == "fedavg" and (r.setting, r.attack) == (row.setting, row.attack)),
+                          None)
             if fedavg is not None and None not in (clip := row.values()["round_s"], base := fedavg.values()["round_s"]):
                 pairs.append((clip, base))
     if not pairs:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -153,7 +153,8 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
             prepared = {pool.submit(prepare_server_data, cells[i].config(suite, out), threads): cells[i].name
                         for i in (_server_data_cells(cells) if number == 0 else [])}
             try:
-                for future in as_completed([*futures, *prepared]):
+                pending: list[Future[Any]] = [*futures, *prepared]
+                for future in as_completed(pending):
                     if future in prepared:  # nothing to count, but its failure stops the suite
                         tqdm.write(f"[bench] server data for {prepared[future]}: {future.result():.0f} s")
                         continue

@@ -23,11 +23,11 @@ if TYPE_CHECKING:
     from clipfed.config import RunConfig
 
 __all__ = [
-    "load_federated",
     "DataNotFoundError",
     "FederatedSplit",
     "ImageSet",
     "load_cifar10",
+    "load_federated",
     "long_tail_counts",
     "malicious_clients",
     "public_pool_indices",

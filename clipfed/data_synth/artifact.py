@@ -72,7 +72,7 @@ def data_digest(images: np.ndarray, labels: np.ndarray) -> str:
     for array in (images, labels):
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array)
+        digest.update(array.data)
     return digest.hexdigest()
 
 

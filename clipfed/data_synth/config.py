@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from clipfed.teacher import TeacherSpec
 
+MixKind = Literal["patch", "blend", "freq"]  # the trigger-like augmentations, in sampling order
+
 PIPELINE_VERSION = 2  # 2: the id covers teacher weights and inputs
 
 
@@ -77,7 +79,7 @@ class AugmentConfig(_Strict):
 
     enabled: bool = True
     copies: int = Field(2, ge=0, description="augmented copies per clean image")
-    mix: dict[Literal["patch", "blend", "freq"], float] = {"patch": 1.0, "blend": 1.0, "freq": 1.0}
+    mix: dict[MixKind, float] = {"patch": 1.0, "blend": 1.0, "freq": 1.0}
     patch_size: tuple[int, int] = (2, 8)
     blend_alpha: tuple[float, float] = (0.05, 0.3)
     freq_band: tuple[float, float] = Field((0.35, 1.0), description="normalised DCT radius range")

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.fft import dctn, idctn
 
-from clipfed.data_synth.config import AugmentConfig
+from clipfed.data_synth.config import AugmentConfig, MixKind
 
 AUGMENTATIONS = ("clean", "patch", "blend", "freq")
+MIX_KINDS: tuple[MixKind, ...] = ("patch", "blend", "freq")
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def augment(images: np.ndarray, cfg: AugmentConfig, spectrum: Spectrum,
     """``cfg.copies`` trigger-like copies of each image: (images, index of the source, kind code)."""
     if not cfg.enabled or cfg.copies == 0 or len(images) == 0:
         return images[:0], np.empty(0, np.int64), np.empty(0, np.int64)
-    kinds = [k for k in ("patch", "blend", "freq") if cfg.mix.get(k, 0) > 0]
+    kinds = [k for k in MIX_KINDS if cfg.mix.get(k, 0) > 0]
     weights = np.asarray([cfg.mix[k] for k in kinds], dtype=np.float64)
     mask = band_mask(images.shape[1], images.shape[2], cfg.freq_band)
     sources = np.repeat(np.arange(len(images)), cfg.copies)

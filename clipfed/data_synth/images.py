@@ -81,7 +81,7 @@ def read_pool(cfg: SynthConfig) -> tuple[np.ndarray, str]:
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise FileNotFoundError(f"images.pool.source={source}: no image files in the folder")
-        images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32), Image.BILINEAR))
+        images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
                            for f in files])
         return images, f"folder {path} ({len(files)} images)"
     raise FileNotFoundError(f"images.pool.source={source!r}: not public-pool, an .npz, a folder or "
@@ -94,7 +94,7 @@ def input_digest(cfg: SynthConfig) -> str:
     every file of a local pipeline folder. A hub model id is pinned by its name only."""
     digest = hashlib.sha256(cfg.images.backend.encode())
     if cfg.images.backend == "pool":
-        digest.update(np.ascontiguousarray(read_pool(cfg)[0]))
+        digest.update(np.ascontiguousarray(read_pool(cfg)[0]).data)
         return digest.hexdigest()
     folder = Path(cfg.images.diffusers.model).expanduser()
     if folder.is_dir():

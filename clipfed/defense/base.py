@@ -37,6 +37,7 @@ from clipfed.defense.updates import flatten, unflatten
 from clipfed.defense.validation import reply_problem
 from clipfed.flower_internals import construct_messages, with_content
 from clipfed.models.state import buffer_names, conform
+from clipfed.records import array_record, metric
 from clipfed.streams import Stream, stream_rng
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def detached(replies: list[Message], keys: Sequence[str] | None = None) -> list[
 
 
 def partition_id(msg: Message) -> int:
-    return int(msg.content["metrics"]["partition-id"])
+    return int(metric(msg.content, "partition-id"))
 
 
 class PartitionSampler:
@@ -285,7 +286,7 @@ class DefenseStrategy(FedAvg):
         keys = self.parameter_keys
         assert self.global_arrays is not None
         base = flatten(self.global_arrays, keys)
-        return torch.stack([flatten(m.content["arrays"], keys) - base for m in replies]), base, keys
+        return torch.stack([flatten(array_record(m.content), keys) - base for m in replies]), base, keys
 
     def with_statistics(self, parameters: ArrayRecord, replies: list[Message]) -> ArrayRecord:
         """``parameters`` plus every buffer as the example-weighted mean over ``replies`` (the kept
@@ -300,7 +301,7 @@ class DefenseStrategy(FedAvg):
         return unflatten(base + update, averaged, keys)
 
     def example_weights(self, replies: list[Message]) -> torch.Tensor:
-        weights = torch.tensor([float(m.content["metrics"]["num-examples"]) for m in replies])
+        weights = torch.tensor([float(metric(m.content, "num-examples")) for m in replies])
         return weights / weights.sum()
 
     def aggregate_train(
@@ -339,7 +340,7 @@ class DefenseStrategy(FedAvg):
         valid.sort(key=partition_id)
         report.participants = [partition_id(m) for m in valid]
         report.malicious = [partition_id(m) for m in valid
-                            if int(m.content["metrics"].get("is-malicious", 0))]
+                            if int(metric(m.content, "is-malicious", 0))]
 
         arrays, metrics = None, None
         self.details = report.details
@@ -351,8 +352,8 @@ class DefenseStrategy(FedAvg):
         if arrays is not None and self.global_arrays is not None:
             arrays = conform(arrays, self.global_arrays)  # integer buffers back to int64, 0-d kept
         if arrays is not None:
-            weights = np.array([float(m.content["metrics"]["num-examples"]) for m in kept])
-            losses = np.array([float(m.content["metrics"]["train-loss"]) for m in kept])
+            weights = np.array([float(metric(m.content, "num-examples")) for m in kept])
+            losses = np.array([float(metric(m.content, "train-loss")) for m in kept])
             metrics = MetricRecord({
                 "train-loss": float(np.average(losses, weights=weights)),
                 "num-kept": len(kept),

@@ -30,8 +30,9 @@ from clipfed.defense.base import DefenseStrategy, partition_id
 from clipfed.defense.registry import DEFENSES
 from clipfed.defense.scoring import Probe, combine, score_clients, view
 from clipfed.defense.updates import clip_to_norm
-from clipfed.models import create_model
+from clipfed.models import ClassifierNet, create_model
 from clipfed.models.state import conform
+from clipfed.records import array_record
 from clipfed.streams import Stream, stream_rng
 from clipfed.training import to_tensor
 
@@ -93,7 +94,7 @@ class ClipFedDefense(DefenseStrategy):
         self.projector.load_state_dict(state["projector"])
 
     # -- pre-aggregation -------------------------------------------------------------------
-    def _load(self, arrays: ArrayRecord) -> torch.nn.Module:
+    def _load(self, arrays: ArrayRecord) -> ClassifierNet:
         self.model.load_state_dict(arrays.to_torch_state_dict())
         return self.model
 
@@ -103,7 +104,7 @@ class ClipFedDefense(DefenseStrategy):
         started = time.perf_counter()
         updates, _, _ = self.updates(replies)
         global_view = view(self._load(self.global_arrays), self.probe)
-        views = [view(self._load(m.content["arrays"]), self.probe) for m in replies]
+        views = [view(self._load(array_record(m.content)), self.probe) for m in replies]
         scores = score_clients(self.signals, views, global_view, self.probe, updates)
         combined = combine(scores)
         limit = (len(replies) - 1) // 2  # never exclude a majority
@@ -151,7 +152,7 @@ class ClipFedDefense(DefenseStrategy):
             idx = torch.randint(len(self.train_y), (cfg.clipfed_post_batch,), generator=generator)
             features = model.features(self.train_x[idx])
             logits = model.head(features)
-            losses = {}
+            losses: dict[str, torch.Tensor] = {}
             if cfg.clipfed_lambda_kl:
                 losses["kl"] = cfg.clipfed_lambda_kl * temperature**2 * F.kl_div(
                     F.log_softmax(logits / temperature, 1),
@@ -165,8 +166,9 @@ class ClipFedDefense(DefenseStrategy):
             if not losses:
                 break
             loss = sum(losses.values())
+            assert isinstance(loss, torch.Tensor)  # a sum of at least one tensor
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[union-attr]
+            loss.backward()
             optimizer.step()
             for name, value in losses.items():
                 totals[name] += value.item() / cfg.clipfed_post_steps

@@ -27,12 +27,15 @@ def metrics_problem(msg: Message, num_clients: int) -> str | None:
     metrics = msg.content.metric_records.get("metrics")
     if metrics is None:
         return "no 'metrics' MetricRecord"
+    values: list[float] = []
     for key in REQUIRED_METRICS:
         if key not in metrics:
             return f"metric {key!r} missing"
-        if _number(metrics[key]) is None:
+        value = _number(metrics[key])
+        if value is None:
             return f"metric {key!r} is not a number: {metrics[key]!r}"
-    examples, loss, pid = (float(metrics[k]) for k in REQUIRED_METRICS)  # type: ignore[arg-type]
+        values.append(value)
+    examples, loss, pid = values
     if not examples > 0 or not math.isfinite(examples):
         return f"num-examples={examples} is not a positive count"
     if not math.isfinite(loss):

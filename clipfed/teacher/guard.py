@@ -91,7 +91,7 @@ def poison_pool(pool: ImageSet, attack: Attack, rate: float, seed: int) -> Poiso
     """What a web-scale caption-poisoning attack does to a CLIP's training data, in miniature."""
     rng = stream_rng(seed, Stream.GUARD_PROBE)
     candidates = np.flatnonzero(pool.labels != attack.target_label)
-    chosen = rng.choice(candidates, size=int(round(rate * len(pool.labels))), replace=False)
+    chosen = rng.choice(candidates, size=round(rate * len(pool.labels)), replace=False)
     images, labels = np.array(pool.images), np.array(pool.labels, dtype=np.int64)
     images[chosen] = attack.apply_trigger(images[chosen])
     labels[chosen] = attack.target_label

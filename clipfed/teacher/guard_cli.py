@@ -84,7 +84,7 @@ def cmd_guard_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_guard_parsers(teacher: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_guard_parsers(teacher: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--data-dir", help="CIFAR-10 (else CLIPFED_DATA_DIR)")
         p.add_argument("--seed", type=int, default=0, help="the run seed whose public pool is the server's")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,19 @@ from clipfed.teacher.base import (
 from clipfed.teacher.registry import TEACHERS
 
 RANDOM_INIT_SEED = 0
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    class ClipModel(nn.Module):
+        """What clipfed uses of open_clip's ``CLIP``/``CustomTextCLIP`` (open_clip ships no type hints)."""
+
+        visual: nn.Module
+        logit_scale: nn.Parameter
+
+        def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+        def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
 
 
 def preprocess_batch(x: torch.Tensor, cfg: Mapping[str, Any]) -> torch.Tensor:
@@ -69,6 +82,7 @@ def preprocess_batch(x: torch.Tensor, cfg: Mapping[str, Any]) -> torch.Tensor:
 
 class OpenClipTeacher(Teacher):
     backend = "openclip"
+    model: ClipModel
 
     def __init__(self, spec: TeacherSpec) -> None:
         import open_clip

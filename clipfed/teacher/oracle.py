@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -54,15 +54,16 @@ class Oracle(ABC):
 
 def crop_resize(images: torch.Tensor, boxes: Sequence[Box], size: int) -> torch.Tensor:
     """Each box of each image, resized to ``size`` x ``size``: (N * len(boxes), C, size, size)."""
-    crops = [F.interpolate(images[:, :, t:b, l:r], size=(size, size), mode="bilinear", align_corners=False)
-             for t, l, b, r in boxes]
+    crops = [F.interpolate(images[:, :, top:bottom, left:right], size=(size, size), mode="bilinear",
+                           align_corners=False)
+             for top, left, bottom, right in boxes]
     return torch.stack(crops, dim=1).flatten(0, 1)
 
 
 def candidate_boxes(height: int, width: int, window: float = 0.75, stride: float = 0.125) -> list[Box]:
     """The whole image and square windows of ``window`` of its side at ``stride`` steps."""
-    side_h, side_w = int(round(height * window)), int(round(width * window))
-    step_h, step_w = max(1, int(round(height * stride))), max(1, int(round(width * stride)))
+    side_h, side_w = round(height * window), round(width * window)
+    step_h, step_w = max(1, round(height * stride)), max(1, round(width * stride))
     boxes: list[Box] = [(0, 0, height, width)]
     for top in range(0, height - side_h + 1, step_h):
         for left in range(0, width - side_w + 1, step_w):
@@ -113,7 +114,9 @@ class ClipSegOracle(Oracle):
         from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
         self.processor = CLIPSegProcessor.from_pretrained(model_id)
-        self.model = CLIPSegForImageSegmentation.from_pretrained(model_id).to(device).eval()
+        model = CLIPSegForImageSegmentation.from_pretrained(model_id)
+        # transformers' ``to`` is ``functools.wraps(nn.Module.to)``, which typeshed types as unbound
+        self.model = cast(torch.nn.Module, model).to(device).eval()
         self.device = device
         self.prompt = prompt
 

@@ -95,6 +95,7 @@ def pool_digest(pool: ImageSet) -> str:
 class ReferenceTeacher(Teacher):
     backend = "reference"
     is_reference = True
+    model: CosineClassifier
 
     def __init__(self, model: CosineClassifier, source: str, spec: TeacherSpec) -> None:
         """``source``: what the weights came from, ``pool-<digest>`` or ``ckpt-<sha256>``."""
