@@ -98,11 +98,17 @@ def run_experiment(cfg: RunConfig, args: argparse.Namespace) -> Path:
         from clipfed.inprocess import run_inprocess
 
         return run_inprocess(cfg, threads=os.cpu_count() or 1)
-    from clipfed.launch import flwr_run
+    from clipfed.launch import Interrupted, flwr_run
+    from clipfed.results import mark_stopped
 
-    flwr_run(app_dir(), cfg.to_flower(), num_supernodes=args.num_supernodes or cfg.num_clients,
-             cpus_per_client=args.cpus_per_client, timeout=args.timeout)
-    return Path(cfg.out_dir) / cfg.run_name
+    run_dir = Path(cfg.out_dir) / cfg.run_name
+    try:
+        flwr_run(app_dir(), cfg.to_flower(), num_supernodes=args.num_supernodes or cfg.num_clients,
+                 cpus_per_client=args.cpus_per_client, timeout=args.timeout)
+    except BaseException as err:
+        mark_stopped(run_dir, "interrupted" if isinstance(err, Interrupted | KeyboardInterrupt) else "failed")
+        raise
+    return run_dir
 
 
 def cmd_run(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int:
@@ -322,7 +328,7 @@ def loaded_classes(*qualnames: str) -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. Bad input (``UserError`` and the errors that name a bad key, file or
     name) ends as ``clipfed: <message>`` on stderr with exit 2, a run that failed with exit 1 (its
-    message names where its logs are), SIGINT/SIGTERM with 128 + the signal number. Any other
+    message names where its logs are), SIGINT/SIGTERM/SIGHUP with 128 + the signal number. Any other
     exception is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:

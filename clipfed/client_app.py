@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clipfed.attacks import create_attack
-from clipfed.config import RunConfig
+from clipfed.config import NODE_KEYS, ROLES, RunConfig, node_config_problems
 from clipfed.data import load_federated, malicious_clients
 from clipfed.models import create_model
 from clipfed.models.state import buffer_names, to_array_record
@@ -27,14 +27,6 @@ from clipfed.training import train_local
 
 app = ClientApp()
 
-ROLES = ("benign", "malicious")
-# Run-config keys a SuperNode's node config may set for itself: where its data lies, and a
-# malicious node's attack settings. (The server measures ASR with the run config's trigger.)
-NODE_KEYS = (
-    "data-dir", "attack", "poison-rate", "target-label", "attack-start-round", "patch-size",
-    "patch-position", "patch-pattern", "blend-alpha", "blend-pattern", "dba-parts", "freq-psnr",
-    "freq-band-low", "freq-band-high", "flip-source", "boost-factor", "neurotoxin-keep",
-)
 
 
 @dataclass(frozen=True)
@@ -94,6 +86,8 @@ def query(msg: Message, context: Context) -> Message:
 
 def node_run_config(context: Context) -> RunConfig:
     """The run config, with what this node's ``--node-config`` sets for itself on top."""
+    if problems := node_config_problems(context.node_config):  # refused, never silently ignored
+        raise ValueError("node config: " + "; ".join(problems))
     overrides = {k: v for k, v in context.node_config.items() if k in NODE_KEYS}
     return RunConfig.from_flower({**context.run_config, **overrides})
 

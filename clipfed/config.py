@@ -32,6 +32,38 @@ TRAIN_PER_CLASS = {"cifar10": 5000, "cifar10-lt": 5000}
 PATCH_POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
 
 
+ROLES = ("benign", "malicious")
+# Run-config keys a SuperNode's node config may set for itself: where its data lies, and a
+# malicious node's attack settings. (The server measures ASR with the run config's trigger.)
+NODE_KEYS = (
+    "data-dir", "attack", "poison-rate", "target-label", "attack-start-round", "patch-size",
+    "patch-position", "patch-pattern", "blend-alpha", "blend-pattern", "dba-parts", "freq-psnr",
+    "freq-band-low", "freq-band-high", "flip-source", "boost-factor", "neurotoxin-keep",
+)
+# What a node config may hold besides NODE_KEYS: the node's identity and resources.
+NODE_IDENTITY_KEYS = ("partition-id", "num-partitions", "role", "malicious-rank", "num-threads")
+
+
+def node_config_problems(node: Mapping[str, Any]) -> list[str]:
+    """Why a SuperNode's node config cannot be used (unknown keys, bad values), or [].
+
+    Checked by ``clipfed deploy supernode`` before the node starts and by the ClientApp, so that a
+    typo (``posion-rate``) is refused instead of silently running with the run's value.
+    """
+    problems = [f"{key}: unknown node-config key; allowed: {', '.join((*NODE_IDENTITY_KEYS, *NODE_KEYS))}"
+                for key in node if key not in NODE_KEYS and key not in NODE_IDENTITY_KEYS]
+    role = node.get("role", "")
+    if role and role not in ROLES:
+        problems.append(f"role={role!r}; allowed: {', '.join(ROLES)}")
+    overrides = {k: v for k, v in node.items() if k in NODE_KEYS}
+    if overrides:
+        try:
+            RunConfig.from_flower(overrides)
+        except ConfigError as err:
+            problems += [line.strip().removeprefix("- ") for line in str(err).splitlines()[1:]]
+    return problems
+
+
 class ConfigError(ValueError):
     """An invalid run configuration; the message names each bad key and its allowed values."""
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipfed.config import ConfigError, parse_config_text
+from clipfed.config import ConfigError, node_config_problems, parse_config_text
 
 if TYPE_CHECKING:
     from clipfed.deploy import TLSFiles
@@ -110,6 +110,8 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         node.update(parse_config_text(args.node_config, "node config"))
     except ConfigError as err:
         raise DeployError(f"--node-config: {err}") from None
+    if problems := node_config_problems(node):
+        raise DeployError("--node-config: " + "; ".join(problems))
     ca = check_ca_file(args.root_certificates) if args.root_certificates else None
     if args.key and not Path(args.key).is_file():
         raise DeployError(f"--key {args.key}: no such file (this node's private key from "

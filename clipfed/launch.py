@@ -49,7 +49,7 @@ class FlowerRunError(RuntimeError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped a run (after everything it started was stopped)."""
+    """SIGINT, SIGTERM or SIGHUP stopped a run (after everything it started was stopped)."""
 
     def __init__(self, signum: int, message: str = "") -> None:
         super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
@@ -205,15 +205,19 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+# Ctrl-C, `timeout`/`kill`, and a closed terminal (SIGHUP): each must stop what a run started.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextmanager
 def interruptible() -> Iterator[None]:
-    """SIGINT and SIGTERM raise ``Interrupted``, so ``finally`` blocks stop what a run started
+    """SIGINT, SIGTERM and SIGHUP raise ``Interrupted``, so ``finally`` blocks stop what a run started
     (Python's default SIGTERM ends the process at once, leaving every child running). Only the
     main thread may set handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -222,7 +226,7 @@ def interruptible() -> Iterator[None]:
 
 
 class _Cleanup:
-    """Holds SIGINT/SIGTERM while stopping processes and removing folders (a second Ctrl-C must not
+    """Holds the stop signals while stopping processes and removing folders (a second Ctrl-C must not
     leave half of them behind); one that arrived is raised afterwards, unless an error is already
     on its way out."""
 

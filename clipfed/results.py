@@ -168,6 +168,7 @@ class RunRecorder:
             "rejected": report.rejected,
             "missing": report.missing,
             "offline": report.offline,
+            "refused": report.refused,  # SuperNodes whose partition claim was refused, and why
             "detection": report.detection(),
             "server_seconds": report.server_seconds,
             "eval_seconds": eval_seconds,
@@ -187,6 +188,20 @@ class RunRecorder:
         self.payload["status"] = status
         self.payload["finished_at"] = datetime.now(UTC).isoformat()
         self.flush()
+
+
+def mark_stopped(run_dir: Path, status: str) -> None:
+    """Record ``status`` (``interrupted``, ``failed``) in a run the ServerApp could not finish itself
+    (its process was stopped from outside): a ``running`` result.json would read as still going."""
+    path = Path(run_dir) / RESULT_FILE
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # the run never started writing: nothing to mark
+    if payload.get("status") == "running":
+        payload["status"] = status
+        payload["finished_at"] = datetime.now(UTC).isoformat()
+        write_json_atomic(path, payload)
 
 
 def progress_line(entry: dict[str, Any], num_rounds: int) -> str:
@@ -251,9 +266,11 @@ def results_table(results: list[dict[str, Any]]) -> str:
         final, diverged = res.get("final") or {}, diverged_at(res)
         ma, asr = (format_metric(final.get(k)) if diverged is None else f"diverged (round {diverged})"
                    for k in ("ma", "asr"))
+        status = res.get("status", "completed")
+        done = f"{len(rounds)}" if status == "completed" else f"{len(rounds)} ({status})"  # never a silent stop
         lines.append(
             f"| {res['run_name']} | {cfg['defense']} | {cfg['attack']} | {cfg['num-malicious']} | "
-            f"{len(rounds)} | {ma} | {asr} | {recall} | "
+            f"{done} | {ma} | {asr} | {recall} | "
             f"{precision} | {server} |"
         )
     return "\n".join(lines)

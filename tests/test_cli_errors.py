@@ -145,3 +145,33 @@ def test_a_probe_that_is_not_an_images_labels_npz_is_a_user_error(tmp_path: Path
     for path in (wrong_keys, not_npz):
         with pytest.raises(UserError, match="not an npz with 'images'"):
             load_probe(str(path), ("a", "b"))
+
+
+@pytest.mark.parametrize(("node_config", "expected"), [
+    ("posion-rate=0.9", "posion-rate: unknown node-config key"),
+    ("lr=1.0", "lr: unknown node-config key"),
+    ("poison-rate=2.0", "poison-rate"),
+    ("attack='nosuch'", "attack"),
+    ("role='attacker'", "role='attacker'; allowed: benign, malicious"),
+])
+def test_a_supernode_node_config_typo_or_bad_value_is_refused_before_it_starts(
+        node_config: str, expected: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """node_run_config kept only known keys, so a typo ran silently with the run's value."""
+    import clipfed.deploy_cli
+
+    monkeypatch.setattr(clipfed.deploy_cli, "_exec", lambda command: pytest.fail(f"started {command}"))
+    argv = ["deploy", "supernode", "--superlink", "127.0.0.1:9092", "--partition-id", "0", "--num-partitions", "2",
+            "--node-config", node_config]
+    assert main(argv) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_the_clientapp_refuses_an_unknown_node_config_key_with_its_reason() -> None:
+    from flwr.app import Context, RecordDict
+
+    from clipfed.client_app import node_run_config
+
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2, "posion-rate": 0.9},
+                      state=RecordDict(), run_config={})
+    with pytest.raises(ValueError, match="posion-rate: unknown node-config key"):
+        node_run_config(context)

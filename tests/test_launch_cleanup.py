@@ -4,6 +4,7 @@ keep their logs where the error message says."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -134,6 +135,14 @@ def test_sigterm_raises_and_cleanup_holds_signals_until_it_is_done() -> None:
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "handlers are restored"
 
 
+def test_a_closed_terminal_sighup_interrupts_like_ctrl_c() -> None:
+    """SIGHUP (the terminal closed) left every process of a run running before."""
+    with pytest.raises(Interrupted) as caught, interruptible():
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(5)
+    assert caught.value.signum == signal.SIGHUP
+
+
 def tiny_run_config(data_dir: Path, out_dir: Path, name: str, rounds: int = 50) -> dict[str, object]:
     return {"num-clients": 2, "num-malicious": 0, "num-server-rounds": rounds, "local-steps": 1,
             "eval-samples": 50, "partition": "iid", "data-dir": str(data_dir), "out-dir": str(out_dir),
@@ -187,6 +196,8 @@ def test_an_interrupted_run_leaves_nothing_running(sig: signal.Signals, whole_gr
         assert logs == tmp_path / "runs" / "interrupted.logs"
         assert "[clipfed] round   2/" in (logs / "flwr-run.log").read_text()
         assert "Starting Flower SuperLink" in (logs / "superlink.log").read_text()
+        result = json.loads((tmp_path / "runs" / "interrupted" / "result.json").read_text())
+        assert result["status"] == "interrupted" and result["finished_at"], "a stopped run must not read 'running'"
     finally:
         if clipfed.poll() is None:
             clipfed.kill()

@@ -191,3 +191,22 @@ def test_a_resnet_checkpoint_round_trip_keeps_every_shape_and_dtype(tmp_path: Pa
         {k: (tuple(v.shape), v.dtype) for k, v in arrays.items()}
     model = create_model("resnet20", 10)
     model.load_state_dict(restored.to_torch_state_dict())  # strict: the next round's ClientApp can load it
+
+
+def test_a_run_in_which_no_node_reports_its_partition_fails_instead_of_completing_empty() -> None:
+    """With a too-short round-timeout every partition query timed out and the run 'completed'
+    with no participant in any round."""
+    sampler = PartitionSampler(cfg(**{"num-clients": 2, "round-timeout": 5.0}), poll_seconds=0.0)
+    grid = ClaimGrid({11: 0, 12: 1})
+    grid.send_and_receive = lambda messages, timeout=None: []  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="none of the 2 connected SuperNodes reported its partition id"):
+        sampler.sample(grid, 1)  # type: ignore[arg-type]
+
+
+def test_the_table_marks_a_run_that_did_not_complete() -> None:
+    from clipfed.results import results_table
+
+    result = {"run_name": "r", "status": "interrupted", "config": cfg().to_flower(), "final": {},
+              "rounds": [{"round": 1, "server_seconds": 1.0, "detection": {"tp": 0, "fp": 0, "fn": 0, "tn": 1},
+                          "ma": 0.5, "asr": 0.1}]}
+    assert "| 1 (interrupted) |" in results_table([result])

@@ -167,6 +167,11 @@ class PartitionSampler:
     def sample(self, grid: Grid, server_round: int) -> dict[int, int]:
         """This round's clients as {node id: partition id}, ordered by partition id."""
         online = set(self.discover(grid))
+        if not self.node_of:  # a run in which no client can train must fail, not "complete" empty
+            raise RuntimeError(
+                f"round {server_round}: none of the {len(online)} connected SuperNodes reported its "
+                f"partition id within round-timeout={self.timeout:g} s ({len(self.refused)} refused); "
+                "a ClientApp's first start can take longer than that: raise round-timeout")
         partitions = sorted(p for p, node in self.node_of.items() if node in online)
         self.offline = sorted(p for p, node in self.node_of.items() if node not in online)
         if self.offline:
