@@ -105,12 +105,16 @@ print("ok")
 
 
 def _python(name: str) -> str | None:
-    """``name`` on PATH if it runs (a pyenv shim for an inactive version does not)."""
-    path = shutil.which(name)
-    if path is None:
-        return None
-    ran = subprocess.run([path, "-c", "import ssl"], capture_output=True, timeout=60, check=False)
-    return path if ran.returncode == 0 else None
+    """A runnable ``name``: on PATH, or an installed pyenv version's own binary (a pyenv shim for
+    a version that is not active refuses to run)."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    for path in (shutil.which(name), *sorted(str(p) for p in root.glob(f"versions/*/bin/{name}"))):
+        if path is None:
+            continue
+        ran = subprocess.run([path, "-c", "import ssl"], capture_output=True, timeout=60, check=False)
+        if ran.returncode == 0:
+            return path
+    return None
 
 
 def test_certificates_carry_the_extensions_strict_verification_needs(tmp_path: Path) -> None:
