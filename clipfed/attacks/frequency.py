@@ -10,7 +10,7 @@ from scipy.fft import idctn
 
 from clipfed.attacks.base import TRIGGER_SEED, Attack
 from clipfed.attacks.registry import ATTACKS
-from clipfed.data_synth.frequency import band_mask
+from clipfed.dct import band_mask
 
 if TYPE_CHECKING:
     from clipfed.config import RunConfig

@@ -15,6 +15,7 @@ import numpy as np
 from scipy.fft import dctn, idctn
 
 from clipfed.data_synth.config import AugmentConfig, MixKind
+from clipfed.dct import band_mask
 
 AUGMENTATIONS = ("clean", "patch", "blend", "freq")
 MIX_KINDS: tuple[MixKind, ...] = ("patch", "blend", "freq")
@@ -33,22 +34,6 @@ def amplitude_spectrum(images: np.ndarray) -> Spectrum:
     dct = np.abs(dctn(x, axes=(2, 3), norm="ortho")).mean(0)
     fft = np.fft.fftshift(np.abs(np.fft.fft2(x, norm="ortho")).mean(0), axes=(1, 2))
     return Spectrum(dct.astype(np.float32), fft.astype(np.float32))
-
-
-def band_mask(height: int, width: int, band: tuple[float, float]) -> np.ndarray:
-    """DCT coefficients whose normalised radius sqrt((u/H)^2 + (v/W)^2) / sqrt(2) lies in ``band``."""
-    u = np.arange(height)[:, None] / height
-    v = np.arange(width)[None, :] / width
-    radius = np.sqrt(u**2 + v**2) / np.sqrt(2)
-    low, high = band
-    return (radius >= low) & (radius <= high)
-
-
-def band_energy(images: np.ndarray, band: tuple[float, float]) -> float:
-    """Mean squared DCT coefficient of the images inside ``band`` (a test and diagnostic helper)."""
-    x = np.asarray(images, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0
-    coeffs = dctn(x, axes=(2, 3), norm="ortho")
-    return float((coeffs[..., band_mask(x.shape[2], x.shape[3], band)] ** 2).mean())
 
 
 def _patch(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
