@@ -21,6 +21,7 @@ import ipaddress
 import json
 import os
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -320,15 +321,31 @@ class Processes:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def stop_pids(pid_file: Path) -> list[str]:
-    """Stop what ``pids.json`` lists (process groups we started); returns the names stopped."""
+def _group_gone(pgid: int, within: float) -> bool:
+    """Whether process group ``pgid`` has no process left, polling for up to ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+def stop_pids(pid_file: Path, grace: float = 10.0) -> list[str]:
+    """Stop what ``pids.json`` lists (process groups we started) and return the names stopped:
+    SIGTERM, SIGKILL for a group still there ``grace`` s later; it returns only once every group is
+    gone (a fixed one-second wait raced with a loaded machine)."""
     stopped = []
     for name, pid in json.loads(pid_file.read_text()).items():
-        for sig in (15, 9):
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
             try:
                 os.killpg(int(pid), sig)
             except ProcessLookupError:
                 break
-            time.sleep(1.0)
+            if _group_gone(int(pid), wait):
+                break
         stopped.append(name)
     return stopped
