@@ -8,7 +8,6 @@ command handler imports what it uses.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import signal
 import sys
@@ -224,9 +223,8 @@ def cmd_teacher_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--checkpoint {args.checkpoint}: no such file; allowed: the teacher's weights file")
     if args.teacher == "openclip" and (problems := teacher_problems(
             {"teacher": "openclip", "teacher-model": args.model, "teacher-pretrained": args.pretrained})):
-        flags = {"teacher-model=": "--model ", "teacher-pretrained=": "--pretrained "}
-        raise UserError("; ".join(functools.reduce(lambda text, kv: text.replace(*kv), flags.items(), p)
-                                  for p in problems))
+        message = "; ".join(problems).replace("teacher-model=", "--model ")
+        raise UserError(message.replace("teacher-pretrained=", "--pretrained "))
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV, "")
     try:
         spec = TeacherSpec(backend=args.teacher, model=args.model, pretrained=args.pretrained,

@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clipfed.attacks import create_attack
-from clipfed.config import NODE_KEYS, ROLES, RunConfig, node_config_problems
+from clipfed.config import NODE_KEYS, RunConfig, node_config_problems, node_identity_problems
 from clipfed.data import load_federated, malicious_clients
 from clipfed.models import create_model
 from clipfed.models.state import buffer_names, to_array_record
@@ -57,16 +57,13 @@ class NodeRole:
                 f"node config partition-id={pid} num-partitions={partitions} does not fit "
                 f"num-clients={cfg.num_clients}: use num-supernodes={cfg.num_clients}"
             )
+        if problems := node_identity_problems(node):
+            raise ValueError("node config " + "; ".join(problems))
         role = str(node.get("role", ""))
-        if role and role not in ROLES:
-            raise ValueError(f"node config role={role!r}; allowed: {', '.join(ROLES)}")
         attackers = sorted(malicious_clients(cfg))
         malicious = role == "malicious" if role else pid in attackers
         if "malicious-rank" in node:
-            rank = node["malicious-rank"]
-            if isinstance(rank, bool) or not str(rank).isdecimal():
-                raise ValueError(f"node config malicious-rank={rank!r}; allowed: an integer >= 0")
-            return cls(pid, malicious, int(rank))
+            return cls(pid, malicious, int(node["malicious-rank"]))
         if role:
             return cls(pid, malicious, pid)
         return cls(pid, malicious, attackers.index(pid) if pid in attackers else 0)

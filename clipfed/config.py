@@ -44,6 +44,18 @@ NODE_KEYS = (
 NODE_IDENTITY_KEYS = ("partition-id", "num-partitions", "role", "malicious-rank", "num-threads")
 
 
+def node_identity_problems(node: Mapping[str, Any]) -> list[str]:
+    """Why a node config's ``role`` or ``malicious-rank`` cannot be used, or []."""
+    problems = []
+    role = node.get("role", "")
+    if role and role not in ROLES:
+        problems.append(f"role={role!r}; allowed: {', '.join(ROLES)}")
+    rank = node.get("malicious-rank", 0)
+    if isinstance(rank, bool) or not str(rank).isdecimal():
+        problems.append(f"malicious-rank={rank!r}; allowed: an integer >= 0")
+    return problems
+
+
 def node_config_problems(node: Mapping[str, Any]) -> list[str]:
     """Why a SuperNode's node config cannot be used (unknown keys, bad values), or [].
 
@@ -52,9 +64,7 @@ def node_config_problems(node: Mapping[str, Any]) -> list[str]:
     """
     problems = [f"{key}: unknown node-config key; allowed: {', '.join((*NODE_IDENTITY_KEYS, *NODE_KEYS))}"
                 for key in node if key not in NODE_KEYS and key not in NODE_IDENTITY_KEYS]
-    role = node.get("role", "")
-    if role and role not in ROLES:
-        problems.append(f"role={role!r}; allowed: {', '.join(ROLES)}")
+    problems += node_identity_problems(node)
     overrides = {k: v for k, v in node.items() if k in NODE_KEYS}
     if overrides:
         try:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import ArrayRecord
+
+from clipfed.models.state import to_array_record
 
 
 def flatten(arrays: ArrayRecord, keys: list[str]) -> torch.Tensor:
@@ -16,7 +18,7 @@ def flatten(arrays: ArrayRecord, keys: list[str]) -> torch.Tensor:
 
 def unflatten(vector: torch.Tensor, like: ArrayRecord, keys: list[str]) -> ArrayRecord:
     """``like`` with its ``keys`` entries replaced by slices of ``vector`` (others copied)."""
-    out: dict[str, Array] = {}
+    out: dict[str, np.ndarray] = {}
     offset = 0
     replaced = set(keys)
     for key, value in like.items():
@@ -25,8 +27,8 @@ def unflatten(vector: torch.Tensor, like: ArrayRecord, keys: list[str]) -> Array
             size = array.size
             array = vector[offset : offset + size].reshape(array.shape).numpy().astype(array.dtype)
             offset += size
-        out[key] = Array(np.require(array, requirements="C"))  # 0-d stays 0-d
-    return ArrayRecord(out)
+        out[key] = array
+    return to_array_record(out)
 
 
 def robust_z(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
