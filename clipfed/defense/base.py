@@ -34,7 +34,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from clipfed.defense.updates import flatten, unflatten
-from clipfed.defense.validation import reply_problem
+from clipfed.defense.validation import parse_partition_id, reply_problem
 from clipfed.flower_internals import construct_messages, with_content
 from clipfed.models.state import buffer_names, conform
 from clipfed.records import array_record, metric
@@ -153,12 +153,9 @@ class PartitionSampler:
             value = reply.content["metrics"]["partition-id"]
         except KeyError:
             return None, "its reply carries no partition-id metric"
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-            return None, f"partition-id={value!r} is not an integer"
-        pid = int(value)
-        if not 0 <= pid < self.num_clients:
-            return pid, (f"partition-id={pid} is outside 0..{self.num_clients - 1} (num-clients="
-                         f"{self.num_clients}); fix its node config or num-clients")
+        pid, problem = parse_partition_id(value, self.num_clients)
+        if problem is not None or pid is None:
+            return pid, problem
         holder = self.node_of.get(pid)
         if holder is not None and holder in online:
             return pid, f"partition-id={pid} is already held by node {holder}, which is online"

@@ -40,9 +40,21 @@ def metrics_problem(msg: Message, num_clients: int) -> str | None:
         return f"num-examples={examples} is not a positive count"
     if not math.isfinite(loss):
         return f"train-loss={loss} is not finite"
-    if pid != int(pid) or not 0 <= pid < num_clients:
-        return f"partition-id={pid} outside 0..{num_clients - 1}"
-    return None
+    return parse_partition_id(pid, num_clients)[1]
+
+
+def parse_partition_id(value: object, num_clients: int) -> tuple[int | None, str | None]:
+    """(the partition id ``value`` claims, None if it is no integer; why it is not one of a
+    federation of ``num_clients``, or None). Shared by reply validation and the sampler's
+    partition QUERY, so both refuse the same claims."""
+    number = _number(value)
+    if number is None or number != int(number):
+        return None, f"partition-id={value!r} is not an integer"
+    pid = int(number)
+    if not 0 <= pid < num_clients:
+        return pid, (f"partition-id={pid} is outside 0..{num_clients - 1} (num-clients={num_clients}); "
+                     "fix its node config or num-clients")
+    return pid, None
 
 
 def arrays_problem(arrays: ArrayRecord, reference: ArrayRecord | None, max_update_norm: float,
