@@ -31,6 +31,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check clipfed tests scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-logo
 
 test-fast: install
 	$(PY) -m pytest -q -m "not e2e"

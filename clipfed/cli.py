@@ -16,9 +16,9 @@ from typing import Any
 
 from clipfed.bench.cli import add_bench_parsers
 from clipfed.config import ConfigError, RunConfig, parse_config_text
-from clipfed.deploy_cli import add_deploy_parser
+from clipfed.deploy.cli import add_deploy_parser
 from clipfed.errors import UserError
-from clipfed.teacher.guard_cli import add_guard_parsers
+from clipfed.guard.cli import add_guard_parsers, add_teacher_arguments, teacher_spec
 
 # The short attack-vs-defense experiment `make demo` runs: CIFAR-10, 20 clients, Dirichlet 0.5,
 # 4 BadNets attackers, 8 clients per round; once undefended, once with CLIP-Fed.
@@ -60,7 +60,7 @@ def resolved_config(overrides: dict[str, Any], base: dict[str, Any] | None = Non
     """Validate and pre-flight before anything starts (``ConfigError`` lists every problem); make
     paths absolute (the ServerApp runs elsewhere)."""
     from clipfed.data.cifar import DATA_DIR_ENV
-    from clipfed.preflight import preflight
+    from clipfed.engines.preflight import preflight
 
     values = {**(base or {}), **overrides}
     values.setdefault("data-dir", os.environ.get(DATA_DIR_ENV, ""))
@@ -75,12 +75,14 @@ def resolved_config(overrides: dict[str, Any], base: dict[str, Any] | None = Non
 
 def cmd_list(args: argparse.Namespace) -> int:
     from clipfed.attacks import ATTACKS  # the registries' catalogues: no implementation is imported
+    from clipfed.attacks.registry import DATA_PARTS, TRAINING_PARTS, UPDATE_PARTS
     from clipfed.defense import DEFENSES
     from clipfed.models import MODELS
     from clipfed.teacher import TEACHERS
 
-    for title, registry in (("models", MODELS), ("attacks", ATTACKS), ("defenses", DEFENSES),
-                            ("teachers", TEACHERS)):
+    for title, registry in (("models", MODELS), ("attacks [data+training+update parts]", ATTACKS),
+                            ("attack-data parts", DATA_PARTS), ("attack-training parts", TRAINING_PARTS),
+                            ("attack-update parts", UPDATE_PARTS), ("defenses", DEFENSES), ("teachers", TEACHERS)):
         print(f"{title}:")
         for name, description in registry.describe().items():
             print(f"  {name:<12} {description}")
@@ -89,16 +91,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def run_experiment(cfg: RunConfig, args: argparse.Namespace) -> Path:
     """Run one experiment (``flwr run``, or the in-process engine) and return its run folder."""
-    from clipfed.results import default_run_name
+    from clipfed.runs.results import default_run_name
 
     if not cfg.run_name:
         cfg = cfg.model_copy(update={"run_name": default_run_name(cfg)})
     if args.engine == "inprocess":
-        from clipfed.inprocess import run_inprocess
+        from clipfed.engines.inprocess import run_inprocess
 
         return run_inprocess(cfg, threads=os.cpu_count() or 1)
-    from clipfed.launch import Interrupted, flwr_run
-    from clipfed.results import mark_stopped
+    from clipfed.engines.launch import Interrupted, flwr_run
+    from clipfed.runs.results import mark_stopped
 
     run_dir = Path(cfg.out_dir) / cfg.run_name
     try:
@@ -119,7 +121,7 @@ def cmd_run(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int
 def cmd_demo(args: argparse.Namespace) -> int:
     """FedAvg and CLIP-Fed under the same attack, then one table."""
     base = resolved_config(parse_overrides(args.run_config), DEMO_CONFIG, args.num_supernodes)  # ConfigError: exit 2
-    from clipfed.results import default_run_name, load_result, results_table
+    from clipfed.runs.results import default_run_name, load_result, results_table
 
     run_dirs = []
     for defense in DEMO_DEFENSES:
@@ -138,7 +140,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from clipfed.results import load_result, results_table
+    from clipfed.runs.results import load_result, results_table
 
     print(results_table([load_result(Path(d)) for d in args.run_dirs]))
     return 0
@@ -175,7 +177,7 @@ def cmd_synth_build(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     data_dir = args.data_dir or cfg.data_dir or os.environ.get(DATA_DIR_ENV, "")
     cfg = cfg.model_copy(update={"data_dir": data_dir})
-    result = build_server_dataset(cfg, Path(args.out))
+    result = build_server_dataset(cfg, Path(args.store))
     manifest = result.dataset.manifest
     print(f"artifact: {result.dataset.path}")
     print(f"teacher:  {manifest['teacher']['label']} (weights sha256 {manifest['teacher']['weights_digest'][:16]})")
@@ -204,34 +206,27 @@ def cmd_synth_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher_eval(args: argparse.Namespace) -> int:
+    import re
     import time
 
     import numpy as np
     import torch
-    from pydantic import ValidationError
 
     from clipfed.data import load_cifar10
     from clipfed.data.cifar import DATA_DIR_ENV
     from clipfed.data_synth import SynthConfig
     from clipfed.data_synth.pipeline import public_pool
-    from clipfed.preflight import teacher_problems
-    from clipfed.teacher import TeacherSpec, create_teacher
+    from clipfed.engines.preflight import teacher_problems
+    from clipfed.teacher import create_teacher
 
     if args.limit < 0:
         raise UserError(f"--limit {args.limit}: allowed: 0 (every test image) or a positive count")
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise UserError(f"--checkpoint {args.checkpoint}: no such file; allowed: the teacher's weights file")
-    if args.teacher == "openclip" and (problems := teacher_problems(
-            {"teacher": "openclip", "teacher-model": args.model, "teacher-pretrained": args.pretrained})):
-        message = "; ".join(problems).replace("teacher-model=", "--model ")
-        raise UserError(message.replace("teacher-pretrained=", "--pretrained "))
+    spec = teacher_spec(args)
+    keys = {"teacher": args.teacher, "teacher-model": args.teacher_model, "teacher-pretrained": args.teacher_pretrained}
+    if args.teacher == "openclip" and (problems := teacher_problems(keys)):
+        # the flags are named as the run keys: "teacher-model='x'" reads "--teacher-model 'x'"
+        raise UserError(re.sub(r"\b(teacher-model|teacher-pretrained)=", r"--\1 ", "; ".join(problems)))
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV, "")
-    try:
-        spec = TeacherSpec(backend=args.teacher, model=args.model, pretrained=args.pretrained,
-                           checkpoint=args.checkpoint)
-    except ValidationError as err:  # each message names the setting and what would work
-        raise UserError(f"--teacher {args.teacher}: "
-                        + "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
     pool = public_pool(SynthConfig(seed=args.seed, data_dir=data_dir)) if args.teacher == "reference" else None
     teacher = create_teacher(spec, pool)
     _, test = load_cifar10(data_dir)
@@ -277,21 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="synth_command", required=True)
     build = synth.add_parser("build", help="build (or find in the cache) a server dataset")
     build.add_argument("--config", help="a SynthConfig TOML/JSON file (default: the defaults)")
-    build.add_argument("--out", required=True, help="artifact store folder")
+    build.add_argument("--store", required=True, help="artifact store folder")
     build.add_argument("--data-dir", default="")
     build.set_defaults(func=cmd_synth_build)
     serve = synth.add_parser("serve", help="serve builds over HTTP (FastAPI)")
-    serve.add_argument("--store", required=True)
+    serve.add_argument("--store", required=True, help="artifact store folder")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--data-dir", default="")
     serve.set_defaults(func=cmd_synth_serve)
     teacher = sub.add_parser("teacher", help="teacher tools").add_subparsers(dest="teacher_command", required=True)
     evaluate = teacher.add_parser("eval", help="zero-shot top-1, per-class accuracy and images/s")
-    evaluate.add_argument("--teacher", choices=["reference", "openclip"], default="reference")
-    evaluate.add_argument("--model", default="ViT-B-32")
-    evaluate.add_argument("--pretrained", default="", help="open_clip tag; 'random': random weights on purpose")
-    evaluate.add_argument("--checkpoint", default="")
+    add_teacher_arguments(evaluate)
     evaluate.add_argument("--dataset", choices=["cifar10"], default="cifar10")
     evaluate.add_argument("--data-dir", default="")
     evaluate.add_argument("--seed", type=int, default=0, help="the split whose public pool trains 'reference'")
@@ -308,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Errors that mean bad input (exit 2) besides UserError and ConfigError, by module and class name:
 # they live in modules that import torch or flwr, and `clipfed list` must not load those to catch them.
-USER_ERRORS = ("clipfed.data.cifar.DataNotFoundError", "clipfed.results.RunExistsError",
-               "clipfed.deploy.DeployError", "clipfed.data_synth.artifact.ArtifactIntegrityError")
+USER_ERRORS = ("clipfed.data.cifar.DataNotFoundError", "clipfed.runs.results.RunExistsError",
+               "clipfed.deploy.cluster.DeployError", "clipfed.data_synth.artifact.ArtifactIntegrityError")
 
 
 def loaded_classes(*qualnames: str) -> tuple[type[BaseException], ...]:
@@ -337,9 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as err:
         if isinstance(err, loaded_classes(*USER_ERRORS)):
             code = 2
-        elif isinstance(err, loaded_classes("clipfed.launch.FlowerRunError")):
+        elif isinstance(err, loaded_classes("clipfed.engines.launch.FlowerRunError")):
             code = 1
-        elif isinstance(err, loaded_classes("clipfed.launch.Interrupted")):
+        elif isinstance(err, loaded_classes("clipfed.engines.launch.Interrupted")):
             code = 128 + err.signum  # type: ignore[attr-defined]
         elif isinstance(err, KeyboardInterrupt):
             print("clipfed: interrupted", file=sys.stderr)

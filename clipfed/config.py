@@ -4,6 +4,10 @@ Flower hands the ServerApp and each ClientApp a flat ``{key: value}`` mapping wh
 declared in ``pyproject.toml`` under ``[tool.flwr.app.config]``. ``RunConfig`` is the single
 source of truth for their types, defaults and allowed values, so that a bad value stops a run
 *before* any training with a message that names the key and what it accepts.
+
+This module is a leaf: it imports nothing from clipfed, so every package can import it. The rules
+here need the values alone; the rules that need a registry (a model, attack or defense name) or
+another package live in ``clipfed.checks``, whose ``load_run_config`` is the way in from outside.
 """
 
 from __future__ import annotations
@@ -26,18 +30,23 @@ from pydantic import (
 )
 
 NUM_CLASSES = {"cifar10": 10, "cifar10-lt": 10}
-# Train images per class before the public pool and the LT profile (CIFAR-10: 50,000 in 10 classes;
-# CIFAR-10-LT subsamples the same split), so that split feasibility is known without the data.
-TRAIN_PER_CLASS = {"cifar10": 5000, "cifar10-lt": 5000}
 PATCH_POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
+# The teacher backends (clipfed.teacher's registry declares exactly these; a test checks it).
+TEACHERS = ("reference", "openclip")
+# CLIP-Fed's pre-aggregation signals (clipfed.defense.scoring computes each).
+SIGNALS = ("kl", "proto", "trigger", "geometry", "sybil")
+# The ``teacher-pretrained`` value that asks for an openclip teacher with random weights, on purpose.
+RANDOM_INIT = "random"
+RANDOM_INIT_NOTE = "RANDOM INIT (no knowledge)"
 
 
 ROLES = ("benign", "malicious")
 # Run-config keys a SuperNode's node config may set for itself: where its data lies, and a
 # malicious node's attack settings. (The server measures ASR with the run config's trigger.)
 NODE_KEYS = (
-    "data-dir", "attack", "poison-rate", "target-label", "attack-start-round", "patch-size",
-    "patch-position", "patch-pattern", "blend-alpha", "blend-pattern", "dba-parts", "freq-psnr",
+    "data-dir", "attack", "attack-data", "attack-training", "attack-update", "attack-local-steps",
+    "attack-epochs", "attack-lr", "pgd-eps", "pgd-every", "poison-rate", "target-label", "attack-start-round",
+    "patch-size", "patch-position", "patch-pattern", "blend-alpha", "blend-pattern", "dba-parts", "freq-psnr",
     "freq-band-low", "freq-band-high", "flip-source", "boost-factor", "neurotoxin-keep",
 )
 # What a node config may hold besides NODE_KEYS: the node's identity and resources.
@@ -56,22 +65,20 @@ def node_identity_problems(node: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def node_config_problems(node: Mapping[str, Any]) -> list[str]:
-    """Why a SuperNode's node config cannot be used (unknown keys, bad values), or [].
-
-    Checked by ``clipfed deploy supernode`` before the node starts and by the ClientApp, so that a
-    typo (``posion-rate``) is refused instead of silently running with the run's value.
-    """
-    problems = [f"{key}: unknown node-config key; allowed: {', '.join((*NODE_IDENTITY_KEYS, *NODE_KEYS))}"
-                for key in node if key not in NODE_KEYS and key not in NODE_IDENTITY_KEYS]
-    problems += node_identity_problems(node)
-    overrides = {k: v for k, v in node.items() if k in NODE_KEYS}
-    if overrides:
-        try:
-            RunConfig.from_flower(overrides)
-        except ConfigError as err:
-            problems += [line.strip().removeprefix("- ") for line in str(err).splitlines()[1:]]
-    return problems
+def teacher_weights_problem(backend: str, pretrained: str, checkpoint: str) -> str | None:
+    """Why these teacher keys cannot be used, or None. An openclip teacher must name its weights:
+    without them open_clip builds a random-init model whose results would look like real ones."""
+    if backend != "openclip":
+        return None
+    if not pretrained and not checkpoint:
+        return ("teacher='openclip' needs its weights: set teacher-pretrained (teacher.pretrained in a "
+                "synth config) to an open_clip tag such as 'laion2b_s34b_b79k', or teacher-checkpoint "
+                f"(teacher.checkpoint) to a local weights file; teacher-pretrained='{RANDOM_INIT}' gives "
+                f"random weights on purpose, and every output then says {RANDOM_INIT_NOTE}")
+    if pretrained == RANDOM_INIT and checkpoint:
+        return (f"teacher-pretrained='{RANDOM_INIT}' and teacher-checkpoint={checkpoint!r} contradict each "
+                "other: give one")
+    return None
 
 
 class ConfigError(ValueError):
@@ -134,7 +141,17 @@ class RunConfig(BaseModel):
     poison_rate: float = Field(0.5, gt=0.0, le=1.0, alias="poison-rate")
     target_label: int = Field(0, ge=0, alias="target-label")
     attack_start_round: int = Field(1, ge=1, alias="attack-start-round")
+    # An attack is three parts (clipfed/attacks): how it poisons data, how it trains, how it rewrites
+    # its update. ``attack`` names a shorthand for a triple; attack-data/-training/-update ("": the
+    # shorthand's) replace one part each, e.g. attack='blended' attack-update='scaling'.
+    attack_data: str = Field("", alias="attack-data")
+    attack_training: str = Field("", alias="attack-training")
+    attack_update: str = Field("", alias="attack-update")
     attack_local_steps: int = Field(0, ge=0, alias="attack-local-steps")  # attackers' SGD steps; 0: as benign
+    attack_epochs: int = Field(0, ge=0, alias="attack-epochs")  # attackers' local epochs; 0: as benign
+    attack_lr: float = Field(0.0, ge=0.0, alias="attack-lr")  # attackers' learning rate; 0: as benign
+    pgd_eps: float = Field(2.0, gt=0.0, alias="pgd-eps")  # pgd: L2 radius around the global model
+    pgd_every: int = Field(10, ge=1, alias="pgd-every")  # pgd: project every this many SGD steps
     patch_size: int = Field(4, ge=1, le=16, alias="patch-size")
     patch_position: Literal[PATCH_POSITIONS] = Field("bottom-right", alias="patch-position")  # type: ignore[valid-type]
     patch_pattern: Literal["checkerboard", "white", "random"] = Field(
@@ -151,7 +168,7 @@ class RunConfig(BaseModel):
     neurotoxin_keep: float = Field(0.9, gt=0.0, le=1.0, alias="neurotoxin-keep")
 
     # Teacher and server dataset (used by defenses that need them; see clipfed/data_synth)
-    teacher: Literal["reference", "openclip"] = "reference"
+    teacher: Literal[TEACHERS] = "reference"  # type: ignore[valid-type]
     teacher_model: str = Field("ViT-B-32", alias="teacher-model")
     teacher_pretrained: str = Field("", alias="teacher-pretrained")
     teacher_checkpoint: str = Field("", alias="teacher-checkpoint")
@@ -200,34 +217,9 @@ class RunConfig(BaseModel):
     eval_batch_size: int = Field(1000, ge=1, alias="eval-batch-size")
     eval_samples: int = Field(0, ge=0, alias="eval-samples")  # fixed class-balanced test subset; 0: all
 
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        from clipfed.models import list_models
-
-        return _one_of(value, list_models())
-
-    @field_validator("attack")
-    @classmethod
-    def _known_attack(cls, value: str) -> str:
-        from clipfed.attacks import list_attacks
-
-        return _one_of(value, ["none", *list_attacks()])
-
-    @field_validator("defense")
-    @classmethod
-    def _known_defense(cls, value: str) -> str:
-        from clipfed.defense import (
-            list_defenses,  # late: defense modules import this module
-        )
-
-        return _one_of(value, list_defenses())
-
     @field_validator("clipfed_signals")
     @classmethod
     def _known_signals(cls, value: str) -> str:
-        from clipfed.defense.scoring import SIGNALS
-
         names = [v.strip() for v in value.split(",") if v.strip()]
         unknown = [n for n in names if n not in SIGNALS]
         if unknown or not names:
@@ -237,71 +229,24 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        if self.num_malicious > self.num_clients:
-            raise ValueError(
-                f"num-malicious={self.num_malicious} exceeds num-clients={self.num_clients}; "
-                f"allowed: 0..{self.num_clients}"
-            )
-        num_classes = NUM_CLASSES[self.dataset]
-        if self.target_label >= num_classes:
-            raise ValueError(
-                f"target-label={self.target_label} is not a class of {self.dataset}; "
-                f"allowed: 0..{num_classes - 1}"
-            )
-        if self.flip_source >= num_classes or (self.attack == "labelflip" and self.flip_source == self.target_label):
-            raise ValueError(
-                f"flip-source={self.flip_source} is not a non-target class of {self.dataset} (target-label="
-                f"{self.target_label}): nothing would be flipped and ASR has no images; allowed: -1 (every "
-                f"non-target class) or 0..{num_classes - 1} except {self.target_label}"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _teacher_weights_named(self) -> RunConfig:
-        """teacher='openclip' names its weights (teacher-pretrained or teacher-checkpoint): refused
-        here, before any round, rather than silently running a random-init teacher."""
-        from clipfed.teacher.base import (
-            teacher_weights_problem,  # late: torch only when validating
-        )
-
-        problem = teacher_weights_problem(self.teacher, self.teacher_pretrained, self.teacher_checkpoint)
-        if problem:
-            raise ValueError(problem)
-        return self
-
-    @model_validator(mode="after")
-    def _dba_parts_fit_patch(self) -> RunConfig:
-        """DBA cuts the patch into dba-parts non-empty cells, so it needs a pixel per part."""
-        pixels = self.patch_size * self.patch_size
-        if self.attack == "dba" and self.dba_parts > pixels:
-            raise ValueError(
-                f"dba-parts={self.dba_parts} exceeds the {pixels} pixels of a patch-size="
-                f"{self.patch_size} patch (every part needs one); allowed: 1..{pixels}"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _feasible(self) -> RunConfig:
-        """Combinations that can never work, found from the values alone (no data, no files):
-        an empty frequency band, and a split whose clients cannot each get their share."""
+        """Combinations that can never work, found from the values alone (no registry, no data),
+        all reported at once."""
         problems = []
+        if self.num_malicious > self.num_clients:
+            problems.append(f"num-malicious={self.num_malicious} exceeds num-clients={self.num_clients}; "
+                            f"allowed: 0..{self.num_clients}")
+        if self.target_label >= self.num_classes:
+            problems.append(f"target-label={self.target_label} is not a class of {self.dataset}; "
+                            f"allowed: 0..{self.num_classes - 1}")
+        if self.flip_source >= self.num_classes:
+            problems.append(flip_source_problem(self))
         if self.freq_band_low >= self.freq_band_high:
             problems.append(f"freq-band-low={self.freq_band_low} is not below freq-band-high="
                             f"{self.freq_band_high}; allowed: freq-band-low < freq-band-high")
-        # late: the data package is imported only when validating
-        from clipfed.data.partition import client_class_counts
-
-        images = int(client_class_counts([TRAIN_PER_CLASS[self.dataset]] * self.num_classes, self).sum())
-        where = (f"the {images} {self.dataset} train images left to clients after the public pool "
-                 f"(public-pool-fraction={self.public_pool_fraction}"
-                 + (f", imbalance-factor={self.imbalance_factor})" if self.dataset == "cifar10-lt" else ")"))
-        if self.partition == "dirichlet" and self.num_clients * self.min_partition_size > images:
-            problems.append(f"min-partition-size={self.min_partition_size} x num-clients={self.num_clients} "
-                            f"= {self.num_clients * self.min_partition_size} exceeds {where}; allowed: "
-                            f"min-partition-size <= {images // self.num_clients}")
-        elif self.num_clients > images:
-            problems.append(f"num-clients={self.num_clients} exceeds {where}, so some clients get no "
-                            f"image; allowed: num-clients <= {images}")
+        # teacher='openclip' names its weights: refused here, before any round, rather than silently
+        # running a random-init teacher
+        if problem := teacher_weights_problem(self.teacher, self.teacher_pretrained, self.teacher_checkpoint):
+            problems.append(problem)
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -332,17 +277,19 @@ class RunConfig(BaseModel):
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
-        """Validate Flower's run config; raise ``ConfigError`` naming every bad key."""
+        """This module's rules on Flower's run config; ``ConfigError`` naming every bad key. Names
+        of registered components are not checked here: ``clipfed.checks.load_run_config`` is."""
         try:
             return cls.model_validate(dict(run_config))
         except ValidationError as err:
             raise ConfigError(format_validation_error(err)) from None
 
 
-def _one_of(value: str, allowed: list[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"unknown value {value!r}; allowed: {', '.join(allowed)}")
-    return value
+def flip_source_problem(cfg: RunConfig) -> str:
+    """``flip-source`` names no non-target class: nothing would be flipped and ASR has no images."""
+    return (f"flip-source={cfg.flip_source} is not a non-target class of {cfg.dataset} (target-label="
+            f"{cfg.target_label}): nothing would be flipped and ASR has no images; allowed: -1 (every "
+            f"non-target class) or 0..{cfg.num_classes - 1} except {cfg.target_label}")
 
 
 def _alias_of(field_name: str) -> str:
@@ -368,7 +315,6 @@ def format_validation_error(err: ValidationError) -> str:
             message = f"{message} (got {problem['input']!r})"
         lines.append(f"  - {key}: {message}")
     return "\n".join(lines)
-
 
 
 _KEY = re.compile(r"[A-Za-z0-9_-]+")

@@ -20,8 +20,8 @@ from flwr.app import (
     RecordDict,
 )
 
-from clipfed.client_app import train
-from clipfed.config import RunConfig
+from clipfed.app.client_app import train
+from clipfed.checks import load_run_config
 from clipfed.data import load_federated
 from clipfed.flower_internals import server_identity
 from clipfed.models import create_model
@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    cfg = RunConfig.from_flower({"num-clients": args.num_clients, "num-malicious": 0, "batch-size": 64})
+    cfg = load_run_config({"num-clients": args.num_clients, "num-malicious": 0, "batch-size": 64})
     train_set, _, split = load_federated(cfg)  # warm the data cache for both paths
     shard = train_set.subset(split.clients[args.partition_id])
     n = len(shard)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from clipfed.attacks import create_attack, list_attacks
-from clipfed.attacks.badnets import BadNets, patch_pattern
-from clipfed.attacks.blended import blend_pattern
+from clipfed.attacks.data.badnets import BadNets, patch_pattern
+from clipfed.attacks.data.blended import blend_pattern
 from clipfed.config import RunConfig
 
 
@@ -19,10 +19,10 @@ def test_registry_lists_and_builds_attacks() -> None:
 @pytest.mark.parametrize("position", ["bottom-right", "top-left", "center"])
 def test_badnets_stamps_the_patch_only_at_its_position(position: str) -> None:
     attack = create_attack(RunConfig.from_flower({"patch-position": position, "patch-size": 5}))
-    assert isinstance(attack, BadNets)
+    assert attack is not None and isinstance(attack.data, BadNets)
     clean = images()
     triggered = attack.apply_trigger(clean)
-    mask = attack.trigger_mask(32, 32)
+    mask = attack.data.trigger_mask(32, 32)
     assert mask.sum() == 25
     assert np.all(triggered[:, mask] == patch_pattern("checkerboard", 5).reshape(25, 3))
     assert np.array_equal(triggered[:, ~mask], clean[:, ~mask])
@@ -48,7 +48,7 @@ def test_poison_honours_rate_target_and_spares_target_class(name: str) -> None:
     attack = create_attack(cfg)
     labels = np.arange(200) % 10
     clean = images(200)
-    result = attack.poison(clean, labels, np.random.default_rng(1))
+    result = attack.data.poison(clean, labels, np.random.default_rng(1))
     assert result.poisoned.sum() == 60
     assert np.all(result.labels[result.poisoned] == 2)
     assert not np.any(result.poisoned & (labels == 2)), "a target-class image was 'poisoned'"

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from flwr.app import Message, MessageType
 
-from clipfed.checkpoint import CHECKPOINT_FILE, Checkpoint
 from clipfed.config import ConfigError, RunConfig
-from clipfed.inprocess import InProcessGrid, run_inprocess
-from clipfed.results import load_result
+from clipfed.engines.inprocess import InProcessGrid, run_inprocess
+from clipfed.runs.checkpoint import CHECKPOINT_FILE, Checkpoint
+from clipfed.runs.results import load_result
 
 ROUNDS = 4
 CRASH_ROUND = 3

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 import clipfed.bench.runner
-import clipfed.inprocess
-import clipfed.launch
-from clipfed import deploy_cli
-from clipfed.checkpoint import Checkpoint
+import clipfed.engines.inprocess
+import clipfed.engines.launch
 from clipfed.cli import build_parser, main, parse_overrides
-from clipfed.deploy import DeployError
+from clipfed.deploy import cli as deploy_cli
+from clipfed.deploy.cluster import DeployError
 from clipfed.models import create_model
+from clipfed.runs.checkpoint import Checkpoint
 
 
 class Launched(Exception):
@@ -28,8 +28,8 @@ def no_launch(monkeypatch: pytest.MonkeyPatch, fake_data_dir: Path) -> None:
     def launch(*args: Any, **kwargs: Any) -> None:
         raise Launched
 
-    monkeypatch.setattr(clipfed.launch, "flwr_run", launch)
-    monkeypatch.setattr(clipfed.inprocess, "run_inprocess", launch)
+    monkeypatch.setattr(clipfed.engines.launch, "flwr_run", launch)
+    monkeypatch.setattr(clipfed.engines.inprocess, "run_inprocess", launch)
     monkeypatch.setattr(clipfed.bench.runner, "run_inprocess", launch)
     monkeypatch.setenv("CLIPFED_DATA_DIR", str(fake_data_dir))
 

@@ -11,7 +11,7 @@ import pytest
 
 from clipfed import cli
 from clipfed.cli import main
-from clipfed.launch import FlowerRunError, Interrupted
+from clipfed.engines.launch import FlowerRunError, Interrupted
 
 # Placeholders, replaced per test: EMPTY (a folder without CIFAR-10), MISSING (no such path),
 # OUT (an output folder that must not appear), NORUN (a folder without result.json), BADJSON
@@ -24,12 +24,12 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["run", "-c", "no-such-key=1"], "no-such-key"),
     (["teacher", "eval", "--data-dir", "EMPTY"], "no CIFAR-10 found under"),
     (["teacher", "eval", "--limit", "-5"], "--limit -5"),
-    (["teacher", "eval", "--teacher", "openclip", "--checkpoint", "MISSING"], "--checkpoint"),
+    (["teacher", "eval", "--teacher", "openclip", "--teacher-checkpoint", "MISSING"], "--teacher-checkpoint"),
     (["teacher", "eval", "--teacher", "openclip"], "teacher-pretrained"),
-    (["teacher", "eval", "--teacher", "openclip", "--model", "ViT-B-23", "--pretrained", "random"],
-     "--model 'ViT-B-23' is not an open_clip model; did you mean"),
+    (["teacher", "eval", "--teacher", "openclip", "--teacher-model", "ViT-B-23", "--teacher-pretrained", "random"],
+     "--teacher-model 'ViT-B-23' is not an open_clip model; did you mean"),
     (["deploy", "superlink", "--tls-dir", "EMPTY"], "--tls-dir"),
-    (["teacher", "audit", "--checkpoint", "MISSING", "--out", "OUT"], "--checkpoint"),
+    (["teacher", "audit", "--teacher-checkpoint", "MISSING", "--out", "OUT"], "--teacher-checkpoint"),
     (["teacher", "guard-demo", "--poison-rate", "2", "--out", "OUT"], "--poison-rate 2"),
     (["teacher", "guard-demo", "--attack", "none", "--out", "OUT"], "--attack none"),
     (["teacher", "guard-demo", "--attack", "nosuch", "--out", "OUT"], "attack: unknown value 'nosuch'"),
@@ -45,10 +45,10 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["bench-cost", "--defenses", "fedavg", "--model", "foo", "--sizes", "10", "--out", "OUT"], "--model foo"),
     (["bench-cost", "--defenses", "clipfed", "--sizes", "10", "--data-dir", "EMPTY", "--out", "OUT"],
      "no CIFAR-10 found under"),
-    (["synth", "build", "--config", "MISSING", "--out", "OUT"], "--config"),
-    (["synth", "build", "--config", "BADTOML", "--out", "OUT"], "not a readable TOML/JSON file"),
-    (["synth", "build", "--config", "BADSYNTH", "--out", "OUT"], "seed"),
-    (["synth", "build", "--data-dir", "EMPTY", "--out", "OUT"], "no CIFAR-10 found under"),
+    (["synth", "build", "--config", "MISSING", "--store", "OUT"], "--config"),
+    (["synth", "build", "--config", "BADTOML", "--store", "OUT"], "not a readable TOML/JSON file"),
+    (["synth", "build", "--config", "BADSYNTH", "--store", "OUT"], "seed"),
+    (["synth", "build", "--data-dir", "EMPTY", "--store", "OUT"], "no CIFAR-10 found under"),
 ]
 
 
@@ -136,7 +136,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_probe_that_is_not_an_images_labels_npz_is_a_user_error(tmp_path: Path) -> None:
     from clipfed.errors import UserError
-    from clipfed.teacher.guard import load_probe
+    from clipfed.guard.policy import load_probe
 
     wrong_keys = tmp_path / "wrong.npz"
     np.savez(wrong_keys, pictures=np.zeros((2, 32, 32, 3), dtype=np.uint8))
@@ -157,9 +157,9 @@ def test_a_probe_that_is_not_an_images_labels_npz_is_a_user_error(tmp_path: Path
 def test_a_supernode_node_config_typo_or_bad_value_is_refused_before_it_starts(
         node_config: str, expected: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """node_run_config kept only known keys, so a typo ran silently with the run's value."""
-    import clipfed.deploy_cli
+    import clipfed.deploy.cli
 
-    monkeypatch.setattr(clipfed.deploy_cli, "_exec", lambda command: pytest.fail(f"started {command}"))
+    monkeypatch.setattr(clipfed.deploy.cli, "_exec", lambda command: pytest.fail(f"started {command}"))
     argv = ["deploy", "supernode", "--superlink", "127.0.0.1:9092", "--partition-id", "0", "--num-partitions", "2",
             "--node-config", node_config]
     assert main(argv) == 2
@@ -169,7 +169,7 @@ def test_a_supernode_node_config_typo_or_bad_value_is_refused_before_it_starts(
 def test_the_clientapp_refuses_an_unknown_node_config_key_with_its_reason() -> None:
     from flwr.app import Context, RecordDict
 
-    from clipfed.client_app import node_run_config
+    from clipfed.app.client_app import node_run_config
 
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2, "posion-rate": 0.9},
                       state=RecordDict(), run_config={})

@@ -10,7 +10,7 @@ import torch
 from flower_mocks import instruction, server_identity  # noqa: F401
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
 
-from clipfed.client_app import NodeRole, query, train
+from clipfed.app.client_app import NodeRole, query, train
 from clipfed.config import RunConfig
 from clipfed.data import malicious_clients
 from clipfed.models import create_model

@@ -16,9 +16,9 @@ from clipfed.data import load_cifar10, public_pool_indices
 from clipfed.data_synth import SynthConfig, build_server_dataset
 from clipfed.data_synth.config import FilterConfig
 from clipfed.defense import create_defense
-from clipfed.defense.base import AggregationReport
 from clipfed.evaluation import BackdoorEvaluator
 from clipfed.models import create_model
+from clipfed.runs.report import AggregationReport
 from clipfed.teacher import TeacherSpec
 from clipfed.training import train_local
 
@@ -72,7 +72,7 @@ def test_scoring_flags_backdoored_models_among_benign_ones(real_setup) -> None: 
         images, labels = np.asarray(train.images[rows]), train.labels[rows]
         malicious = pid in (2, 6)
         if malicious:
-            poisoned = attack.poison(images, labels, rng)
+            poisoned = attack.data.poison(images, labels, rng)
             images, labels = poisoned.images, poisoned.labels
         replies.append(train_reply(100 + pid, pid, train_copy(initial, images, labels, seed=pid, epochs=2),
                                    600, malicious))
@@ -94,7 +94,7 @@ def test_post_alignment_lowers_the_asr_of_a_backdoored_model(fake_data_dir: Path
                                     "clipfed-post-lr": 0.02})
     train, test = load_cifar10(str(fake_data_dir))
     attack = create_attack(cfg)
-    poisoned = attack.poison(np.asarray(train.images), train.labels, np.random.default_rng(0))
+    poisoned = attack.data.poison(np.asarray(train.images), train.labels, np.random.default_rng(0))
     torch.manual_seed(0)
     backdoored = train_copy(create_model("cnn", 10).state_dict(), poisoned.images, poisoned.labels,
                             seed=0, epochs=8)

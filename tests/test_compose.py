@@ -1,5 +1,5 @@
 """docker-compose.yml: the services it promises, flags the installed Flower accepts, and the same
-command lines as ``clipfed.deploy`` builds (which the network-namespace test runs)."""
+command lines as ``clipfed.deploy.cluster`` builds (which the network-namespace test runs)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from clipfed.deploy import superexec_command, superlink_command, supernode_command
-from clipfed.launch import _bin
+from clipfed.deploy.cluster import superexec_command, superlink_command, supernode_command
+from clipfed.engines.launch import _bin
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWER_VERSION = "1.41.0"

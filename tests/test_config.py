@@ -1,9 +1,12 @@
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from clipfed.checks import load_node_run_config, load_run_config
 from clipfed.config import ConfigError, RunConfig, parse_config_text
 from clipfed.data.partition import client_class_counts, split_train
 
@@ -40,15 +43,63 @@ def test_pyproject_has_no_legacy_federations_section() -> None:
 )
 def test_invalid_values_name_the_key_and_what_is_allowed(override: dict, expected: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
-        RunConfig.from_flower(override)
+        load_run_config(override)
     for fragment in expected:
         assert fragment in str(info.value)
 
 
 def test_every_bad_key_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
-        RunConfig.from_flower({"partition": "x", "seed": -1})
+        load_run_config({"partition": "x", "seed": -1})
     assert "partition" in str(info.value) and "seed" in str(info.value)
+
+
+def test_a_bad_name_and_a_bad_value_are_reported_together() -> None:
+    """Names are checked from the raw values, so pydantic failing on lr does not hide them."""
+    with pytest.raises(ConfigError) as info:
+        load_run_config({"model": "vgg", "lr": -1, "defense": "krumm", "attack-update": "boost"})
+    for key in ("model: unknown value 'vgg'", "lr:", "defense: unknown value 'krumm'",
+                "attack-update: unknown value 'boost'; allowed: '' (the attack's own part), "):
+        assert key in str(info.value)
+
+
+def test_the_defaults_are_declared_names() -> None:
+    assert load_run_config({}) == RunConfig()
+
+
+def test_a_clientapp_checks_its_config_without_loading_the_defenses() -> None:
+    """The ServerApp checks the defense key; the ClientApp's check skips it and so never imports
+    clipfed.defense (the one import the client-side contract in pyproject.toml ignores)."""
+    code = ("import sys\nfrom clipfed.checks import load_node_run_config\nfrom clipfed.config import RunConfig\n"
+            "load_node_run_config(RunConfig().to_flower(), {'partition-id': 0, 'attack': 'blended'})\n"
+            "print(sorted(m for m in sys.modules if m.startswith('clipfed.defense')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_node_config_is_refused_with_every_reason() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_node_run_config({}, {"partition-id": 0, "posion-rate": 0.9, "attack": "nosuch"})
+    assert "posion-rate: unknown node-config key" in str(info.value)
+    assert "attack: unknown value 'nosuch'" in str(info.value)
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ({"attack": "none", "attack-update": "scaling"}, "attack-update='scaling' has no effect with attack='none'"),
+    ({"attack-data": "blend"}, "attack-data: unknown value 'blend'"),
+    ({"attack-training": "nosuch"}, "attack-training: unknown value 'nosuch'"),
+    # the data part decides: labelflip or DBA picked by attack-data gets their rules too
+    ({"attack": "scaling", "attack-data": "labelflip", "flip-source": 0}, "flip-source=0"),
+    ({"attack-data": "dba", "patch-size": 2, "dba-parts": 5}, "dba-parts=5 exceeds the 4 pixels"),
+])
+def test_attack_parts_are_checked_as_they_resolve(override: dict, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_run_config(override)
+
+
+def test_a_part_key_replaces_the_shorthands_part() -> None:
+    cfg = load_run_config({"attack": "blended", "attack-update": "scaling", "flip-source": 0})
+    assert (cfg.attack, cfg.attack_update) == ("blended", "scaling")
 
 
 def test_round_trip_through_flower_keys() -> None:
@@ -107,18 +158,18 @@ def test_config_text_may_be_a_toml_file(tmp_path: Path) -> None:
 def test_an_empty_frequency_band_is_refused() -> None:
     for low, high in ((0.8, 0.4), (0.5, 0.5)):
         with pytest.raises(ConfigError, match=f"freq-band-low={low} is not below freq-band-high={high}"):
-            RunConfig.from_flower({"freq-band-low": low, "freq-band-high": high})
+            load_run_config({"freq-band-low": low, "freq-band-high": high})
 
 
 def test_min_partition_size_is_bounded_by_the_images_left_to_clients() -> None:
-    RunConfig.from_flower({"num-clients": 20, "min-partition-size": 2250})  # 45,000 / 20
+    load_run_config({"num-clients": 20, "min-partition-size": 2250})  # 45,000 / 20
     with pytest.raises(ConfigError) as info:
-        RunConfig.from_flower({"num-clients": 20, "min-partition-size": 2251})
+        load_run_config({"num-clients": 20, "min-partition-size": 2251})
     assert "min-partition-size=2251 x num-clients=20" in str(info.value)
     assert "allowed: min-partition-size <= 2250" in str(info.value)
-    RunConfig.from_flower({"num-clients": 20, "min-partition-size": 2251, "partition": "iid"})  # unused there
+    load_run_config({"num-clients": 20, "min-partition-size": 2251, "partition": "iid"})  # unused there
     with pytest.raises(ConfigError, match="num-clients=50000 exceeds the 45000"):
-        RunConfig.from_flower({"num-clients": 50000, "partition": "iid"})
+        load_run_config({"num-clients": 50000, "partition": "iid"})
 
 
 @pytest.mark.parametrize("overrides", [

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from clipfed.cli import app_dir
-from clipfed.deploy import (
+from clipfed.deploy.cluster import (
     Processes,
     superlink_command,
     supernode_command,
     write_connection,
 )
-from clipfed.launch import (
+from clipfed.engines.launch import (
     COMPLETED,
     _bin,
     flower_env,
@@ -29,7 +29,7 @@ from clipfed.launch import (
     wait_healthy,
     write_run_config,
 )
-from clipfed.results import RESULT_FILE, load_result
+from clipfed.runs.results import RESULT_FILE, load_result
 
 pytestmark = [pytest.mark.e2e, pytest.mark.deploy]
 

@@ -12,10 +12,10 @@ from scipy import stats
 
 from clipfed.config import RunConfig
 from clipfed.defense import create_defense
-from clipfed.defense.base import AggregationReport
 from clipfed.defense.fltrust import fltrust_aggregate, fltrust_weights
 from clipfed.defense.foolsgold import foolsgold_weights
 from clipfed.defense.rlr import rlr_learning_rates
+from clipfed.runs.report import AggregationReport
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 DIM = 6

@@ -1,4 +1,4 @@
-"""clipfed.deploy's files and command lines, checked with the parsers Flower itself uses."""
+"""clipfed.deploy.cluster's files and command lines, checked with the parsers Flower itself uses."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.serialization import (
 from flwr.common.config import parse_config_args
 from flwr.supercore.primitives.asymmetric import uses_nist_ec_curve
 
-from clipfed import deploy_cli
 from clipfed.cli import build_parser
-from clipfed.deploy import (
+from clipfed.deploy import cli as deploy_cli
+from clipfed.deploy.cluster import (
     DeployError,
     OverwriteRefused,
     make_node_keys,
@@ -34,7 +34,7 @@ from clipfed.deploy import (
     supernode_command,
     write_connection,
 )
-from clipfed.launch import flower_env
+from clipfed.engines.launch import flower_env
 
 
 def test_tls_certificate_is_signed_by_the_ca_and_names_every_host(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Deployment across hosts: a SuperLink and SuperNodes in separate network namespaces.
 
 Each host is a namespace with its own network stack, joined to a bridge; the ``flwr`` CLI runs on
-the SuperLink's host and dials its bridge address. The commands come from ``clipfed.deploy`` (the
+the SuperLink's host and dials its bridge address. The commands come from ``clipfed.deploy.cluster`` (the
 same builders ``docker-compose.yml`` is checked against). Skips where namespaces cannot be made.
 """
 
@@ -16,7 +16,7 @@ import pytest
 from netns import Network, netns_unavailable
 
 from clipfed.cli import app_dir
-from clipfed.deploy import (
+from clipfed.deploy.cluster import (
     SUPERLINK_PORT,
     Processes,
     make_node_keys,
@@ -27,7 +27,7 @@ from clipfed.deploy import (
     supernode_command,
     write_connection,
 )
-from clipfed.launch import (
+from clipfed.engines.launch import (
     COMPLETED,
     _bin,
     flower_env,
@@ -35,7 +35,7 @@ from clipfed.launch import (
     wait_healthy,
     write_run_config,
 )
-from clipfed.results import load_result
+from clipfed.runs.results import load_result
 
 pytestmark = [pytest.mark.e2e, pytest.mark.deploy]
 

@@ -9,8 +9,8 @@ import pytest
 
 from clipfed.cli import app_dir, main
 from clipfed.defense import list_defenses
-from clipfed.launch import COMPLETED, flwr_run, local_superlink, run_status
-from clipfed.results import load_result
+from clipfed.engines.launch import COMPLETED, flwr_run, local_superlink, run_status
+from clipfed.runs.results import load_result
 
 pytestmark = pytest.mark.e2e
 

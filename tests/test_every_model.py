@@ -19,9 +19,10 @@ from flwr.app import ArrayRecord, ConfigRecord
 
 from clipfed.config import RunConfig
 from clipfed.defense import DEFENSES, create_defense, list_defenses
-from clipfed.defense.base import AggregationReport, PartitionSampler
-from clipfed.inprocess import InProcessGrid
+from clipfed.defense.sampler import PartitionSampler
+from clipfed.engines.inprocess import InProcessGrid
 from clipfed.models import create_model, list_models
+from clipfed.runs.report import AggregationReport
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 CLIENTS = 5

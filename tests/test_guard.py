@@ -13,18 +13,18 @@ import torch
 from tiny_models import write_tiny_clipseg
 
 from clipfed.config import RunConfig
-from clipfed.inprocess import run_inprocess
-from clipfed.results import load_result
-from clipfed.teacher import TeacherSpec
-from clipfed.teacher.audit import AuditConfig, audit_teacher, write_audit
-from clipfed.teacher.oracle import Grounding, Oracle, candidate_boxes, clipseg_oracle
-from clipfed.teacher.reference import load_reference_checkpoint
-from clipfed.teacher.repair import (
+from clipfed.engines.inprocess import run_inprocess
+from clipfed.guard.audit import AuditConfig, audit_teacher, write_audit
+from clipfed.guard.oracle import Grounding, Oracle, candidate_boxes, clipseg_oracle
+from clipfed.guard.repair import (
     RepairConfig,
     curate_repair_set,
     fine_tune_reference,
     write_repaired,
 )
+from clipfed.runs.results import load_result
+from clipfed.teacher import TeacherSpec
+from clipfed.teacher.reference import load_reference_checkpoint
 
 CLASSES = ["red", "green", "blue", "yellow"]
 COLOURS = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220], [220, 220, 30]])
@@ -160,7 +160,7 @@ def test_serverapp_guard_refuses_or_repairs_a_poisoned_teacher(
     and the repaired checkpoint used for the server dataset."""
     from clipfed.attacks import create_attack
     from clipfed.data import load_federated
-    from clipfed.teacher.guard import TeacherRefused, poison_pool, poisoned_reference
+    from clipfed.guard.policy import TeacherRefused, poison_pool, poisoned_reference
 
     base = {"data-dir": str(fake_data_dir), "public-pool-fraction": 0.5, "num-clients": 3, "num-malicious": 1,
             "partition": "iid", "batch-size": 16, "num-server-rounds": 1, "clipfed-post-steps": 2,
@@ -195,9 +195,9 @@ def test_open_clip_teacher_is_audited_and_repaired_with_the_contrastive_loss(tmp
     the repaired checkpoint loads as an open_clip teacher whose image tower moved."""
     from tiny_models import register_tiny_clip
 
-    from clipfed.teacher.guard import classifier_of, repaired_state
+    from clipfed.guard.policy import classifier_of, repaired_state
+    from clipfed.guard.repair import RepairSet
     from clipfed.teacher.openclip import OpenClipTeacher
-    from clipfed.teacher.repair import RepairSet
 
     name = register_tiny_clip(tmp_path)
     teacher = OpenClipTeacher(TeacherSpec(backend="openclip", model=name, pretrained="random", device="cpu"))

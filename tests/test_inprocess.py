@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from clipfed.config import RunConfig
-from clipfed.inprocess import run_inprocess
-from clipfed.results import load_result
+from clipfed.engines.inprocess import run_inprocess
+from clipfed.runs.results import load_result
 
 
 def config(data_dir: Path, out: Path, **overrides: object) -> RunConfig:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from clipfed.cli import app_dir
-from clipfed.launch import (
+from clipfed.engines.launch import (
     RUN_TOKEN_ENV,
     FlowerRunError,
     Interrupted,

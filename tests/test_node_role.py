@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 
+from clipfed.app.client_app import NodeRole
 from clipfed.attacks import create_attack
-from clipfed.client_app import NodeRole
 from clipfed.config import RunConfig
 from clipfed.data import malicious_clients
-from clipfed.deploy_cli import local_node_config
+from clipfed.deploy.cli import local_node_config
 
 CFG = RunConfig.from_flower({"num-clients": 8, "num-malicious": 2, "attack": "dba", "dba-parts": 4})
 
@@ -22,7 +22,7 @@ def role(pid: int, **node: object) -> NodeRole:
 
 
 def part(rank: int) -> np.ndarray:
-    return create_attack(CFG).part_mask(rank, 32, 32)
+    return create_attack(CFG).data.part_mask(rank, 32, 32)
 
 
 def test_seeded_attackers_in_simulation_stamp_distinct_parts() -> None:

@@ -30,10 +30,11 @@ from clipfed.config import RunConfig
 from clipfed.data import load_federated
 from clipfed.data_synth.artifact import data_digest
 from clipfed.defense import DEFENSES, create_defense, list_defenses
-from clipfed.defense.base import AggregationReport, PartitionSampler
+from clipfed.defense.sampler import PartitionSampler
+from clipfed.engines.inprocess import InProcessGrid
 from clipfed.evaluation import BackdoorEvaluator
-from clipfed.inprocess import InProcessGrid
 from clipfed.models import create_model
+from clipfed.runs.report import AggregationReport
 
 PINNED = Path(__file__).with_name("pinned_behaviour.json")
 CASES = [(d, "badnets") for d in list_defenses()] + [("fedavg", a) for a in list_attacks() if a != "badnets"]

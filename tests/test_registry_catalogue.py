@@ -15,10 +15,12 @@ from clipfed.registry import Registry
 # (module, attribute) of every registry.
 REGISTRIES = [
     ("clipfed.models.registry", "MODELS"),
-    ("clipfed.attacks.registry", "ATTACKS"),
+    ("clipfed.attacks.registry", "DATA_PARTS"),
+    ("clipfed.attacks.registry", "TRAINING_PARTS"),
+    ("clipfed.attacks.registry", "UPDATE_PARTS"),
     ("clipfed.defense.registry", "DEFENSES"),
     ("clipfed.teacher.registry", "TEACHERS"),
-    ("clipfed.teacher.oracle", "ORACLES"),
+    ("clipfed.guard.oracle", "ORACLES"),
     ("clipfed.data_synth.captions", "CAPTIONS"),
     ("clipfed.data_synth.images", "IMAGES"),
 ]

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 
 from clipfed.config import RunConfig
-from clipfed.defense.base import AggregationReport
 from clipfed.evaluation import Evaluation
-from clipfed.results import RunExistsError, RunRecorder, diverged_at, load_result, results_table
+from clipfed.runs.report import AggregationReport
+from clipfed.runs.results import RunExistsError, RunRecorder, diverged_at, load_result, results_table
 
 
 def config(tmp_path: Path, **overrides: object) -> RunConfig:

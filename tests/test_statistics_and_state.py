@@ -11,12 +11,13 @@ import torch
 from flower_mocks import reply_from, server_identity, train_reply  # noqa: F401
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from clipfed.client_app import train
+from clipfed.app.client_app import train
 from clipfed.config import RunConfig
 from clipfed.defense import create_defense
-from clipfed.defense.base import AggregationReport, PartitionSampler
+from clipfed.defense.sampler import PartitionSampler
 from clipfed.models import create_model
 from clipfed.models.state import buffer_names, conform, to_array_record
+from clipfed.runs.report import AggregationReport
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 VAR = "stem.1.running_var"
@@ -182,7 +183,7 @@ def test_refused_nodes_are_recorded_in_every_round_report_and_lying_replies_reje
 
 
 def test_a_resnet_checkpoint_round_trip_keeps_every_shape_and_dtype(tmp_path: Path) -> None:
-    from clipfed.checkpoint import Checkpoint, snapshot
+    from clipfed.runs.checkpoint import Checkpoint, snapshot
 
     arrays = to_array_record(resnet20_state())
     snapshot(3, arrays, {}, cfg()).save(tmp_path)
@@ -204,7 +205,7 @@ def test_a_run_in_which_no_node_reports_its_partition_fails_instead_of_completin
 
 
 def test_the_table_marks_a_run_that_did_not_complete() -> None:
-    from clipfed.results import results_table
+    from clipfed.runs.results import results_table
 
     result = {"run_name": "r", "status": "interrupted", "config": cfg().to_flower(), "final": {},
               "rounds": [{"round": 1, "server_seconds": 1.0, "detection": {"tp": 0, "fp": 0, "fn": 0, "tn": 1},

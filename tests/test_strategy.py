@@ -11,7 +11,8 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 
 from clipfed.config import RunConfig
 from clipfed.defense import create_defense, list_defenses
-from clipfed.defense.base import AggregationReport, PartitionSampler
+from clipfed.defense.sampler import PartitionSampler
+from clipfed.runs.report import AggregationReport
 
 SHAPES = {"w": (3, 2), "b": (2,)}
 

@@ -44,7 +44,7 @@ from clipfed.data_synth.images import build_candidates
 from clipfed.data_synth.pipeline import public_pool
 from clipfed.data_synth.provider import fetch_artifact, synth_config_for
 from clipfed.dct import band_energy
-from clipfed.results import RunRecorder, load_result
+from clipfed.runs.results import RunRecorder, load_result
 from clipfed.teacher import TeacherSpec, create_teacher
 from clipfed.teacher.reference import ReferenceTeacher, train_reference
 

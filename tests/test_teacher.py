@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from tiny_models import register_tiny_clip, write_tiny_clip_checkpoint
 
 from clipfed.cli import main
-from clipfed.config import RunConfig
+from clipfed.config import TEACHERS, RunConfig
 from clipfed.data import load_cifar10
 from clipfed.data.cifar import CIFAR10_CLASSES
 from clipfed.teacher import TeacherSpec, create_teacher, list_teachers
@@ -32,6 +32,11 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_registry_lists_both_backends() -> None:
     assert list_teachers() == ["openclip", "reference"]
+
+
+def test_the_registry_declares_the_teachers_the_config_allows() -> None:
+    """``teacher`` (RunConfig, TeacherSpec, every --teacher flag) allows config.TEACHERS: the same names."""
+    assert list_teachers() == sorted(TEACHERS)
 
 
 def test_openclip_random_init_interface(tiny_clip: str) -> None:

@@ -9,7 +9,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from clipfed.config import RunConfig
 from clipfed.defense import DEFENSES, create_defense, list_defenses
-from clipfed.defense.base import AggregationReport
+from clipfed.runs.report import AggregationReport
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 BASE = {"w": np.zeros((4, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}

@@ -46,8 +46,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     from clipfed.bench.runner import plan, run_suite
     from clipfed.config import ConfigError
-    from clipfed.preflight import preflight
-    from clipfed.results import load_result
+    from clipfed.engines.preflight import preflight
+    from clipfed.runs.results import load_result
 
     suite = SUITES[args.suite]
     seeds = _ints("--seeds", args.seeds, 0)
@@ -95,7 +95,7 @@ def cmd_bench_cost(args: argparse.Namespace) -> int:
     from clipfed.data import load_cifar10
     from clipfed.defense import DEFENSES, list_defenses
     from clipfed.models import MODELS
-    from clipfed.results import versions
+    from clipfed.runs.results import versions
 
     # Everything is checked before the first measurement: a bad name must not become a table row.
     defenses = _csv(args.defenses) or [d for d in list_defenses() if d != "teacher-only"]

@@ -37,13 +37,13 @@ def _measure(defense: str, num_updates: int, model: str, threads: int, data_dir:
     import torch
     from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-    from clipfed.config import RunConfig
+    from clipfed.checks import load_run_config
     from clipfed.defense import DEFENSES, create_defense
     from clipfed.models import create_model
 
     torch.set_num_threads(threads)
-    cfg = RunConfig.from_flower({"num-clients": num_updates, "num-malicious": 0, "model": model,
-                                 "defense": defense, "data-dir": data_dir, "krum-f": -1})
+    cfg = load_run_config({"num-clients": num_updates, "num-malicious": 0, "model": model,
+                           "defense": defense, "data-dir": data_dir, "krum-f": -1})
     inputs: dict[str, Any] = {}
     cache_hit = None
     if DEFENSES.get(defense).needs_server_data:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from clipfed.bench.runner import Cell
-from clipfed.results import detection_totals, diverged_at, load_result, versions
+from clipfed.runs.results import detection_totals, diverged_at, load_result, versions
 
 COLUMNS = ("setting", "attack", "row", "seeds", "diverged", "ma_mean", "ma_std", "asr_mean", "asr_std",
            "recall", "precision", "server_s_per_round", "round_s")

@@ -21,10 +21,11 @@ from tqdm import tqdm
 
 from clipfed import __version__
 from clipfed.bench.suites import Suite
-from clipfed.checkpoint import CHECKPOINT_FILE
+from clipfed.checks import load_run_config
 from clipfed.config import RunConfig
-from clipfed.inprocess import run_inprocess
-from clipfed.results import RESULT_FILE
+from clipfed.engines.inprocess import run_inprocess
+from clipfed.runs.checkpoint import CHECKPOINT_FILE
+from clipfed.runs.results import RESULT_FILE
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Cell:
                   **self.overrides, "out-dir": str(out / "runs")}
         if init_model and not self.pretrain:
             values["init-model"] = init_model
-        cfg = RunConfig.from_flower(values)
+        cfg = load_run_config(values)
         return cfg.model_copy(update={"run_name": f"{self.name}-{cfg.config_hash()[:8]}"})
 
     @property

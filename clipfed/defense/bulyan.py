@@ -11,8 +11,9 @@ from flwr.common.logger import log
 from flwr.serverapp.strategy import Bulyan
 from flwr.serverapp.strategy.multikrum import select_multikrum
 
-from clipfed.defense.base import DefenseStrategy, detached
 from clipfed.defense.registry import DEFENSES
+from clipfed.defense.replies import detached
+from clipfed.defense.strategy import DefenseStrategy
 from clipfed.flower_internals import aggregate_with
 
 

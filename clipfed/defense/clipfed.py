@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from clipfed.defense.base import DefenseStrategy, partition_id
 from clipfed.defense.registry import DEFENSES
+from clipfed.defense.replies import partition_id
 from clipfed.defense.scoring import Probe, combine, score_clients, view
+from clipfed.defense.strategy import DefenseStrategy
 from clipfed.defense.updates import clip_to_norm
 from clipfed.models import ClassifierNet, create_model
 from clipfed.models.state import conform
@@ -39,7 +40,8 @@ from clipfed.training import to_tensor
 if TYPE_CHECKING:
     from clipfed.config import RunConfig
     from clipfed.data_synth import ServerDataset
-    from clipfed.defense.base import AggregationReport, PartitionSampler
+    from clipfed.defense.sampler import PartitionSampler
+    from clipfed.runs.report import AggregationReport
 
 
 
@@ -188,7 +190,7 @@ class TeacherOnlyDefense(ClipFedDefense):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        from clipfed.defense.base import AggregationReport
+        from clipfed.runs.report import AggregationReport
 
         started = time.perf_counter()
         report = AggregationReport(server_round)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from flwr.app import ArrayRecord, Message
 
-from clipfed.defense.base import DefenseStrategy
 from clipfed.defense.registry import DEFENSES
+from clipfed.defense.strategy import DefenseStrategy
 from clipfed.defense.updates import clip_to_norm
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from clipfed.defense.base import DefenseStrategy
 from clipfed.defense.registry import DEFENSES
+from clipfed.defense.strategy import DefenseStrategy
 
 
 @DEFENSES.register("fedavg")

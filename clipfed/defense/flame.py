@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord, Message
 from sklearn.cluster import HDBSCAN
 
-from clipfed.defense.base import DefenseStrategy
 from clipfed.defense.registry import DEFENSES
+from clipfed.defense.strategy import DefenseStrategy
 from clipfed.defense.updates import clip_to_norm
 
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from flwr.app import ArrayRecord, Message
 
-from clipfed.defense.base import DefenseStrategy
 from clipfed.defense.registry import DEFENSES
+from clipfed.defense.strategy import DefenseStrategy
 from clipfed.defense.updates import flatten
 from clipfed.models import create_model
 from clipfed.streams import Stream, stream_rng
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
     from clipfed.config import RunConfig
     from clipfed.data_synth import ServerDataset
-    from clipfed.defense.base import AggregationReport, PartitionSampler
+    from clipfed.defense.sampler import PartitionSampler
+    from clipfed.runs.report import AggregationReport
 
 
 def fltrust_weights(updates: torch.Tensor, root: torch.Tensor) -> torch.Tensor:

@@ -11,14 +11,16 @@ import torch
 import torch.nn.functional as F
 from flwr.app import ArrayRecord, Message
 
-from clipfed.defense.base import DefenseStrategy, partition_id
 from clipfed.defense.registry import DEFENSES
+from clipfed.defense.replies import partition_id
+from clipfed.defense.strategy import DefenseStrategy
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from clipfed.config import RunConfig
-    from clipfed.defense.base import AggregationReport, PartitionSampler
+    from clipfed.defense.sampler import PartitionSampler
+    from clipfed.runs.report import AggregationReport
 
 
 def foolsgold_weights(histories: torch.Tensor, confidence: float = 1.0) -> torch.Tensor:

@@ -9,8 +9,9 @@ from __future__ import annotations
 from flwr.app import Message
 from flwr.serverapp.strategy.multikrum import select_multikrum
 
-from clipfed.defense.base import DefenseStrategy, detached
 from clipfed.defense.registry import DEFENSES
+from clipfed.defense.replies import detached
+from clipfed.defense.strategy import DefenseStrategy
 
 
 class _KrumFamily(DefenseStrategy):

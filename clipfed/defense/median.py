@@ -5,8 +5,9 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp.strategy import FedMedian
 
-from clipfed.defense.base import DefenseStrategy, detached
 from clipfed.defense.registry import DEFENSES
+from clipfed.defense.replies import detached
+from clipfed.defense.strategy import DefenseStrategy
 from clipfed.flower_internals import aggregate_with
 
 

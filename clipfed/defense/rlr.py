@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from flwr.app import ArrayRecord, Message
 
-from clipfed.defense.base import DefenseStrategy
 from clipfed.defense.registry import DEFENSES
+from clipfed.defense.strategy import DefenseStrategy
 
 
 def rlr_learning_rates(updates: torch.Tensor, threshold: int, server_lr: float = 1.0) -> torch.Tensor:

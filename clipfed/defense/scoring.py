@@ -27,8 +27,6 @@ import torch.nn.functional as F
 from clipfed.defense.updates import robust_z
 from clipfed.models import ClassifierNet
 
-SIGNALS = ("kl", "proto", "trigger", "geometry", "sybil")
-
 
 @dataclass(frozen=True)
 class Probe:

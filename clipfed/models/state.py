@@ -26,13 +26,36 @@ from clipfed.models.registry import create_model
 
 @lru_cache(maxsize=16)
 def buffer_names(model: str, num_classes: int) -> frozenset[str]:
-    """State-dict keys of registered ``model``'s buffers (running statistics, step counters):
-    every other key of its state dict is a trainable parameter."""
+    """State-dict keys of a registered model's buffers (running statistics, step counters).
+
+    Every other key of its state dict is a trainable parameter. Builds one model per
+    (model, num_classes) and caches the answer.
+
+    Args:
+        model: A declared model name (``clipfed.models.list_models()``).
+        num_classes: Its number of classes (buffers do not depend on it, the build does).
+
+    Returns:
+        The buffer keys, e.g. ``stem.1.running_var`` and ``stem.1.num_batches_tracked``; empty
+        for a model without BatchNorm (``cnn``).
+
+    Raises:
+        KeyError: ``model`` is not declared.
+    """
     return frozenset(name for name, _ in create_model(model, num_classes).named_buffers())
 
 
 def to_array_record(state: Mapping[str, np.ndarray | torch.Tensor]) -> ArrayRecord:
-    """An ArrayRecord holding ``state`` with every shape and dtype kept (0-d arrays included)."""
+    """An ArrayRecord holding ``state`` with every shape and dtype kept (0-d arrays included).
+
+    Args:
+        state: Key -> numpy array or torch tensor (any device; tensors are detached and copied
+            to the CPU), e.g. a ``state_dict()``.
+
+    Returns:
+        The record, in ``state``'s key order, each array C-contiguous with its original shape
+        and dtype (a 0-d int64 ``num_batches_tracked`` stays 0-d int64).
+    """
     out: dict[str, Array] = {}
     for key, value in state.items():
         array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
@@ -44,7 +67,19 @@ def conform(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
     """``arrays`` with each entry cast back to ``reference``'s shape and dtype.
 
     Aggregation rules compute in floating point; an integer buffer (a step count) is rounded to
-    the nearest integer before the cast. Raises ``ValueError`` if the keys or sizes differ.
+    the nearest integer before the cast.
+
+    Args:
+        arrays: An aggregate, e.g. flwr's ``aggregate_arrayrecords`` output (float64 where the
+            global model had int64, possibly flattened).
+        reference: The global model the round started from; its key order is kept.
+
+    Returns:
+        A new ArrayRecord with ``reference``'s keys, shapes and dtypes.
+
+    Raises:
+        ValueError: The key sets differ, or an entry's number of values differs from the
+            reference's.
     """
     if set(arrays) != set(reference):
         raise ValueError(f"aggregate keys differ from the global model's: {sorted(set(arrays) ^ set(reference))[:3]}")

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from clipfed.config import RANDOM_INIT, RANDOM_INIT_NOTE, TEACHERS, teacher_weights_problem
+
 # A few of CLIP's CIFAR prompt templates (Radford et al. 2021); captions extend them.
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
@@ -24,33 +26,39 @@ DEFAULT_TEMPLATES = (
     "a photo of the big {}.",
     "a close-up photo of a {}.",
 )
-# The ``pretrained`` value that asks for an openclip teacher with random weights, on purpose.
-RANDOM_INIT = "random"
-RANDOM_INIT_NOTE = "RANDOM INIT (no knowledge)"
-
-
-def teacher_weights_problem(backend: str, pretrained: str, checkpoint: str) -> str | None:
-    """Why these teacher keys cannot be used, or None. An openclip teacher must name its weights:
-    without them open_clip builds a random-init model whose results would look like real ones."""
-    if backend != "openclip":
-        return None
-    if not pretrained and not checkpoint:
-        return ("teacher='openclip' needs its weights: set teacher-pretrained (teacher.pretrained in a "
-                "synth config) to an open_clip tag such as 'laion2b_s34b_b79k', or teacher-checkpoint "
-                f"(teacher.checkpoint) to a local weights file; teacher-pretrained='{RANDOM_INIT}' gives "
-                f"random weights on purpose, and every output then says {RANDOM_INIT_NOTE}")
-    if pretrained == RANDOM_INIT and checkpoint:
-        return (f"teacher-pretrained='{RANDOM_INIT}' and teacher-checkpoint={checkpoint!r} contradict each "
-                "other: give one")
-    return None
 
 
 class TeacherSpec(BaseModel):
-    """Which teacher, resolved through the registry (config, not code, picks the model)."""
+    """Which teacher, resolved through the registry (config, not code, picks the model).
+
+    Frozen and hashable into ``spec_hash``, which names the reference teacher's cache file and
+    enters its id. Fields a backend does not use are ignored by it.
+
+    Attributes:
+        backend: A ``clipfed.teacher.registry.TEACHERS`` name; a new backend is added to
+            ``clipfed.config.TEACHERS`` as well as to the catalogue.
+        model: openclip: an open_clip model name (``open_clip.list_models()``).
+        pretrained: openclip: a pretrained tag, or ``"random"`` for deliberate random weights.
+        checkpoint: A local weights file: open_clip's loader for ``openclip``; a state dict of
+            the cosine classifier for ``reference``. It wins over ``pretrained``.
+        templates: openclip: prompt templates with one ``{}`` for the class name; a class's
+            prototype averages their embeddings (and its captions').
+        batch_size: Images or texts per forward pass.
+        device: openclip: where the model runs (``auto``: CUDA when available); outputs always
+            come back on the CPU. The reference teacher always runs on the CPU.
+        reference_model: reference: the registry model (``clipfed.models``) used as backbone.
+        reference_epochs: reference: SGD epochs over the public pool.
+        reference_lr: reference: initial SGD learning rate (cosine-decayed to 0).
+        reference_scale: reference: the fixed logit scale (cosine similarity multiplier).
+
+    Raises:
+        ValueError: (pydantic's ``ValidationError``) at construction, for an openclip spec that
+            names no weights or both ``"random"`` and a checkpoint (``teacher_weights_problem``).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["reference", "openclip"] = "reference"
+    backend: Literal[TEACHERS] = "reference"  # type: ignore[valid-type]
     # openclip
     model: str = "ViT-B-32"
     pretrained: str = Field("", description=f"open_clip pretrained tag (downloads when online); "
@@ -74,10 +82,12 @@ class TeacherSpec(BaseModel):
         return self
 
     def spec_hash(self) -> str:
+        """The first 16 hex digits of the sha256 of every field, as sorted JSON."""
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else the CPU; any other value as ``torch.device``."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -88,6 +98,28 @@ class Teacher(ABC):
 
     Embeddings and prototypes are L2-normalised; ``zero_shot_logits`` is
     ``logit_scale * normalize(f_img(x)) @ T^T`` as in METHOD.md part 1.
+
+    A new backend subclasses this and provides, besides a factory registered in
+    ``clipfed.teacher.registry``:
+
+    - ``backend``: a class attribute, its registry name;
+    - ``model``: the ``nn.Module`` holding every weight, in eval mode (``weights_digest``
+      hashes its state dict into the server-dataset artifact);
+    - the abstract ``id``, ``embed_dim``, ``logit_scale``, ``encode_images``,
+      ``caption_embeddings`` and ``class_prototypes`` below;
+    - ``is_reference`` / ``is_random_init`` set to True when it has no real zero-shot knowledge,
+      so that ``label`` says so.
+
+    Every tensor it returns is float32, on the CPU, without grad, and the same for the same
+    input (``tests/test_every_teacher.py`` checks this for every registered backend). The
+    teacher guard's repair (``clipfed.guard.policy.repaired_state``) only knows the reference
+    and openclip teachers; it raises ``TypeError`` for any other.
+
+    Attributes:
+        backend: The registry name (``"openclip"``, ``"reference"``).
+        is_reference: True for the offline stand-in (no zero-shot knowledge).
+        is_random_init: True for deliberately random weights (no knowledge).
+        model: The frozen network.
     """
 
     backend: str
@@ -98,11 +130,14 @@ class Teacher(ABC):
     @property
     @abstractmethod
     def id(self) -> str:
-        """A stable identifier: backend, model, weights and prompts."""
+        """A stable identifier, ``"<backend>:<model>:<weights>..."``, recorded with every result
+        made with the teacher: it changes whenever the weights do. (The openclip id does not
+        include the prompt templates; the reference id includes the whole spec's hash.)"""
 
     @property
     @abstractmethod
-    def embed_dim(self) -> int: ...
+    def embed_dim(self) -> int:
+        """D, the width of every embedding and prototype."""
 
     @cached_property
     def weights_digest(self) -> str:
@@ -111,21 +146,53 @@ class Teacher(ABC):
 
     @property
     @abstractmethod
-    def logit_scale(self) -> float: ...
+    def logit_scale(self) -> float:
+        """The positive multiplier of cosine similarities in ``zero_shot_logits`` (CLIP's learned
+        temperature, exp(logit_scale) capped at 100, for open_clip; a fixed scale for the
+        reference teacher)."""
 
     @abstractmethod
     def encode_images(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 (N, H, W, 3) -> normalised (N, D) float32 embeddings."""
+        """Image embeddings, one per image.
+
+        Args:
+            images: uint8 RGB images (N, H, W, 3), N >= 1, pixels 0..255 (CIFAR's 32 x 32 here;
+                open_clip resizes them to its input size, the reference teacher needs the size
+                its backbone was built for).
+
+        Returns:
+            Float32 (N, D) on the CPU, each row L2-normalised (unit norm).
+        """
 
     @abstractmethod
     def caption_embeddings(self, captions: Sequence[str], class_index: int,
                            classes: Sequence[str]) -> torch.Tensor:
-        """Normalised (len(captions), D) embeddings of captions written for ``class_index``."""
+        """Embeddings of captions written for one class.
+
+        Args:
+            captions: K >= 1 texts.
+            class_index: The class they describe, an index into ``classes`` (a teacher that
+                cannot read text, the reference one, returns that class's prototype K times).
+            classes: The class names, in label order.
+
+        Returns:
+            Float32 (K, D) on the CPU, each row L2-normalised.
+        """
 
     @abstractmethod
     def class_prototypes(self, classes: Sequence[str],
                          captions: dict[int, list[str]] | None = None) -> torch.Tensor:
-        """(C, D) normalised prototypes ``t_c`` (prompt templates, plus captions when given)."""
+        """The class prototypes ``t_c``: one text embedding per class.
+
+        Args:
+            classes: The C class names, in label order (the reference teacher returns its own C
+                trained class weights, so C must be the number of classes it was trained on).
+            captions: Optional extra texts per class index; openclip averages their embeddings
+                with the prompt templates', the reference teacher ignores them.
+
+        Returns:
+            Float32 (C, D) on the CPU, each row L2-normalised.
+        """
 
     @property
     def label(self) -> str:
@@ -137,6 +204,16 @@ class Teacher(ABC):
         return self.id
 
     def zero_shot_logits(self, embeddings: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        """``logit_scale * embeddings @ prototypes.T``: scaled cosine similarities, in
+        [-logit_scale, logit_scale]; a softmax over classes gives the teacher's probabilities.
+
+        Args:
+            embeddings: (N, D) from ``encode_images``.
+            prototypes: (C, D) from ``class_prototypes``.
+
+        Returns:
+            Float32 (N, C) logits.
+        """
         return self.logit_scale * embeddings @ prototypes.T
 
 
@@ -153,4 +230,5 @@ def state_digest(model: nn.Module) -> str:
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 with every row along the last dimension scaled to unit L2 norm."""
     return F.normalize(x.float(), dim=-1)

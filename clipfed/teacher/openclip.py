@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from clipfed.config import RANDOM_INIT
 from clipfed.data import ImageSet
 from clipfed.data.cifar import sha256_file
 from clipfed.teacher.base import (
-    RANDOM_INIT,
     Teacher,
     TeacherSpec,
     normalize,

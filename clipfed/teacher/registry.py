@@ -3,6 +3,14 @@
 The catalogue below is where a backend is declared (name, module, description); its module
 registers the factory with ``@TEACHERS.register(name)`` and is imported on first use, so listing
 teachers imports no torch or open_clip.
+
+A factory is ``(spec: TeacherSpec, pool: ImageSet | None) -> Teacher`` and returns a frozen
+teacher that satisfies the ``Teacher`` contract (``clipfed.teacher.base``);
+``tests/test_every_teacher.py`` checks that contract for every declared name. The backend name is
+also listed in ``clipfed.config.TEACHERS``, which ``RunConfig.teacher``, ``TeacherSpec.backend``
+and every ``--teacher`` flag allow (``tests/test_teacher.py`` checks it equals the catalogue).
+Sources: ``openclip`` is OpenCLIP (Ilharco et al. 2021; Cherti et al., CVPR 2023) for CLIP
+(Radford et al., ICML 2021); ``reference`` is this project's stand-in, a cosine classifier.
 """
 
 from __future__ import annotations
@@ -23,9 +31,26 @@ TEACHERS: Registry[Callable[..., Teacher]] = Registry("teacher", {
 
 
 def list_teachers(pattern: str = "*") -> list[str]:
+    """Declared teacher backends matching ``pattern`` (an ``fnmatch`` glob), sorted; imports nothing."""
     return TEACHERS.names(pattern)
 
 
 def create_teacher(spec: TeacherSpec, pool: ImageSet | None = None) -> Teacher:
-    """The teacher ``spec`` describes; ``pool`` is the public pool (the reference teacher's data)."""
+    """The teacher ``spec`` describes, built by the factory registered as ``spec.backend``.
+
+    Args:
+        spec: Which backend, model and weights.
+        pool: The labelled public pool, uint8 images (N, 32, 32, 3): what the reference teacher
+            trains on (once per pool and spec, then cached); ``openclip`` ignores it. The server
+            dataset pipeline passes it only when ``spec.backend == "reference"``.
+
+    Returns:
+        A frozen ``Teacher``.
+
+    Raises:
+        KeyError: ``spec.backend`` is not declared.
+        ValueError: ``reference`` without ``pool`` or ``spec.checkpoint``.
+        FileNotFoundError: ``spec.checkpoint`` names no file.
+        RuntimeError: open_clip cannot load ``spec.pretrained`` (an unknown tag; no network).
+    """
     return TEACHERS.get(spec.backend)(spec, pool)

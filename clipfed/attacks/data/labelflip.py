@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipfed.attacks.base import Attack, PoisonedData
-from clipfed.attacks.registry import ATTACKS
+from clipfed.attacks.base import DataPoisoning, PoisonedData
+from clipfed.attacks.registry import DATA_PARTS
 
 if TYPE_CHECKING:
     from clipfed.config import RunConfig
 
 
-class LabelFlip(Attack):
+class LabelFlip(DataPoisoning):
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
         self.source = cfg.flip_source
@@ -42,6 +42,6 @@ class LabelFlip(Attack):
         return PoisonedData(images.copy(), new_labels, flipped)
 
 
-@ATTACKS.register("labelflip")
+@DATA_PARTS.register("labelflip")
 def labelflip(cfg: RunConfig) -> LabelFlip:
     return LabelFlip(cfg)

@@ -3,8 +3,8 @@
 On real machines, run ``clipfed deploy superlink`` on the server host and ``clipfed deploy
 supernode`` on each client host (they exec the Flower command with the right flags); ``clipfed
 deploy local`` starts a whole cluster on this machine in the background and ``clipfed deploy
-stop`` stops it by the PIDs it recorded. Handlers import ``clipfed.deploy`` (cryptography) and
-``clipfed.launch`` (httpx) when they run, so building the parser stays light.
+stop`` stops it by the PIDs it recorded. Handlers import ``clipfed.deploy.cluster`` (cryptography) and
+``clipfed.engines.launch`` (httpx) when they run, so building the parser stays light.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipfed.config import ConfigError, node_config_problems, parse_config_text
+from clipfed.checks import node_config_problems
+from clipfed.config import ConfigError, parse_config_text
 
 if TYPE_CHECKING:
-    from clipfed.deploy import TLSFiles
+    from clipfed.deploy.cluster import TLSFiles
 
 LOCAL_CONNECTION = "clipfed-deploy"
 
@@ -27,7 +28,7 @@ def _flwr_home(args: argparse.Namespace) -> Path:
 
 
 def _tls_in(folder: str | None) -> TLSFiles | None:
-    from clipfed.deploy import DeployError, TLSFiles
+    from clipfed.deploy.cluster import DeployError, TLSFiles
 
     if not folder:
         return None
@@ -41,7 +42,7 @@ def _tls_in(folder: str | None) -> TLSFiles | None:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from clipfed.deploy import make_tls
+    from clipfed.deploy.cluster import make_tls
 
     files = make_tls(Path(args.out), args.host, force=args.force)
     print(f"CA: {files.ca_cert}\nSuperLink certificate: {files.server_cert} (SANs: {', '.join(args.host)})\n"
@@ -50,7 +51,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from clipfed.deploy import make_node_keys
+    from clipfed.deploy.cluster import make_node_keys
 
     for name in args.name:
         private, public = make_node_keys(Path(args.out), name, force=args.force)
@@ -59,7 +60,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_connection(args: argparse.Namespace) -> int:
-    from clipfed.deploy import write_connection
+    from clipfed.deploy.cluster import write_connection
 
     path = write_connection(_flwr_home(args), args.name, args.address,
                             Path(args.root_certificates) if args.root_certificates else None)
@@ -68,7 +69,7 @@ def cmd_connection(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from clipfed.deploy import register_supernode
+    from clipfed.deploy.cluster import register_supernode
 
     for key in args.public_key:
         node_id = register_supernode(_flwr_home(args), args.connection, Path(key))
@@ -77,7 +78,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def _exec(command: list[str]) -> int:
-    from clipfed.launch import flower_env
+    from clipfed.engines.launch import flower_env
 
     print("$ " + " ".join(command), flush=True)
     os.execvpe(command[0], command, flower_env(Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))))
@@ -85,7 +86,7 @@ def _exec(command: list[str]) -> int:
 
 
 def cmd_superlink(args: argparse.Namespace) -> int:
-    from clipfed.deploy import SUPERLINK_PORT, DeployError, superlink_command
+    from clipfed.deploy.cluster import SUPERLINK_PORT, DeployError, superlink_command
 
     if args.auth and not args.tls_dir:
         raise DeployError("--auth (SuperNode authentication) needs TLS; allowed: --auth with --tls-dir DIR "
@@ -96,7 +97,7 @@ def cmd_superlink(args: argparse.Namespace) -> int:
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
-    from clipfed.deploy import DeployError, check_ca_file, supernode_command
+    from clipfed.deploy.cluster import DeployError, check_ca_file, supernode_command
 
     node = {"partition-id": args.partition_id, "num-partitions": args.num_partitions, "role": args.role,
             "num-threads": args.threads}
@@ -131,7 +132,7 @@ def local_node_config(pid: int, nodes: int, malicious: list[int]) -> dict[str, i
 
 def cmd_local(args: argparse.Namespace) -> int:
     """A SuperLink and N SuperNodes on loopback, in the background; `clipfed deploy stop DIR`."""
-    from clipfed.deploy import (
+    from clipfed.deploy.cluster import (
         DeployError,
         Processes,
         make_node_keys,
@@ -141,7 +142,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         supernode_command,
         write_connection,
     )
-    from clipfed.launch import flower_env, free_port, wait_healthy
+    from clipfed.engines.launch import flower_env, free_port, wait_healthy
 
     folder = Path(args.dir).resolve()
     if (folder / "logs" / "pids.json").exists():
@@ -175,7 +176,7 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from clipfed.deploy import DeployError, stop_pids
+    from clipfed.deploy.cluster import DeployError, stop_pids
 
     pid_file = Path(args.dir) / "logs" / "pids.json"
     if not pid_file.is_file():
@@ -219,7 +220,7 @@ def add_deploy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     link = deploy.add_parser("superlink", help="exec flower-superlink with clipfed's flags")
     link.add_argument("--host", default="0.0.0.0")
-    link.add_argument("--port", type=int, default=None)  # None: clipfed.deploy.SUPERLINK_PORT
+    link.add_argument("--port", type=int, default=None)  # None: clipfed.deploy.cluster.SUPERLINK_PORT
     link.add_argument("--tls-dir", help="folder from `clipfed deploy certs`; without it: insecure")
     link.add_argument("--auth", action="store_true", help="SuperNode authentication (needs --tls-dir)")
     link.add_argument("--database", default="state.db")

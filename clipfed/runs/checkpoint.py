@@ -105,7 +105,7 @@ def check_resumable(cfg: RunConfig, old_config: dict[str, Any], checkpoint: Chec
 
 def load_resume(cfg: RunConfig) -> tuple[Checkpoint, dict[str, Any]]:
     """The checkpoint and the result (rounds up to the checkpoint's) of ``cfg.resume_from``."""
-    from clipfed.results import RESULT_FILE, load_result
+    from clipfed.runs.results import RESULT_FILE, load_result
 
     run_dir = Path(cfg.resume_from).expanduser()
     if not (run_dir / RESULT_FILE).is_file():

@@ -1,7 +1,7 @@
 """An in-process engine: the real ServerApp ``main`` driving the real ClientApp in one process.
 
 ``InProcessGrid`` implements Flower's ``Grid`` by dispatching each message to
-``clipfed.client_app.app`` with that node's ``Context`` (partition id in its node config), and
+``clipfed.app.client_app.app`` with that node's ``Context`` (partition id in its node config), and
 turns a handler exception into an error reply as a SuperNode would. No Ray, no serialisation:
 the same strategy, client and evaluation code as ``flwr run`` (the same seed gives the same
 metrics on both), in one process. Clients run one after another, so a round costs about what it
@@ -19,7 +19,7 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from clipfed.client_app import app as client_app
+from clipfed.app.client_app import app as client_app
 from clipfed.config import RunConfig
 from clipfed.flower_internals import SERVER_NODE_ID, assign_message_id, server_identity
 
@@ -82,8 +82,8 @@ class InProcessGrid(Grid):
 
 def run_inprocess(cfg: RunConfig, threads: int = 1) -> Path:
     """Run ``cfg`` through ``server_app.main`` on an ``InProcessGrid``; return the run folder."""
-    from clipfed.results import default_run_name
-    from clipfed.server_app import main
+    from clipfed.app.server_app import main
+    from clipfed.runs.results import default_run_name
 
     if not cfg.run_name:
         cfg = cfg.model_copy(update={"run_name": default_run_name(cfg)})

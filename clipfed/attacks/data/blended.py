@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipfed.attacks.base import TRIGGER_SEED, Attack
-from clipfed.attacks.registry import ATTACKS
+from clipfed.attacks.base import TRIGGER_SEED, DataPoisoning
+from clipfed.attacks.registry import DATA_PARTS
 
 if TYPE_CHECKING:
     from clipfed.config import RunConfig
@@ -24,7 +24,7 @@ def blend_pattern(kind: str, height: int, width: int, channels: int = 3) -> np.n
     raise ValueError(f"unknown blend pattern {kind!r}; allowed: noise, stripes")
 
 
-class Blended(Attack):
+class Blended(DataPoisoning):
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
         self.alpha = cfg.blend_alpha
@@ -36,6 +36,6 @@ class Blended(Attack):
         return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
-@ATTACKS.register("blended")
-def blended(cfg: RunConfig) -> Attack:
+@DATA_PARTS.register("blended")
+def blended(cfg: RunConfig) -> DataPoisoning:
     return Blended(cfg)

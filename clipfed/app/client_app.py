@@ -8,7 +8,6 @@ partition ids drawn by ``malicious_clients``). The reply reports
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -17,15 +16,18 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clipfed.attacks import create_attack
-from clipfed.config import NODE_KEYS, RunConfig, node_config_problems, node_identity_problems
+from clipfed.attacks.base import AttackContext
+from clipfed.checks import load_node_run_config
+from clipfed.config import RunConfig, node_identity_problems
 from clipfed.data import load_federated, malicious_clients
 from clipfed.models import create_model
 from clipfed.models.state import buffer_names, to_array_record
 from clipfed.records import array_record, config_record, number
 from clipfed.streams import Stream, stream_rng
-from clipfed.training import train_local
+from clipfed.training import LocalSchedule, train_local
 
 app = ClientApp()
+MEMORY = "attack-memory"  # the node-state record an attacker keeps across rounds
 
 
 
@@ -81,12 +83,20 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)
 
 
+def attack_context(context: Context, cfg: RunConfig, global_arrays: ArrayRecord, server_round: int,
+                   malicious_rank: int) -> AttackContext:
+    """What this attacker knows this round: the global model's trainable parameters (not the
+    BatchNorm statistics) and its memory from earlier rounds (the node's state)."""
+    buffers = buffer_names(cfg.model, cfg.num_classes)
+    params = {k: v.numpy() for k, v in global_arrays.items() if k not in buffers}
+    memory_record = context.state.get(MEMORY, ArrayRecord())
+    assert isinstance(memory_record, ArrayRecord)  # only ever set to one, in train()
+    return AttackContext(server_round, malicious_rank, params, {k: v.numpy() for k, v in memory_record.items()})
+
+
 def node_run_config(context: Context) -> RunConfig:
     """The run config, with what this node's ``--node-config`` sets for itself on top."""
-    if problems := node_config_problems(context.node_config):  # refused, never silently ignored
-        raise ValueError("node config: " + "; ".join(problems))
-    overrides = {k: v for k, v in context.node_config.items() if k in NODE_KEYS}
-    return RunConfig.from_flower({**context.run_config, **overrides})
+    return load_node_run_config(context.run_config, context.node_config)
 
 
 @app.train()
@@ -101,42 +111,37 @@ def train(msg: Message, context: Context) -> Message:
     images, labels = shard.images, shard.labels
     attack = create_attack(cfg)
     attacking = role.malicious and attack is not None and server_round >= cfg.attack_start_round
-    poisoned = 0
-    if attacking:
-        assert attack is not None
-        rng = stream_rng(cfg.seed, Stream.CLIENT_TRAINING, server_round, role.partition_id)
-        result = attack.poison(images, labels, rng, role.malicious_rank)
-        images, labels, poisoned = result.images, result.labels, int(result.poisoned.sum())
 
     model = create_model(cfg.model, cfg.num_classes)
-    model.load_state_dict(array_record(msg.content).to_torch_state_dict())
+    global_arrays = array_record(msg.content)
+    model.load_state_dict(global_arrays.to_torch_state_dict())
     generator = torch.Generator().manual_seed(
         int(stream_rng(cfg.seed, Stream.CLIENT_TRAINING, server_round, role.partition_id, 1)
             .integers(2**62))
     )
     torch.manual_seed(int(generator.initial_seed()))
-    epochs, steps = cfg.local_epochs, cfg.local_steps
-    if attacking and cfg.attack_local_steps:  # attackers train longer than benign clients, as in the field
-        steps = cfg.attack_local_steps
-        epochs = max(epochs, math.ceil(steps / math.ceil(len(labels) / cfg.batch_size)))
+    schedule, hooks, poisoned = LocalSchedule.benign(cfg), None, 0
+    if attacking:
+        assert attack is not None
+        ctx = attack_context(context, cfg, global_arrays, server_round, role.malicious_rank)
+        attack.data.prepare(model, images, labels, ctx)
+        attack.training.prepare(model, ctx)
+        rng = stream_rng(cfg.seed, Stream.CLIENT_TRAINING, server_round, role.partition_id)
+        result = attack.data.poison(images, labels, rng, role.malicious_rank)
+        images, labels, poisoned = result.images, result.labels, int(result.poisoned.sum())
+        schedule = attack.training.schedule(schedule, len(labels))
+        hooks = attack.training.hooks(model, ctx)
     loss = train_local(
         model, images, labels,
-        epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-        momentum=cfg.momentum, weight_decay=cfg.weight_decay, generator=generator, max_steps=steps,
+        epochs=schedule.epochs, batch_size=cfg.batch_size, lr=schedule.lr, momentum=schedule.momentum,
+        weight_decay=schedule.weight_decay, generator=generator, max_steps=schedule.max_steps, hooks=hooks,
     )
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     if attacking:
         assert attack is not None
-        # Model-level attacks rewrite the trainable parameters; BatchNorm statistics stay as trained.
-        buffers = buffer_names(cfg.model, cfg.num_classes)
-        names = [k for k in state if k not in buffers]
-        global_arrays = array_record(msg.content)
-        global_params = {k: global_arrays[k].numpy() for k in names}
-        memory_record = context.state.get("attack-memory", ArrayRecord())
-        assert isinstance(memory_record, ArrayRecord)  # only ever set to one, below
-        memory = {k: v.numpy() for k, v in memory_record.items()}
-        state.update(attack.craft_update(global_params, {k: state[k] for k in names}, memory))
-        context.state["attack-memory"] = to_array_record(memory)
+        # Update parts rewrite the trainable parameters; BatchNorm statistics stay as trained.
+        state.update(attack.update.craft({k: state[k] for k in ctx.global_params}, ctx))
+        context.state[MEMORY] = to_array_record(ctx.memory)
     metrics = MetricRecord({
         "num-examples": len(labels),
         "train-loss": loss,

@@ -1,4 +1,9 @@
-"""``clipfed teacher audit | repair | guard-demo``; handlers import torch-heavy modules when they run."""
+"""``clipfed teacher audit | repair | guard-demo``; handlers import torch-heavy modules when they run.
+
+Every ``clipfed teacher`` command that picks a teacher takes the run keys' names and defaults as
+flags (``add_teacher_arguments``): ``--teacher``, ``--teacher-model``, ``--teacher-pretrained``,
+``--teacher-checkpoint``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,43 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipfed.config import RunConfig
+from clipfed.checks import load_run_config
+from clipfed.config import TEACHERS, RunConfig
 from clipfed.errors import UserError
 
 if TYPE_CHECKING:
     from clipfed.data import ImageSet
-    from clipfed.teacher.base import Teacher
-    from clipfed.teacher.oracle import Oracle
+    from clipfed.guard.oracle import Oracle
+    from clipfed.teacher.base import Teacher, TeacherSpec
+
+
+def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
+    """The teacher run keys as flags, with the run keys' defaults."""
+    default = {key: RunConfig.model_fields[key].default
+               for key in ("teacher", "teacher_model", "teacher_pretrained", "teacher_checkpoint")}
+    p.add_argument("--teacher", choices=TEACHERS, default=default["teacher"])
+    p.add_argument("--teacher-model", default=default["teacher_model"], help="open_clip model name")
+    p.add_argument("--teacher-pretrained", default=default["teacher_pretrained"],
+                   help="open_clip tag; 'random': random weights on purpose")
+    p.add_argument("--teacher-checkpoint", default=default["teacher_checkpoint"],
+                   help="the teacher's weights file (a reference teacher without one is trained on the public pool)")
+
+
+def teacher_spec(args: argparse.Namespace) -> TeacherSpec:
+    """The spec the teacher flags describe; ``UserError`` naming the flag that cannot work."""
+    from pydantic import ValidationError
+
+    from clipfed.teacher import TeacherSpec
+
+    if args.teacher_checkpoint and not Path(args.teacher_checkpoint).is_file():
+        raise UserError(f"--teacher-checkpoint {args.teacher_checkpoint}: no such file; "
+                        "allowed: the teacher's weights file")
+    try:
+        return TeacherSpec(backend=args.teacher, model=args.teacher_model, pretrained=args.teacher_pretrained,
+                           checkpoint=args.teacher_checkpoint)
+    except ValidationError as err:  # each message names the setting and what would work
+        raise UserError(f"--teacher {args.teacher}: "
+                        + "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
@@ -22,25 +57,24 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     data_dir = args.data_dir or os.environ.get("CLIPFED_DATA_DIR", "")
     if data_dir:
         values["data-dir"] = str(Path(data_dir).resolve())
-    return RunConfig.from_flower(values)
+    return load_run_config(values)
 
 
 def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, Oracle, Teacher]:
     """The probe set (an npz with images/labels, or the run's public pool), the oracle, the teacher."""
     from clipfed.data import load_federated
+    from clipfed.guard.oracle import ORACLES
+    from clipfed.guard.policy import load_probe
     from clipfed.teacher import TeacherSpec, create_teacher
-    from clipfed.teacher.guard import load_probe
-    from clipfed.teacher.oracle import ORACLES
     from clipfed.teacher.reference import load_or_train_reference
 
-    for option, value in (("--checkpoint", args.checkpoint), ("--probe", args.probe)):
-        if value and not Path(value).is_file():
-            raise UserError(f"{option} {value}: no such file")
+    if args.probe and not Path(args.probe).is_file():
+        raise UserError(f"--probe {args.probe}: no such file")
+    spec = teacher_spec(args)
     cfg = _run_config(args)
     train, _, split = load_federated(cfg)
     pool = train.subset(split.public_pool)
     probe = load_probe(args.probe, pool.classes) if args.probe else pool
-    spec = TeacherSpec(backend=args.teacher, model=args.teacher_model, checkpoint=args.checkpoint)
     teacher = create_teacher(spec, pool)
     if args.oracle == "reference":
         oracle = ORACLES.get("reference")(load_or_train_reference(TeacherSpec(), pool).model)
@@ -50,8 +84,8 @@ def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, Oracle, Teach
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from clipfed.teacher.audit import audit_teacher, write_audit
-    from clipfed.teacher.guard import classifier_of
+    from clipfed.guard.audit import audit_teacher, write_audit
+    from clipfed.guard.policy import classifier_of
 
     probe, oracle, teacher = _probe_and_oracle(args)
     report = audit_teacher(classifier_of(teacher, probe.classes), oracle, probe.images, list(probe.classes),
@@ -63,7 +97,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from clipfed.teacher.guard import guard_teacher
+    from clipfed.guard.policy import guard_teacher
 
     probe, oracle, teacher = _probe_and_oracle(args)
     _, record = guard_teacher(teacher, oracle, probe, "repair", Path(args.out))
@@ -72,7 +106,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_guard_demo(args: argparse.Namespace) -> int:
-    from clipfed.teacher.guard import demo_summary, demonstrate
+    from clipfed.guard.policy import demo_summary, demonstrate
 
     if not 0 < args.poison_rate <= 1:
         raise UserError(f"--poison-rate {args.poison_rate}: allowed: a share of the pool in (0, 1]")
@@ -92,12 +126,10 @@ def add_guard_parsers(teacher: argparse._SubParsersAction[argparse.ArgumentParse
         p.add_argument("--out", required=True)
         return p
 
-    for name, func, helptext in (("audit", cmd_audit, "audit a reference-teacher checkpoint with an oracle"),
+    for name, func, helptext in (("audit", cmd_audit, "audit a teacher with a segmentation oracle"),
                                  ("repair", cmd_repair, "audit, then repair with a compact fine-tuning set")):
         p = common(teacher.add_parser(name, help=helptext))
-        p.add_argument("--checkpoint", required=True, help="the teacher's weights file")
-        p.add_argument("--teacher", choices=("reference", "openclip"), default="reference")
-        p.add_argument("--teacher-model", default="ViT-B-32", help="open_clip model name")
+        add_teacher_arguments(p)
         p.add_argument("--probe", help="npz with images (N,32,32,3 uint8) and labels; default: the public pool")
         p.add_argument("--oracle", choices=("reference", "clipseg"), default="reference")
         p.add_argument("--oracle-model", default="CIDAS/clipseg-rd64-refined", help="clipseg: model id or folder")

@@ -1,6 +1,6 @@
 """The ServerApp: validate config, build the defense strategy, run the rounds, record MA/ASR.
 
-After every round it checkpoints (``clipfed.checkpoint``); ``resume-from`` continues a run.
+After every round it checkpoints (``clipfed.runs.checkpoint``); ``resume-from`` continues a run.
 """
 
 from __future__ import annotations
@@ -14,19 +14,21 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from clipfed.attacks import create_attack
-from clipfed.checkpoint import (
+from clipfed.checks import load_run_config
+from clipfed.config import RunConfig
+from clipfed.data import load_federated
+from clipfed.defense import DEFENSES, create_defense
+from clipfed.defense.sampler import PartitionSampler
+from clipfed.defense.strategy import DefenseStrategy
+from clipfed.evaluation import BackdoorEvaluator, eval_subset
+from clipfed.models import create_model
+from clipfed.runs.checkpoint import (
     load_init_model,
     load_resume,
     restore_rng_states,
     snapshot,
 )
-from clipfed.config import RunConfig
-from clipfed.data import load_federated
-from clipfed.defense import DEFENSES, create_defense
-from clipfed.defense.base import DefenseStrategy, PartitionSampler
-from clipfed.evaluation import BackdoorEvaluator, eval_subset
-from clipfed.models import create_model
-from clipfed.results import RunRecorder, load_result, results_table
+from clipfed.runs.results import RunRecorder, load_result, results_table
 
 app = ServerApp()
 
@@ -39,7 +41,7 @@ def initial_model(cfg: RunConfig) -> torch.nn.Module:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = RunConfig.from_flower(context.run_config)  # a bad key stops here, before any training
+    cfg = load_run_config(context.run_config)  # a bad key stops here, before any training
     checkpoint, previous = load_resume(cfg) if cfg.resume_from else (None, None)
     random.seed(cfg.seed)
     _, test, _ = load_federated(cfg)
@@ -72,7 +74,7 @@ def main(grid: Grid, context: Context) -> None:
 
             synth = synth_config_for(cfg)
             if cfg.teacher_guard != "off":  # audit (and maybe repair) the teacher before trusting it
-                from clipfed.teacher.guard import run_guard
+                from clipfed.guard.policy import run_guard
 
                 synth, recorder.payload["teacher_guard"] = run_guard(cfg, synth, recorder.run_dir / "teacher-guard")
                 recorder.flush()

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from clipfed import __version__
 from clipfed.config import RunConfig
-from clipfed.defense.base import AggregationReport
 from clipfed.errors import UserError
 from clipfed.evaluation import Evaluation, format_metric
+from clipfed.runs.report import AggregationReport
 
 if TYPE_CHECKING:
     from clipfed.data_synth.artifact import ServerDataset

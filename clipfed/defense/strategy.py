@@ -1,20 +1,35 @@
 """``DefenseStrategy``: FedAvg plus what every defense here shares.
 
-- Reproducible sampling: nodes are chosen by *partition id* with a seeded RNG, so the same seed
-  samples the same clients whatever random node ids the SuperLink hands out.
+- Reproducible sampling by partition id (``sampler.PartitionSampler``).
 - Deterministic aggregation: replies are ordered by partition id before any arithmetic.
 - A report per round of participants, excluded clients and server seconds, from which
   detection (tp/fp/fn/tn) is scored against the roles clients report.
 
 A concrete defense overrides ``select`` (who is kept) and/or ``combine`` (how kept updates are
-merged); FedAvg overrides neither.
+merged); FedAvg (McMahan et al. 2017) overrides neither.
+
+Writing a defense (``clipfed/defense/<name>.py``, registered with ``@DEFENSES.register(name)``):
+
+- override ``select`` to exclude clients (the excluded ones are scored as detections) and/or
+  ``combine`` to merge the kept ones; a rule on flat vectors reads them with ``updates`` and
+  writes the result with ``apply_update`` (or ``with_statistics``), so that it acts on the
+  trainable parameters only and buffers stay valid statistics;
+- keep what ``select`` computes for ``combine`` in ``round_values`` (emptied every round), and
+  per-round scores for the report in ``details``;
+- override ``state_dict``/``load_state_dict`` when the defense carries state across rounds
+  (FoolsGold's histories), so that a checkpoint resumes it;
+- set ``needs_server_data = True`` and take a ``server_data`` constructor argument when the
+  defense reads the synthesised server dataset (CLIP-Fed, FLTrust).
+
+``aggregate_train`` (validation, ordering, the report) and ``configure_train`` (sampling) are
+Flower's hooks; a defense leaves them alone (``teacher-only``, which trains no client, is the
+exception).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -33,157 +48,40 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from clipfed.defense.replies import partition_id
+from clipfed.defense.sampler import PartitionSampler
 from clipfed.defense.updates import flatten, unflatten
-from clipfed.defense.validation import parse_partition_id, reply_problem
-from clipfed.flower_internals import construct_messages, with_content
+from clipfed.defense.validation import reply_problem
+from clipfed.flower_internals import construct_messages
 from clipfed.models.state import buffer_names, conform
 from clipfed.records import array_record, metric
-from clipfed.streams import Stream, stream_rng
+from clipfed.runs.report import AggregationReport
 
 if TYPE_CHECKING:
     from clipfed.config import RunConfig
 
 
 
-@dataclass
-class AggregationReport:
-    """What one round's aggregation did, in partition ids (never node ids)."""
-
-    server_round: int
-    participants: list[int] = field(default_factory=list)
-    malicious: list[int] = field(default_factory=list)
-    excluded: list[int] = field(default_factory=list)
-    rejected: list[dict[str, object]] = field(default_factory=list)
-    missing: list[int] = field(default_factory=list)  # sampled; no reply in time, or an error reply
-    offline: list[int] = field(default_factory=list)  # not sampled: their node had disconnected
-    refused: list[dict[str, object]] = field(default_factory=list)  # nodes whose partition claim was refused
-    server_seconds: float = 0.0
-    details: dict[str, object] = field(default_factory=dict)  # defense-specific: scores, timings
-
-    def detection(self) -> dict[str, int]:
-        """Confusion counts of 'excluded' against 'reported malicious this round'."""
-        excluded, malicious = set(self.excluded), set(self.malicious)
-        benign = set(self.participants) - malicious
-        return {
-            "tp": len(excluded & malicious),
-            "fp": len(excluded & benign),
-            "fn": len(malicious - excluded),
-            "tn": len(benign - excluded),
-        }
-
-
-def detached(replies: list[Message], keys: Sequence[str] | None = None) -> list[Message]:
-    """Shallow copies whose ArrayRecords are new mappings (of ``keys`` only, when given): flwr's
-    FedMedian/FedTrimmedAvg pop arrays out of the replies they aggregate, and ours must stay
-    intact for the report; ``keys`` lets flwr's rules see the parameters and not the statistics."""
-    return [with_content(msg, RecordDict({
-        name: ArrayRecord({k: v for k, v in value.items() if keys is None or k in keys})
-        if isinstance(value, ArrayRecord) else value
-        for name, value in msg.content.items()})) for msg in replies]
-
-
-def partition_id(msg: Message) -> int:
-    return int(metric(msg.content, "partition-id"))
-
-
-class PartitionSampler:
-    """Maps node ids to partition ids once (a QUERY round), then samples partitions by seed."""
-
-    def __init__(self, cfg: RunConfig, poll_seconds: float = 1.0) -> None:
-        self.seed = cfg.seed
-        self.num_clients = cfg.num_clients
-        self.sample_size = cfg.clients_per_round
-        self.timeout = cfg.round_timeout
-        self.poll_seconds = poll_seconds
-        self.node_of: dict[int, int] = {}  # partition id -> node id
-        self.offline: list[int] = []  # partitions whose node left the SuperLink
-        self.refused: dict[int, dict[str, object]] = {}  # node id -> why its partition claim was refused
-
-    def _wait_for_nodes(self, grid: Grid) -> list[int]:
-        deadline = time.monotonic() + self.timeout
-        while len(nodes := sorted(grid.get_node_ids())) < self.num_clients:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"only {len(nodes)} of num-clients={self.num_clients} SuperNodes connected after "
-                    f"{self.timeout:.0f} s: run with --federation-config 'num-supernodes="
-                    f"{self.num_clients}' (simulation) or start {self.num_clients} SuperNodes"
-                )
-            log(INFO, "Waiting for SuperNodes: %d of %d connected", len(nodes), self.num_clients)
-            time.sleep(self.poll_seconds)
-        return nodes
-
-    def discover(self, grid: Grid) -> list[int]:
-        """Ask every node we have not met for its partition id; return the nodes online now.
-
-        Only the first round waits for all ``num-clients`` nodes; later rounds go on with the
-        nodes that are still connected (a dead SuperNode drops out of the SuperLink's list), and
-        a node that joins later (a restarted SuperNode) is asked for its partition id. A node
-        whose answer cannot be used (no partition id, one outside ``0..num-clients-1``, or one that
-        a node still online already holds) is refused: logged, listed in ``refused`` (and so in
-        every round's report), never sampled; the run goes on without it.
-        """
-        nodes = sorted(grid.get_node_ids()) if self.node_of else self._wait_for_nodes(grid)
-        known = set(self.node_of.values()) | set(self.refused)
-        unknown = [n for n in nodes if n not in known]
-        if not unknown:
-            return nodes
-        queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
-        online = set(nodes)
-        for reply in sorted(grid.send_and_receive(queries, timeout=self.timeout),
-                            key=lambda m: m.metadata.src_node_id):
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                log(WARNING, "Node %d did not report its partition: %s", node, reply.error.reason)
-                continue
-            pid, reason = self._claimed_partition(reply, online)
-            if reason is not None:
-                self.refused[node] = {"node": node, "partition": pid, "reason": reason}
-                log(WARNING, "Refused node %d: %s", node, reason)
-                continue
-            assert pid is not None
-            if pid in self.node_of:
-                log(WARNING, "Partition %d moved from node %d (offline) to node %d (a restarted SuperNode)",
-                    pid, self.node_of[pid], node)
-            self.node_of[pid] = node
-        return nodes
-
-    def _claimed_partition(self, reply: Message, online: set[int]) -> tuple[int | None, str | None]:
-        """The partition id a QUERY reply claims, or why the claim is refused."""
-        try:
-            value = reply.content["metrics"]["partition-id"]
-        except KeyError:
-            return None, "its reply carries no partition-id metric"
-        pid, problem = parse_partition_id(value, self.num_clients)
-        if problem is not None or pid is None:
-            return pid, problem
-        holder = self.node_of.get(pid)
-        if holder is not None and holder in online:
-            return pid, f"partition-id={pid} is already held by node {holder}, which is online"
-        return pid, None
-
-    def sample(self, grid: Grid, server_round: int) -> dict[int, int]:
-        """This round's clients as {node id: partition id}, ordered by partition id."""
-        online = set(self.discover(grid))
-        if not self.node_of:  # a run in which no client can train must fail, not "complete" empty
-            raise RuntimeError(
-                f"round {server_round}: none of the {len(online)} connected SuperNodes reported its "
-                f"partition id within round-timeout={self.timeout:g} s ({len(self.refused)} refused); "
-                "a ClientApp's first start can take longer than that: raise round-timeout")
-        partitions = sorted(p for p, node in self.node_of.items() if node in online)
-        self.offline = sorted(p for p, node in self.node_of.items() if node not in online)
-        if self.offline:
-            log(WARNING, "Round %d: partitions %s are offline", server_round, self.offline)
-        rng = stream_rng(self.seed, Stream.SAMPLING, server_round)
-        size = min(self.sample_size, len(partitions))
-        chosen = sorted(int(p) for p in rng.choice(partitions, size=size, replace=False))
-        log(INFO, "configure_train: sampled partitions %s", chosen)
-        return {self.node_of[p]: p for p in chosen}
-
-
 class DefenseStrategy(FedAvg):
-    """FedAvg with seeded partition sampling, ordered aggregation and a per-round report."""
+    """FedAvg with seeded partition sampling, ordered aggregation and a per-round report.
 
-    needs_server_data: ClassVar[bool] = False  # true: the ServerApp passes server_data=, teacher=
+    Attributes:
+        needs_server_data: Class-level; True makes the ServerApp (and the benchmarks) build the
+            server dataset and pass it to the constructor as ``server_data=``.
+        cfg: The run config.
+        sampler: Chooses each round's clients by partition id.
+        on_report: Called with every round's ``AggregationReport`` (the run records use it).
+        last_report: The latest round's report, or None before the first aggregation.
+        details: The current round's ``AggregationReport.details`` (the same dict): defense-
+            specific, JSON-serialisable values (scores, weights, the reason a round was skipped).
+        global_arrays: The global model this round's clients started from (set by
+            ``configure_train``).
+        sampled: This round's ``{node id: partition id}``.
+        round_values: Values ``select`` computes for ``combine`` in the same round; emptied at the
+            start of every ``aggregate_train``.
+    """
+
+    needs_server_data: ClassVar[bool] = False  # true: the ServerApp passes server_data=
 
     def __init__(
         self,
@@ -191,6 +89,18 @@ class DefenseStrategy(FedAvg):
         sampler: PartitionSampler | None = None,
         on_report: Callable[[AggregationReport], None] | None = None,
     ) -> None:
+        """Configure flwr's FedAvg from ``cfg`` (``fraction-train``; client-side evaluation off).
+
+        A subclass keeps this signature (adding ``server_data`` before ``sampler`` when it sets
+        ``needs_server_data``) and passes ``sampler`` and ``on_report`` on, since
+        ``create_defense`` passes them by keyword.
+
+        Args:
+            cfg: The validated run config.
+            sampler: The client sampler; None builds ``PartitionSampler(cfg)``.
+            on_report: Called with each round's ``AggregationReport`` at the end of
+                ``aggregate_train``; None: the report is only kept in ``last_report``.
+        """
         super().__init__(
             fraction_train=cfg.fraction_train,
             fraction_evaluate=0.0,  # evaluation is centralised (MA/ASR on the server's test set)
@@ -214,6 +124,9 @@ class DefenseStrategy(FedAvg):
 
         Buffers (BatchNorm's running statistics and step counter) are not updates; they are
         averaged over the kept clients (``with_statistics``), never clipped, flipped or noised.
+
+        Raises:
+            RuntimeError: ``configure_train`` has not recorded a global model yet.
         """
         if self.global_arrays is None:
             raise RuntimeError("no global model recorded: configure_train was not called this round")
@@ -222,11 +135,20 @@ class DefenseStrategy(FedAvg):
 
     # Checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """State carried from round to round (a checkpoint holds it); stateless defenses: {}."""
+        """State carried from round to round, which a checkpoint holds; override with
+        ``load_state_dict`` when a defense has any.
+
+        Returns:
+            Values ``torch.save`` can store (tensors, numbers, lists, dicts); ``{}`` here.
+        """
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned, when a run resumes."""
+        """Restore what ``state_dict`` returned, when a run resumes; a no-op here.
+
+        Args:
+            state: A previous ``state_dict()``, as the checkpoint loaded it.
+        """
 
     def start(
         self,
@@ -244,6 +166,21 @@ class DefenseStrategy(FedAvg):
         flwr's ``Strategy.start`` always begins at round 1 and evaluates round 0; a resumed run
         must continue at k+1 from a checkpoint. Evaluation is centralised (``evaluate_fn``), so
         the client-side evaluation phase of flwr's loop is left out.
+
+        Args:
+            grid: Flower's grid (the SuperLink, or ``InProcessGrid`` in one process).
+            initial_arrays: The global model to start from (a state dict as an ArrayRecord).
+            num_rounds: The last round to run.
+            timeout: Seconds to wait for each round's replies.
+            train_config: Sent to the clients every round (``server-round`` is added).
+            evaluate_config: Unused (no client-side evaluation); kept for flwr's signature.
+            evaluate_fn: ``(round, arrays) -> metrics`` after every round, and for round 0
+                when ``first_round`` is 1.
+            first_round: The first round to run (k + 1 when resuming after round k).
+
+        Returns:
+            flwr's ``Result``: the final arrays, per-round train metrics and server-side
+            evaluation metrics.
         """
         log(INFO, "Starting %s strategy at round %d of %d", type(self).__name__, first_round, num_rounds)
         train_config = ConfigRecord() if train_config is None else train_config
@@ -267,6 +204,17 @@ class DefenseStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Record the global model, sample this round's clients and address a TRAIN message to each.
+
+        Args:
+            server_round: The round number (1-based); it seeds the sampling.
+            arrays: The global model the clients start from.
+            config: Sent with the arrays; ``server-round`` is set in it.
+            grid: Where the nodes are.
+
+        Returns:
+            One TRAIN message per sampled node.
+        """
         self.global_arrays = arrays
         self.sampled = self.sampler.sample(grid, server_round)
         config["server-round"] = server_round
@@ -274,41 +222,121 @@ class DefenseStrategy(FedAvg):
         return construct_messages(self, record, list(self.sampled), MessageType.TRAIN)
 
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:
-        """The replies to aggregate; a filtering defense overrides this. FedAvg keeps all."""
+        """The replies to aggregate: override to exclude clients. This one keeps all (FedAvg).
+
+        Args:
+            server_round: The round number.
+            replies: This round's valid replies (they passed ``validation.reply_problem``), at
+                least one, ordered by partition id, one per partition.
+
+        Returns:
+            The kept replies, a sub-list of ``replies`` (the same Message objects); every
+            participant not in it is reported as excluded. An empty list keeps the previous model.
+        """
         return replies
 
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
-        """Merge the kept replies (None: keep the previous model); FedAvg's weighted mean here."""
+        """Merge the kept replies: override to change the rule. This one is FedAvg's mean
+        weighted by the ``num-examples`` metric, over parameters and buffers alike.
+
+        Args:
+            server_round: The round number.
+            replies: What ``select`` kept, at least one, ordered by partition id.
+
+        Returns:
+            The new global model with the global model's keys (any dtype: ``aggregate_train``
+            casts each entry back to the global model's shape and dtype), or None to keep the
+            previous model this round (Bulyan with too few updates).
+        """
         return aggregate_arrayrecords([m.content for m in replies], self.weighted_by_key)
 
     # Helpers for defenses that work on flat update vectors -----------------------------------
     def updates(self, replies: list[Message]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """(n, d) parameter updates relative to the global model, the flat global parameters
-        (d,), and the parameter keys they were flattened from (buffers are not updates)."""
+        """The replies' parameter updates as flat vectors (buffers are not updates).
+
+        Args:
+            replies: n replies whose ``arrays`` hold the global model's keys.
+
+        Returns:
+            ``(updates, base, keys)``: float32 updates (n, d), row i being reply i's trainable
+            parameters minus the global model's; the global model's flat float32 parameters (d,);
+            and the parameter keys, in the global model's order, that both were flattened from
+            (d = their total number of values).
+
+        Raises:
+            RuntimeError: No global model recorded this round (``configure_train`` not called).
+        """
         keys = self.parameter_keys
         assert self.global_arrays is not None
         base = flatten(self.global_arrays, keys)
         return torch.stack([flatten(array_record(m.content), keys) - base for m in replies]), base, keys
 
     def with_statistics(self, parameters: ArrayRecord, replies: list[Message]) -> ArrayRecord:
-        """``parameters`` plus every buffer as the example-weighted mean over ``replies`` (the kept
-        clients): a mean of valid running statistics is a valid statistic (variances stay > 0)."""
+        """``parameters`` plus every buffer as the example-weighted mean over ``replies``.
+
+        A mean of valid running statistics is a valid statistic (variances stay > 0).
+
+        Args:
+            parameters: The merged trainable parameters (from a flwr rule, say); a key it holds
+                is taken from it as it is.
+            replies: The kept clients, weighted by their ``num-examples`` metric.
+
+        Returns:
+            An ArrayRecord with every key of the replies' arrays (integer buffers come back as
+            float64; ``aggregate_train`` casts them back).
+        """
         averaged = aggregate_arrayrecords([m.content for m in replies], self.weighted_by_key)
         return ArrayRecord({k: parameters[k] if k in parameters else averaged[k] for k in averaged})
 
     def apply_update(self, update: torch.Tensor, base: torch.Tensor, keys: list[str],
                      replies: list[Message]) -> ArrayRecord:
-        """``base + update`` on the parameter ``keys``; buffers get the mean over ``replies``."""
+        """The global model after a flat update: ``base + update`` on the parameter ``keys``.
+
+        Args:
+            update: Float32 (d,), the merged update, in the layout of ``updates()``.
+            base: Float32 (d,), the flat global parameters ``updates()`` returned.
+            keys: The parameter keys ``updates()`` returned.
+            replies: The kept clients; every buffer becomes their mean weighted by
+                ``num-examples``.
+
+        Returns:
+            An ArrayRecord with every key of the replies' arrays; each parameter is reshaped and
+            cast to its original shape and dtype.
+        """
         averaged = aggregate_arrayrecords([m.content for m in replies], self.weighted_by_key)
         return unflatten(base + update, averaged, keys)
 
     def example_weights(self, replies: list[Message]) -> torch.Tensor:
+        """FedAvg's weights: each reply's ``num-examples`` metric over their sum.
+
+        Args:
+            replies: n replies.
+
+        Returns:
+            Float32 (n,), non-negative, summing to 1.
+        """
         weights = torch.tensor([float(metric(m.content, "num-examples")) for m in replies])
         return weights / weights.sum()
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's aggregation hook; a defense customises ``select`` and ``combine`` instead.
+
+        Validates every reply (rejected ones, with the reason, go into the report), orders the
+        valid ones by partition id, calls ``select`` then ``combine``, casts the aggregate back
+        to the global model's shapes and dtypes (``models.state.conform``), and reports the round
+        (``last_report``, ``on_report``).
+
+        Args:
+            server_round: The round number.
+            replies: The TRAIN replies, errors included.
+
+        Returns:
+            ``(arrays, metrics)``: the new global model and ``train-loss`` (example-weighted over
+            the kept clients), ``num-kept``, ``num-excluded``; or ``(None, None)`` when nothing was
+            aggregated (no valid reply, none kept, or ``combine`` returned None).
+        """
         started = time.perf_counter()
         report = AggregationReport(server_round)
         self.round_values = {}

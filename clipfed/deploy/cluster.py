@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from clipfed.launch import _bin, _stop_process_group, flower_env
+from clipfed.engines.launch import _bin, _stop_process_group, flower_env
 
 SUPERLINK_PORT = 9091
 

@@ -24,25 +24,15 @@ from clipfed.data import ImageSet, load_federated
 from clipfed.data_synth.config import SynthConfig
 from clipfed.errors import UserError
 from clipfed.evaluation import BackdoorEvaluator, format_metric
-from clipfed.streams import Stream, stream_rng
-from clipfed.teacher.audit import (
+from clipfed.guard.audit import (
     AuditConfig,
     AuditReport,
     Classify,
     audit_teacher,
     write_audit,
 )
-from clipfed.teacher.base import Teacher, TeacherSpec
-from clipfed.teacher.openclip import OpenClipTeacher
-from clipfed.teacher.oracle import Oracle, reference_oracle
-from clipfed.teacher.reference import (
-    ReferenceTeacher,
-    load_or_train_reference,
-    load_reference_checkpoint,
-    save_reference_checkpoint,
-)
-from clipfed.teacher.registry import create_teacher
-from clipfed.teacher.repair import (
+from clipfed.guard.oracle import Oracle, reference_oracle
+from clipfed.guard.repair import (
     RepairConfig,
     RepairSet,
     curate_repair_set,
@@ -51,6 +41,16 @@ from clipfed.teacher.repair import (
     provenance,
     write_repaired,
 )
+from clipfed.streams import Stream, stream_rng
+from clipfed.teacher.base import Teacher, TeacherSpec
+from clipfed.teacher.openclip import OpenClipTeacher
+from clipfed.teacher.reference import (
+    ReferenceTeacher,
+    load_or_train_reference,
+    load_reference_checkpoint,
+    save_reference_checkpoint,
+)
+from clipfed.teacher.registry import create_teacher
 from clipfed.training import from_tensor
 
 
@@ -159,7 +159,7 @@ def load_probe(path: str, classes: tuple[str, ...]) -> ImageSet:
 def run_guard(cfg: RunConfig, synth: SynthConfig, out: Path) -> tuple[SynthConfig, dict[str, Any]]:
     """The ServerApp's guard: audit the configured teacher on the public pool before any round;
     return the recipe to build the server dataset with (the repaired teacher's, after a repair)."""
-    from clipfed.teacher.oracle import ORACLES
+    from clipfed.guard.oracle import ORACLES
 
     train, _, split = load_federated(cfg)
     pool = train.subset(split.public_pool)

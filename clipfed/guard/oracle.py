@@ -10,6 +10,15 @@ returns, per label, a grounding score and the box of the region it found. Backen
   of candidate boxes (the whole image and overlapping sub-windows, each resized to the input
   size); the label is grounded where its probability is highest. It needs no text and, like the
   reference teacher, is only a stand-in: results made with it say so.
+
+``ORACLES`` maps a name to a factory returning an ``Oracle``; the factories take different
+arguments (``clipseg``: a model id or folder; ``reference``: a classifier), so a caller knows which
+one it builds (``clipfed.guard.policy``, ``clipfed.guard.cli``). A new oracle subclasses
+``Oracle``, implements ``ground``, registers a factory with ``@ORACLES.register(name)`` (declared in
+the catalogue below), and is added to ``RunConfig.teacher_guard_oracle`` and ``clipfed teacher
+audit --oracle``; ``tests/test_every_teacher.py`` checks the ``ground`` contract for every
+registered oracle. Sources: CLIPSeg is Lüddecke and Ecker, "Image Segmentation Using Text and
+Image Prompts", CVPR 2022; the audit rule that uses the oracle is METHOD.md part 5.
 """
 
 from __future__ import annotations
@@ -36,6 +45,16 @@ ORACLES: Registry[Callable[..., Oracle]] = Registry("oracle", {
 
 @dataclass(frozen=True)
 class Grounding:
+    """How well an oracle grounds one prompted label in one image.
+
+    Attributes:
+        label: The prompted class index.
+        score: In [0, 1]: the reference oracle's best softmax probability over its boxes (whole
+            image included), CLIPSeg's mask peak (a sigmoid).
+        box: The best region, ``(top, left, bottom, right)`` in pixels, bottom/right exclusive.
+        regions: Every sub-region scored, with its score in [0, 1].
+    """
+
     label: int
     score: float  # the oracle's confidence that the label is visibly present
     box: Box  # where it is (the best region), in image pixels
@@ -43,13 +62,30 @@ class Grounding:
 
 
 class Oracle(ABC):
+    """What the teacher guard's audit asks of a segmentation oracle.
+
+    Attributes:
+        name: The registry name.
+        is_stand_in: True for an oracle with no real grounding ability (the reference one).
+    """
+
     name: str
     is_stand_in: bool = False
 
     @abstractmethod
     def ground(self, images: np.ndarray, prompts: Sequence[Sequence[int]],
                classes: Sequence[str]) -> list[list[Grounding]]:
-        """For image i (uint8 HxWx3) and each label in ``prompts[i]``: score and box."""
+        """For image i and each label in ``prompts[i]``: a score and a box.
+
+        Args:
+            images: uint8 RGB images (N, H, W, 3).
+            prompts: N sequences of class indices to ground (the teacher's top-k labels).
+            classes: The class names, in label order (text prompts are built from them).
+
+        Returns:
+            N lists; list i holds one ``Grounding`` per label of ``prompts[i]``, in that order,
+            with its box inside the image.
+        """
 
 
 def crop_resize(images: torch.Tensor, boxes: Sequence[Box], size: int) -> torch.Tensor:
@@ -146,13 +182,33 @@ def mask_box(mask: torch.Tensor, relative: float = 0.5) -> Box:
 
 @ORACLES.register("clipseg")
 def clipseg_oracle(model_id: str = "CIDAS/clipseg-rd64-refined", **kwargs: Any) -> Oracle:
+    """A CLIPSeg oracle.
+
+    Args:
+        model_id: A Hugging Face model id (downloads when online) or a local folder saved with
+            ``save_pretrained`` (model and processor).
+        **kwargs: ``device`` (default ``"cpu"``) and ``prompt`` (default ``"a photo of a {}."``).
+
+    Raises:
+        OSError: ``transformers`` cannot load ``model_id`` (offline, or no such folder).
+    """
     return ClipSegOracle(model_id, **kwargs)
 
 
 @ORACLES.register("reference")
 def reference_oracle(classify: Callable[[torch.Tensor], torch.Tensor], **kwargs: Any) -> Oracle:
+    """The offline stand-in: ``classify`` scans candidate boxes.
+
+    Args:
+        classify: A clean classifier: CIFAR-normalised float32 images (N, 3, H, W), as
+            ``clipfed.training.to_tensor`` makes them, -> logits (N, C) over the classes (a
+            reference teacher's ``model``).
+        **kwargs: ``window`` (a sub-window's side as a fraction of the image's, default 0.75)
+            and ``batch_size`` (crops per forward pass, default 512).
+    """
     return ReferenceOracle(classify, **kwargs)
 
 
 def list_oracles() -> list[str]:
+    """Every declared oracle name, sorted; imports nothing beyond this module."""
     return ORACLES.names()

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipfed.attacks.base import TRIGGER_SEED, Attack
-from clipfed.attacks.registry import ATTACKS
+from clipfed.attacks.base import TRIGGER_SEED, DataPoisoning
+from clipfed.attacks.registry import DATA_PARTS
 
 if TYPE_CHECKING:
     from clipfed.config import RunConfig
@@ -43,7 +43,7 @@ def patch_origin(position: str, size: int, height: int, width: int) -> tuple[int
     return origins[position]
 
 
-class BadNets(Attack):
+class BadNets(DataPoisoning):
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
         self.size = cfg.patch_size
@@ -64,6 +64,6 @@ class BadNets(Attack):
         return out
 
 
-@ATTACKS.register("badnets")
-def badnets(cfg: RunConfig) -> Attack:
+@DATA_PARTS.register("badnets")
+def badnets(cfg: RunConfig) -> DataPoisoning:
     return BadNets(cfg)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipfed.teacher.oracle import Box, Grounding, Oracle, crop_resize
+from clipfed.guard.oracle import Box, Grounding, Oracle, crop_resize
 from clipfed.training import to_tensor
 
 Classify = Callable[[torch.Tensor], torch.Tensor]  # float images (N, 3, H, W) -> logits (N, C)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipfed.teacher.audit import AuditReport
+from clipfed.guard.audit import AuditReport
 from clipfed.teacher.openclip import OpenClipTeacher
 from clipfed.teacher.reference import ReferenceTeacher, augment
 from clipfed.training import to_tensor

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.fft import idctn
 
-from clipfed.attacks.base import TRIGGER_SEED, Attack
-from clipfed.attacks.registry import ATTACKS
+from clipfed.attacks.base import TRIGGER_SEED, DataPoisoning
+from clipfed.attacks.registry import DATA_PARTS
 from clipfed.dct import band_mask
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def frequency_pattern(height: int, width: int, band: tuple[float, float], psnr: 
     return pattern * rmse / np.sqrt(np.mean(pattern**2))
 
 
-class FrequencyTrigger(Attack):
+class FrequencyTrigger(DataPoisoning):
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
         self.band = (cfg.freq_band_low, cfg.freq_band_high)
@@ -38,6 +38,6 @@ class FrequencyTrigger(Attack):
         return np.clip(np.rint(images.astype(np.float64) + pattern), 0, 255).astype(np.uint8)
 
 
-@ATTACKS.register("frequency")
+@DATA_PARTS.register("frequency")
 def frequency(cfg: RunConfig) -> FrequencyTrigger:
     return FrequencyTrigger(cfg)

@@ -1,7 +1,7 @@
 """Pre-flight: what would stop (or void) a run after Flower started, found before any process starts.
 
-``RunConfig`` holds the rules on values alone, which the ServerApp and every ClientApp apply
-again. These checks need the submitting machine: its files and folders (run folders, the teacher
+``clipfed.checks.load_run_config`` holds the rules on values and names, which the ServerApp and
+every ClientApp apply again. These checks need the submitting machine: its files and folders (run folders, the teacher
 checkpoint, the synthesis recipe, CIFAR-10), open_clip's model names, and how the run is launched
 (SuperNodes per client, a defense that could never aggregate). Paths are checked as given, from the
 current folder, as ``clipfed run`` resolves them.
@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from clipfed.config import ConfigError, RunConfig
+from clipfed.checks import load_run_config
+from clipfed.config import RANDOM_INIT, ConfigError, RunConfig
 from clipfed.data.cifar import (
     DATA_DIR_ENV,
     NPZ_NAME,
@@ -71,8 +72,6 @@ def teacher_problems(run_config: Mapping[str, Any]) -> list[str]:
         hint = f"did you mean {', '.join(close)}? " if close else ""
         return [(f"teacher-model={model!r} is not an open_clip model; {hint}allowed: a name of "
                  "open_clip.list_models(), hf-hub:ORG/REPO or local-dir:PATH")]
-    from clipfed.teacher.base import RANDOM_INIT
-
     tags = open_clip.list_pretrained_tags_by_model(model)
     if pretrained and pretrained not in (RANDOM_INIT, *tags) and not Path(pretrained).expanduser().is_file():
         return [(f"teacher-pretrained={pretrained!r} is neither a pretrained tag of {model} nor a file; "
@@ -135,8 +134,8 @@ def launch_problems(cfg: RunConfig, num_supernodes: int | None = None,
 def _run_folder_problems(cfg: RunConfig) -> list[str]:
     """``resume-from`` and ``init-model`` through the ServerApp's own loaders (result, checkpoint,
     the same config, the same architecture); init-model is ignored when resuming, as there."""
-    from clipfed.checkpoint import load_init_model, load_resume
     from clipfed.models import create_model
+    from clipfed.runs.checkpoint import load_init_model, load_resume
 
     key, folder = ("resume-from", cfg.resume_from) if cfg.resume_from else ("init-model", cfg.init_model)
     if not folder or not Path(folder).expanduser().is_dir():
@@ -161,7 +160,7 @@ def preflight(run_config: Mapping[str, Any], num_supernodes: int | None = None,
     round is a result (the bench reports it as n/a), not a mistake."""
     problems = file_problems(run_config)
     try:
-        cfg = RunConfig.from_flower(run_config)
+        cfg = load_run_config(run_config)
     except ConfigError as err:
         raise ConfigError.listing([*err.problems, *problems]) from None
     problems += launch_problems(cfg, num_supernodes, idle_defense_ok)

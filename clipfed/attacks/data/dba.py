@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipfed.attacks.badnets import BadNets, patch_origin
-from clipfed.attacks.registry import ATTACKS
+from clipfed.attacks.data.badnets import BadNets, patch_origin
+from clipfed.attacks.registry import DATA_PARTS
 
 if TYPE_CHECKING:
     from clipfed.config import RunConfig
@@ -68,6 +68,6 @@ class DBA(BadNets):
         return out
 
 
-@ATTACKS.register("dba")
+@DATA_PARTS.register("dba")
 def dba(cfg: RunConfig) -> DBA:
     return DBA(cfg)

@@ -1,0 +1,1 @@
+"""Data parts (``attack-data``): triggers and the poisoning of a malicious client's shard."""

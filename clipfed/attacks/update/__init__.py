@@ -1,0 +1,1 @@
+"""Update parts (``attack-update``): how a malicious client rewrites its trained parameters."""

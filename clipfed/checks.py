@@ -1,0 +1,148 @@
+"""The way in to a ``RunConfig``: pydantic's rules, then the rules that need the registries.
+
+``clipfed.config`` imports nothing from clipfed, so the rules that need a catalogue (a model,
+attack, attack part or defense name) or another package (whether the split gives every client
+images) live here. Everything that turns a Flower run config, a node config or command-line text
+into a ``RunConfig`` calls ``load_run_config`` (a ClientApp: ``load_node_run_config``), which
+reports every bad key in one ``ConfigError``: a bad ``model`` and a bad ``lr`` together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+from clipfed.attacks.registry import PARTS, list_attacks, resolve_parts
+from clipfed.config import (
+    NODE_IDENTITY_KEYS,
+    NODE_KEYS,
+    ConfigError,
+    RunConfig,
+    flip_source_problem,
+    node_identity_problems,
+)
+from clipfed.models.registry import list_models
+
+# Train images per class before the public pool and the LT profile (CIFAR-10: 50,000 in 10 classes;
+# CIFAR-10-LT subsamples the same split), so that split feasibility is known without the data.
+TRAIN_PER_CLASS = {"cifar10": 5000, "cifar10-lt": 5000}
+# Keys only the ServerApp reads; it checks them before the first round, so a ClientApp need not
+# (and does not load the defense catalogue, nor with it clipfed.defense).
+SERVER_KEYS = ("defense",)
+_FLOWER_KEY = {name: field.alias for name, field in RunConfig.model_fields.items() if field.alias}
+
+
+def _defenses() -> list[str]:
+    from clipfed.defense.registry import list_defenses  # late: only where the defense key is checked
+
+    return list_defenses()
+
+
+# Run-config keys whose value names a registered component -> the names allowed; "" in a part key
+# means the shorthand's part.
+NAMED: dict[str, Callable[[], list[str]]] = {
+    "model": list_models,
+    "attack": lambda: ["none", *list_attacks()],
+    **{key: registry.names for key, registry in PARTS.items()},
+    "defense": _defenses,
+}
+
+
+def _name_problems(values: Mapping[str, Any], skip: Collection[str]) -> list[str]:
+    """Names no catalogue declares, from the raw values (so they come out with pydantic's problems
+    even when other keys are invalid). Only given keys are looked up (every default is a declared
+    name); a value of the wrong type is pydantic's to report."""
+    given = {_FLOWER_KEY.get(k, k): v for k, v in values.items()}  # RunConfig also takes field names
+    problems = []
+    for key, allowed in NAMED.items():
+        value = given.get(key)
+        if key in skip or not isinstance(value, str) or (key in PARTS and not value):
+            continue
+        if value not in (names := allowed()):
+            own = "'' (the attack's own part), " if key in PARTS else ""
+            problems.append(f"{key}: unknown value {value!r}; allowed: {own}{', '.join(names)}")
+    if given.get("attack") == "none":
+        problems += [f"{key}={given[key]!r} has no effect with attack='none'; allowed: '' or an attack"
+                     for key in PARTS if given.get(key)]
+    return problems
+
+
+def _attack_problems(cfg: RunConfig) -> list[str]:
+    """Rules of the data part the attack runs with (names already known to be declared)."""
+    if cfg.attack == "none":
+        return []
+    data, _, _ = resolve_parts(cfg.attack, cfg.attack_data, cfg.attack_training, cfg.attack_update)
+    problems = []
+    if data == "labelflip" and cfg.flip_source == cfg.target_label:
+        problems.append(flip_source_problem(cfg))
+    pixels = cfg.patch_size * cfg.patch_size
+    if data == "dba" and cfg.dba_parts > pixels:  # DBA cuts the patch into dba-parts non-empty cells
+        problems.append(f"dba-parts={cfg.dba_parts} exceeds the {pixels} pixels of a patch-size="
+                        f"{cfg.patch_size} patch (every part needs one); allowed: 1..{pixels}")
+    return problems
+
+
+def _split_problems(cfg: RunConfig) -> list[str]:
+    """A split whose clients cannot each get their share, found from the sizes alone (no data)."""
+    from clipfed.data.partition import client_class_counts  # late: numpy only when checking
+
+    images = int(client_class_counts([TRAIN_PER_CLASS[cfg.dataset]] * cfg.num_classes, cfg).sum())
+    where = (f"the {images} {cfg.dataset} train images left to clients after the public pool "
+             f"(public-pool-fraction={cfg.public_pool_fraction}"
+             + (f", imbalance-factor={cfg.imbalance_factor})" if cfg.dataset == "cifar10-lt" else ")"))
+    if cfg.partition == "dirichlet" and cfg.num_clients * cfg.min_partition_size > images:
+        return [f"min-partition-size={cfg.min_partition_size} x num-clients={cfg.num_clients} "
+                f"= {cfg.num_clients * cfg.min_partition_size} exceeds {where}; allowed: "
+                f"min-partition-size <= {images // cfg.num_clients}"]
+    if cfg.num_clients > images:
+        return [f"num-clients={cfg.num_clients} exceeds {where}, so some clients get no "
+                f"image; allowed: num-clients <= {images}"]
+    return []
+
+
+def load_run_config(values: Mapping[str, Any]) -> RunConfig:
+    """``values`` (Flower's hyphenated keys; absent keys take their defaults) as a ``RunConfig``,
+    or one ``ConfigError`` listing every problem: pydantic's and the names' at once, then (once
+    both pass) the rules of the attack parts and the split."""
+    return _load(values, skip=())
+
+
+def _load(values: Mapping[str, Any], skip: Collection[str]) -> RunConfig:
+    problems = _name_problems(values, skip)
+    try:
+        cfg = RunConfig.from_flower(values)
+    except ConfigError as err:
+        raise ConfigError.listing([*err.problems, *problems]) from None
+    if not problems:
+        problems = _attack_problems(cfg)
+    problems += _split_problems(cfg)
+    if problems:
+        raise ConfigError.listing(problems)
+    return cfg
+
+
+def node_config_problems(node: Mapping[str, Any]) -> list[str]:
+    """Why a SuperNode's node config cannot be used (unknown keys, bad values), or [].
+
+    Checked by ``clipfed deploy supernode`` before the node starts and by the ClientApp, so that a
+    typo (``posion-rate``) is refused instead of silently running with the run's value.
+    """
+    problems = [f"{key}: unknown node-config key; allowed: {', '.join((*NODE_IDENTITY_KEYS, *NODE_KEYS))}"
+                for key in node if key not in NODE_KEYS and key not in NODE_IDENTITY_KEYS]
+    problems += node_identity_problems(node)
+    overrides = {k: v for k, v in node.items() if k in NODE_KEYS}
+    if overrides:
+        try:
+            load_run_config(overrides)
+        except ConfigError as err:
+            problems += err.problems
+    return problems
+
+
+def load_node_run_config(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> RunConfig:
+    """A ClientApp's config: the run config with what the node's ``--node-config`` sets for itself
+    on top (a bad node-config key is refused, never silently ignored)."""
+    if problems := node_config_problems(node_config):
+        raise ConfigError.listing(problems, "invalid node config:")
+    overrides = {k: v for k, v in node_config.items() if k in NODE_KEYS}
+    return _load({**run_config, **overrides}, skip=SERVER_KEYS)

@@ -1,0 +1,1 @@
+"""Deployment across machines: a SuperLink and SuperNodes (``cluster``) and their CLI (``cli``)."""

@@ -1,0 +1,1 @@
+"""Run records: the result folder (config, versions, per-round metrics) and checkpoints."""
