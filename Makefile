@@ -29,15 +29,16 @@ test: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check clipfed tests scripts
+	$(VENV)/bin/ruff check clipfed tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-logo
 
 test-fast: install
 	$(PY) -m pytest -q -m "not e2e"
 
+# The framework's cost over bare torch per model and device, and CLIP-Fed's server step (README).
 bench-overhead: install
-	$(PY) scripts/bench_client_overhead.py
+	$(VENV)/bin/clipfed bench-device --out-dir runs/bench-device
 
 clean:
 	rm -rf $(VENV) .pytest_cache

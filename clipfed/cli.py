@@ -105,15 +105,33 @@ def run_experiment(cfg: RunConfig, args: argparse.Namespace) -> Path:
     run_dir = Path(cfg.out_dir) / cfg.run_name
     try:
         flwr_run(app_dir(), cfg.to_flower(), num_supernodes=args.num_supernodes or cfg.num_clients,
-                 cpus_per_client=args.cpus_per_client, timeout=args.timeout)
+                 cpus_per_client=args.cpus_per_client, gpus_per_client=args.gpus_per_client,
+                 timeout=args.timeout)
     except BaseException as err:
         mark_stopped(run_dir, "interrupted" if isinstance(err, Interrupted | KeyboardInterrupt) else "failed")
         raise
     return run_dir
 
 
+def check_gpus_per_client(args: argparse.Namespace, cfg: RunConfig) -> None:
+    """Refuse ``--gpus-per-client`` that no run could honour before anything starts; print the note
+    when CUDA is visible but the ClientApps get none. The in-process engine has no Ray actors to
+    give a GPU: its clients run on ``device`` directly, so the flag there would be silently ignored."""
+    if args.engine == "inprocess":
+        if args.gpus_per_client:
+            raise UserError(f"--gpus-per-client {args.gpus_per_client:g} applies to --engine flwr (Ray's "
+                            "client resources); the in-process engine trains on the run config's device "
+                            "(device='auto': CUDA when visible)")
+        return
+    from clipfed.engines.launch import client_gpu_note
+
+    if note := client_gpu_note(args.gpus_per_client, cfg.device):
+        print(f"[clipfed] {note}", file=sys.stderr, flush=True)
+
+
 def cmd_run(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int:
     cfg = resolved_config(parse_overrides(args.run_config), base, args.num_supernodes)  # ConfigError: exit 2
+    check_gpus_per_client(args, cfg)
     run_experiment(cfg, args)
     return 0  # the ServerApp printed the progress lines and the table
 
@@ -121,6 +139,7 @@ def cmd_run(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int
 def cmd_demo(args: argparse.Namespace) -> int:
     """FedAvg and CLIP-Fed under the same attack, then one table."""
     base = resolved_config(parse_overrides(args.run_config), DEMO_CONFIG, args.num_supernodes)  # ConfigError: exit 2
+    check_gpus_per_client(args, base)
     from clipfed.runs.results import default_run_name, load_result, results_table
 
     run_dirs = []
@@ -251,7 +270,7 @@ def cmd_teacher_eval(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipfed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list models, attacks and defenses").set_defaults(func=cmd_list)
+    sub.add_parser("list", help="list models, attacks, attack parts, defenses, teachers").set_defaults(func=cmd_list)
     for name, helptext in (("run", "run one experiment through flwr run (simulation)"),
                            ("demo", "FedAvg vs CLIP-Fed under BadNets, the experiment of `make demo`")):
         run = sub.add_parser(name, help=helptext)
@@ -260,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument("--num-supernodes", type=int, default=None,
                          help="virtual SuperNodes (default: num-clients)")
         run.add_argument("--cpus-per-client", type=int, default=1)
+        run.add_argument("--gpus-per-client", type=float, default=0.0, metavar="F",
+                         help="GPUs Ray reserves per ClientApp with --engine flwr (client-resources-num-gpus); "
+                              "a fraction shares one GPU: 0.25 runs four clients on it (default 0: clients "
+                              "see no GPU)")
         run.add_argument("--engine", choices=list(ENGINES), default="flwr" if name == "run" else "inprocess",
                          help="flwr run (the default for run) or the in-process engine (the default for "
                               "demo: no SuperLink or Ray start-up, so it fits 10 minutes on 2 cores)")
@@ -321,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     message names where its logs are), SIGINT/SIGTERM/SIGHUP with 128 + the signal number. Any other
     exception is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv  # what the command was: benchmarks record it
     try:
         return int(args.func(args))
     except (UserError, ConfigError) as err:

@@ -33,18 +33,22 @@ NUM_CLASSES = {"cifar10": 10, "cifar10-lt": 10}
 PATCH_POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
 # The teacher backends (clipfed.teacher's registry declares exactly these; a test checks it).
 TEACHERS = ("reference", "openclip")
+ORACLES = ("reference", "clipseg")  # the teacher guard's oracles (clipfed/guard/oracle.py's catalogue)
 # CLIP-Fed's pre-aggregation signals (clipfed.defense.scoring computes each).
 SIGNALS = ("kl", "proto", "trigger", "geometry", "sybil")
 # The ``teacher-pretrained`` value that asks for an openclip teacher with random weights, on purpose.
 RANDOM_INIT = "random"
 RANDOM_INIT_NOTE = "RANDOM INIT (no knowledge)"
+# A ``device`` value (clipfed.devices.resolve_device): the run's, and a teacher's or a diffusers
+# pipeline's in a synthesis recipe.
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 
 
 ROLES = ("benign", "malicious")
 # Run-config keys a SuperNode's node config may set for itself: where its data lies, and a
 # malicious node's attack settings. (The server measures ASR with the run config's trigger.)
 NODE_KEYS = (
-    "data-dir", "attack", "attack-data", "attack-training", "attack-update", "attack-local-steps",
+    "data-dir", "device", "attack", "attack-data", "attack-training", "attack-update", "attack-local-steps",
     "attack-epochs", "attack-lr", "pgd-eps", "pgd-every", "poison-rate", "target-label", "attack-start-round",
     "patch-size", "patch-position", "patch-pattern", "blend-alpha", "blend-pattern", "dba-parts", "freq-psnr",
     "freq-band-low", "freq-band-high", "flip-source", "boost-factor", "neurotoxin-keep",
@@ -174,7 +178,7 @@ class RunConfig(BaseModel):
     teacher_checkpoint: str = Field("", alias="teacher-checkpoint")
     # Teacher guard: audit the teacher with a segmentation oracle before training (METHOD.md part 5)
     teacher_guard: Literal["off", "warn", "refuse", "repair"] = Field("off", alias="teacher-guard")
-    teacher_guard_oracle: Literal["reference", "clipseg"] = Field("reference", alias="teacher-guard-oracle")
+    teacher_guard_oracle: Literal[ORACLES] = Field("reference", alias="teacher-guard-oracle")  # type: ignore[valid-type]
     teacher_guard_oracle_model: str = Field("CIDAS/clipseg-rd64-refined", alias="teacher-guard-oracle-model")
     # The images to audit on: an npz (images, labels), e.g. data the teacher may have been poisoned
     # with; default: the public pool (a backdoor only shows on images that carry its trigger).
@@ -211,6 +215,12 @@ class RunConfig(BaseModel):
     crfl_clip: float = Field(50.0, gt=0.0, alias="crfl-clip")
     crfl_noise: float = Field(0.001, ge=0.0, alias="crfl-noise")
 
+    # Where it runs (clipfed/devices.py): auto = CUDA when visible; a node config may set its own.
+    # The server's defense, evaluation, guard and synthesis (its openclip teacher) run there too.
+    device: str = "auto"
+    amp: bool = False  # bf16 autocast + channels-last on CUDA; no effect on the CPU
+    augment: bool = False  # random 4-px-padded crop + horizontal flip in local training, after poisoning
+
     # Defense and evaluation
     max_update_norm: float = Field(1e4, gt=0.0, alias="max-update-norm")
     defense: str = "fedavg"
@@ -226,6 +236,13 @@ class RunConfig(BaseModel):
             raise ValueError(f"unknown signal(s) {unknown or value!r}; allowed: a comma list of "
                              f"{', '.join(SIGNALS)}")
         return ",".join(names)
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, value: str) -> str:
+        if not re.fullmatch(DEVICE_PATTERN, value):
+            raise ValueError(f"unknown device {value!r}; allowed: auto (CUDA when visible), cpu, cuda, cuda:N")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

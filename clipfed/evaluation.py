@@ -18,6 +18,7 @@ import torch
 
 from clipfed.attacks import Attack
 from clipfed.data import ImageSet
+from clipfed.devices import autocast, place
 from clipfed.training import NonFiniteLogits, per_class_accuracy, predict, to_tensor
 
 
@@ -63,15 +64,27 @@ def asr_images(test: ImageSet, attack: Attack) -> np.ndarray:
 
 
 class BackdoorEvaluator:
-    """Holds the clean and triggered test tensors once; evaluates any model on both."""
+    """Holds the clean and triggered test tensors once, on ``device``; evaluates any model on both.
 
-    def __init__(self, test: ImageSet, attack: Attack | None, batch_size: int = 1000) -> None:
+    Args:
+        test: the test images (uint8 (N, H, W, C)) and labels.
+        attack: whose trigger ASR measures; None: no ASR.
+        batch_size: images per forward pass.
+        device: where the images live and models are evaluated (moved there once, here, not per
+            model or batch); predictions come back to the CPU for the metrics.
+        amp: bf16 autocast on CUDA (``devices.amp_active``); nothing on the CPU.
+    """
+
+    def __init__(self, test: ImageSet, attack: Attack | None, batch_size: int = 1000,
+                 device: torch.device | None = None, amp: bool = False) -> None:
         self.num_classes = len(test.classes)
         self.batch_size = batch_size
-        self.clean_x = to_tensor(np.asarray(test.images))
-        self.clean_y = torch.from_numpy(np.asarray(test.labels, dtype=np.int64))
+        self.device = device if device is not None else torch.device("cpu")
+        self.amp = amp
+        self.clean_x = to_tensor(np.asarray(test.images), self.device)  # (N, C, H, W) on the device
+        self.clean_y = torch.from_numpy(np.asarray(test.labels, dtype=np.int64))  # (N,) on the CPU
         self.attack = attack
-        self.triggered_x = to_tensor(asr_images(test, attack)) if attack else None
+        self.triggered_x = to_tensor(asr_images(test, attack), self.device) if attack else None
         self.missing: dict[str, str] = {}  # what no model can be scored on, whatever its weights
         if not len(self.clean_x):
             self.missing["ma"] = "no clean test image"
@@ -84,12 +97,17 @@ class BackdoorEvaluator:
             self.missing["per_class_acc"] = f"no test image of class(es) {absent}"
 
     def __call__(self, model: torch.nn.Module) -> Evaluation:
-        """MA, ASR and per-class accuracy of ``model``; every metric None if it diverged."""
+        """MA, ASR and per-class accuracy of ``model``; every metric None if it diverged.
+
+        ``model`` is moved to the evaluator's device (in place; nothing moves when it is there).
+        """
         if not parameters_finite(model):
             return self._diverged("non-finite parameters")
+        place(model, self.device, self.amp)
         try:
-            ma, per_class = self._clean_accuracy(model)
-            asr = self._attack_success(model)
+            with autocast(self.device, self.amp):
+                ma, per_class = self._clean_accuracy(model)
+                asr = self._attack_success(model)
         except NonFiniteLogits as err:
             return self._diverged(f"non-finite logits ({err})")
         return Evaluation(ma=ma, asr=asr, per_class_acc=per_class, unavailable=dict(self.missing))
@@ -97,13 +115,13 @@ class BackdoorEvaluator:
     def _clean_accuracy(self, model: torch.nn.Module) -> tuple[float | None, list[float | None]]:
         if "ma" in self.missing:
             return None, [None] * self.num_classes
-        pred = predict(model, self.clean_x, self.batch_size)
+        pred = predict(model, self.clean_x, self.batch_size).cpu()
         return float((pred == self.clean_y).double().mean()), per_class_accuracy(pred, self.clean_y, self.num_classes)
 
     def _attack_success(self, model: torch.nn.Module) -> float | None:
         if "asr" in self.missing or self.attack is None or self.triggered_x is None:
             return None
-        hits = predict(model, self.triggered_x, self.batch_size) == self.attack.target_label
+        hits = predict(model, self.triggered_x, self.batch_size).cpu() == self.attack.target_label
         return float(hits.double().mean())
 
     def _diverged(self, why: str) -> Evaluation:

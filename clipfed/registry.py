@@ -29,8 +29,8 @@ class Registry(Generic[T]):
     """Components selectable by name from config, listable with an optional glob filter; the
     implementations load lazily, on the first ``get`` of one of their names.
 
-    ``T`` is what a name resolves to: a factory function (models, teachers, oracles) or a class
-    (defenses, attacks). The registry never calls it; the module-level helpers around each
+    ``T`` is what a name resolves to: a factory function (models, attack parts, teachers, oracles)
+    or a class (defenses). The registry never calls it; the module-level helpers around each
     registry (``create_model``, ``create_defense``, ``create_teacher``, ...) do.
 
     Attributes:

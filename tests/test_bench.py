@@ -118,7 +118,7 @@ def test_quick_suite_completes_and_writes_well_formed_outputs(tmp_path: Path) ->
     if not (SHARED_ASSETS / "cifar10").exists():
         pytest.skip(f"the quick suite runs on real CIFAR-10; none at {SHARED_ASSETS}")
     out = tmp_path / "quick"
-    assert main(["bench", "--suite", "quick", "--out", str(out), "--data-dir", str(SHARED_ASSETS)]) == 0
+    assert main(["bench", "--suite", "quick", "--out-dir", str(out), "--data-dir", str(SHARED_ASSETS)]) == 0
     rows = list(csv.DictReader((out / "table.csv").open()))
     suite = SUITES["quick"]
     assert {r["row"] for r in rows} == {"fedavg-no-attack", "teacher-only", *suite.defenses}
@@ -133,7 +133,7 @@ def test_quick_suite_completes_and_writes_well_formed_outputs(tmp_path: Path) ->
 
 def test_unknown_setting_is_refused_naming_the_suites_settings(capsys: pytest.CaptureFixture[str],
                                                                tmp_path: Path) -> None:
-    assert main(["bench", "--suite", "quick", "--settings", "cifar100", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "--suite", "quick", "--settings", "cifar100", "--out-dir", str(tmp_path)]) == 2
     out = capsys.readouterr().err
     assert "cifar100" in out and "cifar10-dir0.5" in out
     assert not any(tmp_path.iterdir()), "nothing ran"
@@ -199,3 +199,17 @@ def test_a_finished_run_of_another_clipfed_version_is_not_reused(tmp_path: Path)
     result["versions"]["clipfed"] = "0.1.0"
     (tmp_path / "result.json").write_text(json.dumps(result))
     assert not finished(tmp_path, cfg)
+
+
+def test_the_paper_suite_is_the_field_setting_and_fits_its_stated_gpu_hours() -> None:
+    from clipfed.bench.suites import PAPER_GPU_HOURS, PAPER_ROUND_SECONDS
+
+    suite = SUITES["paper"]
+    cells = plan(suite)
+    rounds = sum(suite.pretrain_rounds if c.pretrain else suite.base["num-server-rounds"] for c in cells)
+    assert rounds * PAPER_ROUND_SECONDS / 3600 == pytest.approx(PAPER_GPU_HOURS)
+    assert f"about {PAPER_GPU_HOURS:.0f} GPU-hours" in suite.description
+    cfg = cells[-1].config(suite, Path("/tmp/x"))
+    assert (cfg.model, cfg.num_clients, cfg.clients_per_round, cfg.partition, cfg.dirichlet_alpha) == (
+        "resnet18", 100, 10, "dirichlet", 0.5)
+    assert (cfg.local_epochs, cfg.batch_size, cfg.augment, cfg.device) == (2, 64, True, "auto")

@@ -168,7 +168,7 @@ def test_demo_refuses_the_same_way(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_bench_refuses_a_missing_data_folder_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    out = refused(capsys, "bench", "--suite", "quick", "--out", str(tmp_path / "out"),
+    out = refused(capsys, "bench", "--suite", "quick", "--out-dir", str(tmp_path / "out"),
                   "--data-dir", str(tmp_path / "nope"))
     assert out.count("no CIFAR-10 there") == 1
     assert not (tmp_path / "out").exists(), "nothing ran"

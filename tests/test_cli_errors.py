@@ -29,21 +29,21 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["teacher", "eval", "--teacher", "openclip", "--teacher-model", "ViT-B-23", "--teacher-pretrained", "random"],
      "--teacher-model 'ViT-B-23' is not an open_clip model; did you mean"),
     (["deploy", "superlink", "--tls-dir", "EMPTY"], "--tls-dir"),
-    (["teacher", "audit", "--teacher-checkpoint", "MISSING", "--out", "OUT"], "--teacher-checkpoint"),
-    (["teacher", "guard-demo", "--poison-rate", "2", "--out", "OUT"], "--poison-rate 2"),
-    (["teacher", "guard-demo", "--attack", "none", "--out", "OUT"], "--attack none"),
-    (["teacher", "guard-demo", "--attack", "nosuch", "--out", "OUT"], "attack: unknown value 'nosuch'"),
-    (["teacher", "guard-demo", "--data-dir", "EMPTY", "--out", "OUT"], "no CIFAR-10 found under"),
+    (["teacher", "audit", "--teacher-checkpoint", "MISSING", "--out-dir", "OUT"], "--teacher-checkpoint"),
+    (["teacher", "guard-demo", "--poison-rate", "2", "--out-dir", "OUT"], "--poison-rate 2"),
+    (["teacher", "guard-demo", "--attack", "none", "--out-dir", "OUT"], "--attack none"),
+    (["teacher", "guard-demo", "--attack", "nosuch", "--out-dir", "OUT"], "attack: unknown value 'nosuch'"),
+    (["teacher", "guard-demo", "--data-dir", "EMPTY", "--out-dir", "OUT"], "no CIFAR-10 found under"),
     (["deploy", "superlink", "--auth"], "--tls-dir"),
     (["deploy", "stop", "MISSING"], "pids.json"),
-    (["bench", "--seeds", "a", "--out", "OUT"], "--seeds a"),
-    (["bench", "--workers", "0", "--out", "OUT"], "--workers 0"),
-    (["bench", "--settings", "nosuch", "--out", "OUT"], "--settings"),
-    (["bench-cost", "--defenses", "foo", "--sizes", "10", "--out", "OUT"], "--defenses: unknown foo"),
-    (["bench-cost", "--defenses", "fedavg", "--sizes", "10,x", "--out", "OUT"], "--sizes 10,x"),
-    (["bench-cost", "--defenses", "fedavg", "--sizes", "0", "--out", "OUT"], "--sizes 0"),
-    (["bench-cost", "--defenses", "fedavg", "--model", "foo", "--sizes", "10", "--out", "OUT"], "--model foo"),
-    (["bench-cost", "--defenses", "clipfed", "--sizes", "10", "--data-dir", "EMPTY", "--out", "OUT"],
+    (["bench", "--seeds", "a", "--out-dir", "OUT"], "--seeds a"),
+    (["bench", "--workers", "0", "--out-dir", "OUT"], "--workers 0"),
+    (["bench", "--settings", "nosuch", "--out-dir", "OUT"], "--settings"),
+    (["bench-cost", "--defenses", "foo", "--sizes", "10", "--out-dir", "OUT"], "--defenses: unknown foo"),
+    (["bench-cost", "--defenses", "fedavg", "--sizes", "10,x", "--out-dir", "OUT"], "--sizes 10,x"),
+    (["bench-cost", "--defenses", "fedavg", "--sizes", "0", "--out-dir", "OUT"], "--sizes 0"),
+    (["bench-cost", "--defenses", "fedavg", "--model", "foo", "--sizes", "10", "--out-dir", "OUT"], "--model foo"),
+    (["bench-cost", "--defenses", "clipfed", "--sizes", "10", "--data-dir", "EMPTY", "--out-dir", "OUT"],
      "no CIFAR-10 found under"),
     (["synth", "build", "--config", "MISSING", "--store", "OUT"], "--config"),
     (["synth", "build", "--config", "BADTOML", "--store", "OUT"], "not a readable TOML/JSON file"),
@@ -90,7 +90,7 @@ def test_bench_cost_writes_no_row_for_an_unknown_defense(places: dict[str, Path]
     out.mkdir()
     earlier = [{"defense": "fedavg", "updates": 10, "seconds": 0.01, "peak_mb": 1.0}]
     (out / "cost.json").write_text(json.dumps(earlier))
-    assert main(["bench-cost", "--defenses", "fedavg,foo", "--sizes", "10", "--out", str(out)]) == 2
+    assert main(["bench-cost", "--defenses", "fedavg,foo", "--sizes", "10", "--out-dir", str(out)]) == 2
     assert json.loads((out / "cost.json").read_text()) == earlier
     assert sorted(p.name for p in out.iterdir()) == ["cost.json"]
 

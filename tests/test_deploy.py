@@ -171,8 +171,8 @@ def test_certs_and_keys_are_not_overwritten_without_force(tmp_path: Path) -> Non
 
 
 def test_deploy_certs_and_keys_commands_take_force(tmp_path: Path) -> None:
-    certs = ["deploy", "certs", "--out", str(tmp_path / "certs"), "--host", "127.0.0.1"]
-    keys = ["deploy", "keys", "--out", str(tmp_path / "keys"), "node0", "node1"]
+    certs = ["deploy", "certs", "--out-dir", str(tmp_path / "certs"), "--host", "127.0.0.1"]
+    keys = ["deploy", "keys", "--out-dir", str(tmp_path / "keys"), "node0", "node1"]
     for argv in (certs, keys):
         args = build_parser().parse_args(argv)
         assert args.func(args) == 0

@@ -10,6 +10,7 @@ import pytest
 from clipfed.cli import app_dir, main
 from clipfed.defense import list_defenses
 from clipfed.engines.launch import COMPLETED, flwr_run, local_superlink, run_status
+from clipfed.models import list_models
 from clipfed.runs.results import load_result
 
 pytestmark = pytest.mark.e2e
@@ -80,3 +81,19 @@ def test_flwr_run_completes_for_every_defense(defense: str, fake_data_dir: Path,
     outcome = flwr_run(app_dir(), config, num_supernodes=3, timeout=500, flwr_home=tmp_path / "home")
     assert outcome.status == COMPLETED
     assert load_result(tmp_path / defense)["status"] == "completed"
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("model", [m for m in list_models() if m != "cnn"])
+def test_flwr_run_trains_every_model(model: str, fake_data_dir: Path, tmp_path: Path) -> None:
+    """The ResNets through the real flwr CLI (the CNN runs in every test above): every reply
+    accepted, the model changed, a finite MA."""
+    config = {**tiny_config(fake_data_dir, tmp_path, model), "model": model, "local-epochs": 1,
+              "local-steps": 3}
+    outcome = flwr_run(app_dir(), config, num_supernodes=3, timeout=800, flwr_home=tmp_path / "home")
+    assert outcome.status == COMPLETED
+    result = load_result(tmp_path / model)
+    assert result["status"] == "completed" and result["config"]["model"] == model
+    for entry in result["rounds"][1:]:
+        assert entry["participants"] == [0, 1, 2] and entry["rejected"] == [], entry
+    assert result["final"]["ma"] is not None

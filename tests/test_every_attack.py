@@ -156,6 +156,7 @@ def test_train_local_runs_every_hook_of_a_training_part() -> None:
         return model.state_dict()
 
     steps: list[int] = []
+    masked: list[int] = []
     ended: list[int] = []
     losses: list[float] = []
 
@@ -164,9 +165,33 @@ def test_train_local_runs_every_hook_of_a_training_part() -> None:
         losses.append(float(term))
         return term
 
-    hooked = run(StepHooks(extra_loss=extra, after_step=lambda _, step: steps.append(step),
-                           after_training=lambda _: ended.append(1)))
-    assert steps == [1, 2, 3, 4, 5] and ended == [1] and len(losses) == 5
+    def freeze_first_layer(model: torch.nn.Module, step: int) -> None:
+        masked.append(step)
+        next(model.parameters()).grad.zero_()  # a gradient mask: this tensor never moves
+
+    torch.manual_seed(0)
+    first = next(create_model("cnn", 10).parameters()).detach().clone()
+    hooked = run(StepHooks(extra_loss=extra, before_step=freeze_first_layer,
+                           after_step=lambda _, step: steps.append(step), after_training=lambda _: ended.append(1)))
+    assert steps == masked == [1, 2, 3, 4, 5] and ended == [1] and len(losses) == 5
+    assert torch.equal(hooked[next(iter(hooked))], first), "the gradient mask did not hold the masked tensor"
     plain, again = run(None), run(StepHooks())
     assert all(torch.equal(plain[k], again[k]) for k in plain), "empty hooks changed plain SGD"
     assert any(not torch.equal(plain[k], hooked[k]) for k in plain), "the extra loss term changed nothing"
+
+
+@pytest.mark.parametrize(("keys", "expected"), [
+    ({}, (1, 10, 0.01)),  # as benign
+    ({"attack-local-steps": 50}, (5, 50, 0.01)),  # 12 batches of 8 an epoch: the epochs grow to fit
+    ({"attack-epochs": 6}, (6, 0, 0.01)),  # whole epochs: the benign local-steps cap does not bind
+    ({"attack-epochs": 6, "attack-local-steps": 20, "attack-lr": 0.05}, (6, 20, 0.05)),
+])
+def test_the_attackers_own_schedule(keys: dict[str, Any], expected: tuple[int, int, float]) -> None:
+    from clipfed.training import LocalSchedule
+
+    cfg = RunConfig.from_flower({"local-steps": 10, "batch-size": 8, "lr": 0.01, **keys})
+    attack = create_attack(cfg)
+    assert attack is not None
+    schedule = attack.training.schedule(LocalSchedule.benign(cfg), num_samples=90)
+    assert (schedule.epochs, schedule.max_steps, schedule.lr) == expected
+    assert (schedule.momentum, schedule.weight_decay) == (cfg.momentum, cfg.weight_decay)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import class_images
+from flower_mocks import server_identity  # noqa: F401  (fixture)
 from tiny_models import register_tiny_clip, write_tiny_clipseg
 from torch import nn
 
@@ -141,3 +142,49 @@ def test_every_oracle_grounds_every_prompt(name: str, tmp_path: Path) -> None:
 
 def test_every_oracle_is_selectable_from_config() -> None:
     assert sorted(get_args(RunConfig.model_fields["teacher_guard_oracle"].annotation)) == ORACLES.names()
+
+
+SYNTH_TEACHERS: dict[str, Callable[[Path], TeacherSpec]] = {
+    "openclip": lambda folder: TeacherSpec(backend="openclip", model=register_tiny_clip(folder), pretrained="random",
+                                           device="cpu", batch_size=64),
+    "reference": lambda folder: TeacherSpec(backend="reference", reference_epochs=2),
+}
+
+
+@pytest.mark.usefixtures("server_identity")
+@pytest.mark.parametrize("name", TEACHERS.names())
+def test_every_teacher_builds_a_server_dataset_that_clipfed_runs_a_round_with(
+        name: str, tmp_path: Path, fake_data_dir: Path) -> None:
+    """The teacher as a run uses it: the synthesis pipeline labels the server dataset with it, and
+    CLIP-Fed runs a round of the ClientApp and its strategy on that dataset (in-process grid)."""
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from clipfed.data_synth import SynthConfig, build_server_dataset
+    from clipfed.data_synth.config import FilterConfig, ImageConfig, PoolConfig
+    from clipfed.defense import create_defense
+    from clipfed.defense.sampler import PartitionSampler
+    from clipfed.engines.inprocess import InProcessGrid
+    from clipfed.models import create_model
+    from clipfed.runs.report import AggregationReport
+
+    spec = build(SYNTH_TEACHERS, name, tmp_path)
+    synth = SynthConfig(data_dir=str(fake_data_dir), images=ImageConfig(pool=PoolConfig(public_pool_fraction=0.5)),
+                        teacher=spec, filter=FilterConfig(threshold=0.0), threads=1)
+    data = build_server_dataset(synth, tmp_path / "synth").dataset
+    assert len(data.labels) > 0 and np.isfinite(data.arrays["teacher_logits"]).all()
+    cfg = RunConfig.from_flower({
+        "defense": "clipfed", "num-clients": 4, "num-malicious": 1, "data-dir": str(fake_data_dir),
+        "public-pool-fraction": 0.5, "partition": "iid", "local-steps": 1, "batch-size": 4,
+        "clipfed-post-steps": 2, "clipfed-post-batch": 8, "clipfed-probe-size": 20, "round-timeout": 5.0,
+    })
+    reports: list[AggregationReport] = []
+    strategy = create_defense(cfg, sampler=PartitionSampler(cfg, poll_seconds=0.0), on_report=reports.append,
+                              server_data=data)
+    torch.manual_seed(0)
+    initial = ArrayRecord(create_model(cfg.model, cfg.num_classes).state_dict())
+    result = strategy.start(grid=InProcessGrid(cfg), initial_arrays=initial, num_rounds=1,
+                            timeout=cfg.round_timeout, train_config=ConfigRecord())
+    (report,) = reports
+    assert report.participants == [0, 1, 2, 3] and report.rejected == []
+    assert "scores" in report.details and "post_loss" in report.details, "CLIP-Fed's two steps did not run"
+    assert all(np.isfinite(a.numpy()).all() for a in result.arrays.values())

@@ -40,8 +40,12 @@ PINNED = Path(__file__).with_name("pinned_behaviour.json")
 CASES = [(d, "badnets") for d in list_defenses()] + [("fedavg", a) for a in list_attacks() if a != "badnets"]
 
 
+# Keys a case needs so that its mechanism acts in these short rounds (a pgd-eps the update exceeds).
+ATTACK_KEYS: dict[str, dict[str, Any]] = {"pgd": {"pgd-eps": 0.02, "pgd-every": 3}}
+
+
 def case_config(data_dir: Path, defense: str, attack: str) -> RunConfig:
-    return RunConfig.from_flower({
+    return RunConfig.from_flower({**ATTACK_KEYS.get(attack, {}),
         "defense": defense, "attack": attack, "num-clients": 6, "num-malicious": 2, "data-dir": str(data_dir),
         "public-pool-fraction": 0.5, "partition": "iid", "local-steps": 10, "batch-size": 16, "lr": 0.01,
         "poison-rate": 0.3, "patch-size": 6, "flip-source": 3, "krum-f": 1, "rlr-threshold": 2,

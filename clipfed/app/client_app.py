@@ -4,6 +4,9 @@ The role comes from the node config (``role = "malicious"`` in deployment, with 
 attack settings and ``data-dir`` if it wants) or, in simulation, from the seed (``num-malicious``
 partition ids drawn by ``malicious_clients``). The reply reports
 ``partition-id`` and ``is-malicious`` so experiments can score detection; no defense reads them.
+
+Training runs on the node's ``device`` (its node config's, else the run's: ``auto`` is CUDA when
+the node sees one); the reply's arrays are copied back to the CPU.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from clipfed.attacks.base import AttackContext
 from clipfed.checks import load_node_run_config
 from clipfed.config import RunConfig, node_identity_problems
 from clipfed.data import load_federated, malicious_clients
+from clipfed.devices import place, resolve_device
 from clipfed.models import create_model
 from clipfed.models.state import buffer_names, to_array_record
 from clipfed.records import array_record, config_record, number
@@ -112,9 +116,11 @@ def train(msg: Message, context: Context) -> Message:
     attack = create_attack(cfg)
     attacking = role.malicious and attack is not None and server_round >= cfg.attack_start_round
 
+    device = resolve_device(cfg.device)  # the node config's device wins (load_node_run_config)
     model = create_model(cfg.model, cfg.num_classes)
     global_arrays = array_record(msg.content)
     model.load_state_dict(global_arrays.to_torch_state_dict())
+    place(model, device, cfg.amp)  # before the attack parts see it: their hooks keep tensors on its device
     generator = torch.Generator().manual_seed(
         int(stream_rng(cfg.seed, Stream.CLIENT_TRAINING, server_round, role.partition_id, 1)
             .integers(2**62))
@@ -135,8 +141,9 @@ def train(msg: Message, context: Context) -> Message:
         model, images, labels,
         epochs=schedule.epochs, batch_size=cfg.batch_size, lr=schedule.lr, momentum=schedule.momentum,
         weight_decay=schedule.weight_decay, generator=generator, max_steps=schedule.max_steps, hooks=hooks,
+        device=device, amp=cfg.amp, augment=cfg.augment,
     )
-    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     if attacking:
         assert attack is not None
         # Update parts rewrite the trainable parameters; BatchNorm statistics stay as trained.

@@ -1,6 +1,8 @@
 """The ServerApp: validate config, build the defense strategy, run the rounds, record MA/ASR.
 
 After every round it checkpoints (``clipfed.runs.checkpoint``); ``resume-from`` continues a run.
+Evaluation, the defense's own computation, the teacher guard and the server dataset's build run
+on the run config's ``device``, which ``result.json`` records (with whether ``amp`` was active).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from clipfed.data import load_federated
 from clipfed.defense import DEFENSES, create_defense
 from clipfed.defense.sampler import PartitionSampler
 from clipfed.defense.strategy import DefenseStrategy
+from clipfed.devices import resolve_device
 from clipfed.evaluation import BackdoorEvaluator, eval_subset
 from clipfed.models import create_model
 from clipfed.runs.checkpoint import (
@@ -45,8 +48,11 @@ def main(grid: Grid, context: Context) -> None:
     checkpoint, previous = load_resume(cfg) if cfg.resume_from else (None, None)
     random.seed(cfg.seed)
     _, test, _ = load_federated(cfg)
+    device = resolve_device(cfg.device)  # before the run folder: an absent GPU stops the run here
     recorder = RunRecorder.create(cfg, resumed=previous)
-    evaluator = BackdoorEvaluator(eval_subset(test, cfg.eval_samples), create_attack(cfg), cfg.eval_batch_size)
+    recorder.note_device(device, cfg.amp)
+    evaluator = BackdoorEvaluator(eval_subset(test, cfg.eval_samples), create_attack(cfg), cfg.eval_batch_size,
+                                  device, cfg.amp)
     model = initial_model(cfg)
     strategy: DefenseStrategy | None = None
 

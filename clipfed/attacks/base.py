@@ -64,8 +64,8 @@ class AttackContext:
         server_round: the round being trained (1-based).
         malicious_rank: this attacker's rank among attackers (DBA's part, see ``NodeRole``).
         global_params: the received global model's trainable parameters (no BatchNorm statistics).
-        memory: arrays that persist across this client's rounds (the node's state); each part keys
-            its entries by its own name.
+        memory: arrays that persist across this client's rounds (the node's state), shared by the
+            three parts: each uses keys no other part uses (Neurotoxin: ``previous-global``).
     """
 
     server_round: int
@@ -102,7 +102,8 @@ class DataPoisoning(ABC):
 
     def prepare(self, model: nn.Module, images: np.ndarray, labels: np.ndarray, ctx: AttackContext) -> None:
         """Work against the received global ``model`` before poisoning (e.g. optimising the
-        trigger); nothing for a fixed trigger. ``model`` must be left as received."""
+        trigger); nothing for a fixed trigger. ``model`` must be left as received; it is on the
+        node's training device already (``images`` and ``ctx`` stay numpy)."""
         return None
 
     def poison(self, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
@@ -146,11 +147,15 @@ class TrainingPart(ABC):
 
     def prepare(self, model: nn.Module, ctx: AttackContext) -> None:
         """Work against the received global ``model`` before training (e.g. estimating which
-        coordinates to mask); nothing by default. ``model`` must be left as received."""
+        coordinates to mask); nothing by default. ``model`` must be left as received; it is on the
+        node's training device already (``ctx`` stays numpy)."""
         return None
 
     def hooks(self, model: nn.Module, ctx: AttackContext) -> StepHooks | None:
-        """The per-step additions for this round's training of ``model``, or None for plain SGD."""
+        """The per-step additions for this round's training of ``model``, or None for plain SGD.
+
+        ``model`` is on the training device (and stays there); a tensor the hooks keep (PGD's
+        centre) must be made on ``next(model.parameters()).device``."""
         return None
 
 

@@ -6,8 +6,10 @@ part is declared in its registry's catalogue below (name, module, description); 
 registers the factory with ``@DATA_PARTS.register(name)`` (or ``TRAINING_PARTS``,
 ``UPDATE_PARTS``) and is imported on first use, so listing attacks imports no torch.
 
-Adding a training-time attack: one module under ``clipfed/attacks/training/`` with its factory,
-one catalogue line here (and a shorthand if it deserves a name), and its test.
+Adding a training-time attack: one module under ``clipfed/attacks/training/`` with its part and
+factory, one catalogue line here (and a ``SHORTHANDS`` line if it deserves a name, with its pin in
+``tests/pinned_behaviour.json``), its own keys in ``RunConfig`` and ``pyproject.toml`` (plus
+``NODE_KEYS`` if a malicious node may set them), and its test.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``clipfed bench`` and ``clipfed bench-cost``."""
+"""``clipfed bench``, ``clipfed bench-cost`` and ``clipfed bench-device``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 import os
 import shlex
 import sys
+import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from clipfed.bench.suites import SUITES
@@ -53,7 +55,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     seeds = _ints("--seeds", args.seeds, 0)
     _at_least("--workers", args.workers, 1)
     _at_least("--threads", args.threads, 0)
-    out = Path(args.out or f"runs/bench-{suite.name}").resolve()
+    out = Path(args.out_dir or f"runs/bench-{suite.name}").resolve()
     if args.data_dir:
         os.environ["CLIPFED_DATA_DIR"] = str(Path(args.data_dir).resolve())
     unknown = set(_csv(args.settings) or []) - set(suite.settings)
@@ -110,7 +112,7 @@ def cmd_bench_cost(args: argparse.Namespace) -> int:
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else os.environ.get("CLIPFED_DATA_DIR", "")
     if any(DEFENSES.get(d).needs_server_data for d in defenses):
         load_cifar10(data_dir)  # DataNotFoundError says where it looked
-    out = Path(args.out).resolve()
+    out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["clipfed", *sys.argv[1:]])
     commit = str(versions()["git_commit"])[:12]
@@ -128,14 +130,56 @@ def cmd_bench_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_device(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipfed.bench.device import FULL, QUICK, markdown, present_devices, run_device_bench
+    from clipfed.devices import DeviceUnavailable, resolve_device
+    from clipfed.models import MODELS
+
+    preset = QUICK if args.quick else FULL
+    models = _csv(args.models) or MODELS.names()
+    if unknown := [m for m in models if m not in MODELS.names()]:
+        raise UserError(f"--models: unknown {', '.join(unknown)}; allowed: {', '.join(MODELS.names())}")
+    devices = _csv(args.devices) or present_devices()
+    for spec in devices:
+        try:
+            resolve_device(spec)
+        except (DeviceUnavailable, RuntimeError) as err:  # RuntimeError: torch's own for a malformed name
+            raise UserError(f"--devices {spec}: {err}; allowed here: {', '.join(present_devices())}") from None
+    clients = _ints("--clients", args.clients, 3)
+    sizes = {"--steps": args.steps, "--batch-size": args.batch_size, "--eval-images": args.eval_images,
+             "--repeats": args.repeats, "--threads": args.threads}
+    for option, value in sizes.items():
+        if value is not None:
+            _at_least(option, value, 1)
+    settings = replace(
+        preset, models=tuple(models), devices=tuple(devices), steps=args.steps or preset.steps,
+        batch_size=args.batch_size or preset.batch_size, eval_images=args.eval_images or preset.eval_images,
+        clients=tuple(clients or preset.clients), repeats=args.repeats or preset.repeats,
+        threads=args.threads or torch.get_num_threads(), amp=args.amp)
+    out = Path(args.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    document = run_device_bench(settings, shlex.join(["clipfed", *args.argv]))
+    (out / "bench-device.json").write_text(json.dumps(document, indent=2) + "\n")
+    table = markdown(document)
+    (out / "bench-device.md").write_text(table)
+    print(table)
+    print(f"[bench-device] wrote {out / 'bench-device.json'} and {out / 'bench-device.md'}")
+    return 0
+
+
 def add_bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    bench = sub.add_parser("bench", help="run a suite of attack x defense runs; tables, plots, report")
+    suites = "\n".join(textwrap.fill(f"{name}: {suite.description}", width=100, subsequent_indent="    ")
+                       for name, suite in SUITES.items())
+    bench = sub.add_parser("bench", help="run a suite of attack x defense runs; tables, plots, report",
+                           epilog=f"suites:\n{suites}", formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("--suite", choices=list(SUITES), default="quick")
     bench.add_argument("--defenses", help="comma list (default: the suite's)")
     bench.add_argument("--attacks", help="comma list (default: the suite's)")
     bench.add_argument("--seeds", help="comma list (default: the suite's)")
     bench.add_argument("--settings", help="comma list of the suite's data settings (default: all)")
-    bench.add_argument("--out", help="suite folder (default runs/bench-<suite>); finished runs are skipped")
+    bench.add_argument("--out-dir", help="suite folder (default runs/bench-<suite>); finished runs are skipped")
     bench.add_argument("--data-dir", help="CIFAR-10 location (else CLIPFED_DATA_DIR)")
     bench.add_argument("--workers", type=int, default=1,
                        help="runs at once, each in its own process (small CPU models: one per core)")
@@ -148,5 +192,21 @@ def add_bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     cost.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     cost.add_argument("--data-dir")
     cost.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
-    cost.add_argument("--out", default="runs/bench-cost")
+    cost.add_argument("--out-dir", default="runs/bench-cost")
     cost.set_defaults(func=cmd_bench_cost)
+    device = sub.add_parser("bench-device", help="training/evaluation images/s through the ClientApp and "
+                            "evaluator vs bare torch, CLIP-Fed's server seconds, per model and device")
+    device.add_argument("--models", help="comma list (default: every registered model)")
+    device.add_argument("--devices", help="comma list of cpu, cuda, cuda:N (default: cpu, plus cuda when visible)")
+    device.add_argument("--steps", type=int, help="SGD steps per training measurement (default 20; --quick 2)")
+    device.add_argument("--batch-size", type=int, help="default 64; --quick 16")
+    device.add_argument("--eval-images", type=int, help="clean test images (default 2000; --quick 100)")
+    device.add_argument("--clients", help="replies per CLIP-Fed server step, comma list of >= 3 "
+                                          "(default 10,100; --quick 3)")
+    device.add_argument("--repeats", type=int, help="timed calls per rate, best kept (default 3; --quick 1)")
+    device.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
+    device.add_argument("--amp", action="store_true", help="bf16 autocast and channels-last on CUDA (run key amp)")
+    device.add_argument("--quick", action="store_true",
+                        help="smallest sizes (seconds on a CPU; for tests): a smoke test, not a measurement")
+    device.add_argument("--out-dir", default="runs/bench-device", help="folder for bench-device.json and .md")
+    device.set_defaults(func=cmd_bench_device)

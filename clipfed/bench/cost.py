@@ -35,8 +35,9 @@ def measure(defense: str, num_updates: int, model: str, threads: int, data_dir: 
 
 def _measure(defense: str, num_updates: int, model: str, threads: int, data_dir: str) -> dict[str, Any]:
     import torch
-    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.app import Array, ArrayRecord
 
+    from clipfed.bench.synthetic import NODE_OFFSET, mock_train_replies
     from clipfed.checks import load_run_config
     from clipfed.defense import DEFENSES, create_defense
     from clipfed.models import create_model
@@ -54,15 +55,8 @@ def _measure(defense: str, num_updates: int, model: str, threads: int, data_dir:
     torch.manual_seed(0)
     global_state = {k: v.numpy() for k, v in create_model(model, cfg.num_classes).state_dict().items()}
     strategy.global_arrays = ArrayRecord({k: Array(v) for k, v in global_state.items()})
-    rng = np.random.default_rng(0)
-    replies = []
-    for pid in range(num_updates):
-        arrays = ArrayRecord({k: Array((v + rng.normal(0, 0.01, v.shape)).astype(v.dtype)) if v.dtype.kind == "f"
-                              else Array(v) for k, v in global_state.items()})
-        metrics = MetricRecord({"num-examples": 100, "train-loss": 1.0, "partition-id": pid, "is-malicious": 0})
-        instruction = Message(RecordDict(), dst_node_id=1000 + pid, message_type="train")
-        replies.append(Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=instruction))
-    strategy.sampled = {1000 + pid: pid for pid in range(num_updates)}
+    replies = mock_train_replies(global_state, num_updates, np.random.default_rng(0))
+    strategy.sampled = {NODE_OFFSET + pid: pid for pid in range(num_updates)}
     baseline = _max_rss_mb()
     started = time.perf_counter()
     aggregate, _ = strategy.aggregate_train(1, replies)

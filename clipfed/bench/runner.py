@@ -22,9 +22,9 @@ from tqdm import tqdm
 from clipfed import __version__
 from clipfed.bench.suites import Suite
 from clipfed.checks import load_run_config
-from clipfed.config import RunConfig
+from clipfed.config import ConfigError, RunConfig
 from clipfed.engines.inprocess import run_inprocess
-from clipfed.runs.checkpoint import CHECKPOINT_FILE
+from clipfed.runs.checkpoint import CHECKPOINT_FILE, load_resume
 from clipfed.runs.results import RESULT_FILE
 
 
@@ -105,7 +105,13 @@ def run_cell(cfg: RunConfig, threads: int) -> tuple[Path, bool, float]:
     if run_dir.exists():
         aside = _set_aside(run_dir)
         if (aside / CHECKPOINT_FILE).exists():
-            cfg = cfg.model_copy(update={"resume_from": str(aside)})
+            resumed = cfg.model_copy(update={"resume_from": str(aside)})
+            try:  # a checkpoint of another config, or of the last round, cannot be resumed: run afresh
+                load_resume(resumed)
+                cfg = resumed
+            except ConfigError as err:
+                print(f"[bench] {run_dir.name}: not resuming {aside.name} ({'; '.join(err.problems)}); "
+                      "running afresh", flush=True)
     run_inprocess(cfg, threads=threads)
     return run_dir, True, time.perf_counter() - started
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from clipfed.config import DEVICE_PATTERN
 from clipfed.teacher import TeacherSpec
 
 MixKind = Literal["patch", "blend", "freq"]  # the trigger-like augmentations, in sampling order
@@ -58,7 +59,7 @@ class DiffusersConfig(_Strict):
     size: int = Field(256, ge=8)
     per_class: int = Field(100, ge=1)
     batch_size: int = Field(8, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto | cpu | cuda | cuda:N")
 
 
 class ImageConfig(_Strict):

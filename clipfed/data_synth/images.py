@@ -123,7 +123,7 @@ def diffusers_images(cfg: SynthConfig, classes: Sequence[str], captions: dict[in
                      teacher: Teacher) -> Candidates:
     from diffusers import DiffusionPipeline
 
-    from clipfed.teacher.base import resolve_device
+    from clipfed.devices import resolve_device
 
     settings = cfg.images.diffusers
     if not settings.model:

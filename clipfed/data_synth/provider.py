@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -77,7 +77,8 @@ def synth_config_for(run: RunConfig) -> SynthConfig:
     """The server dataset recipe of a run: ``synth-config`` if given, else the defaults, with the
     run's teacher keys. A public-pool source must use the run's own split (seed and pool fraction),
     or the 'public' pool could contain client samples: that is refused. So is a teacher key the run
-    sets (to other than its default) that the recipe's teacher contradicts: it would be ignored."""
+    sets (to other than its default) that the recipe's teacher contradicts: it would be ignored.
+    A local build runs on the run's ``device`` (``on_run_device``)."""
     if run.synth_config:
         cfg = SynthConfig.from_file(run.synth_config)
         cfg = cfg.model_copy(update={"data_dir": cfg.data_dir or run.data_dir})
@@ -94,6 +95,8 @@ def synth_config_for(run: RunConfig) -> SynthConfig:
                               pretrained=run.teacher_pretrained, checkpoint=run.teacher_checkpoint)
         pool = PoolConfig(public_pool_fraction=run.public_pool_fraction)
         cfg = SynthConfig(seed=run.seed, data_dir=run.data_dir, images=ImageConfig(pool=pool), teacher=teacher)
+    if not run.synth_url:  # a service builds on its own machine's devices
+        cfg = on_run_device(cfg, run.device)
     if cfg.images.backend == "pool" and cfg.images.pool.source == "public-pool" and (
         cfg.seed != run.seed or cfg.images.pool.public_pool_fraction != run.public_pool_fraction
     ):
@@ -102,3 +105,21 @@ def synth_config_for(run: RunConfig) -> SynthConfig:
             f"{cfg.images.pool.public_pool_fraction}, but the run splits with seed={run.seed}, "
             f"public-pool-fraction={run.public_pool_fraction}: the pool would overlap client data")
     return cfg
+
+
+def on_run_device(cfg: SynthConfig, device: str) -> SynthConfig:
+    """``cfg`` with the run's ``device`` wherever the recipe leaves a device it uses at ``auto``:
+    the openclip teacher's and, with the diffusers image backend, the pipeline's.
+
+    A device the recipe names itself is kept. The reference teacher always trains on the CPU, so
+    its spec keeps ``auto``: a device in it would only change its cache key and the artifact's id.
+    The default run device, ``auto``, changes nothing (nor the recipe's hash).
+    """
+    update: dict[str, Any] = {}
+    if cfg.teacher.backend != "reference" and cfg.teacher.device == "auto":
+        update["teacher"] = cfg.teacher.model_copy(update={"device": device})
+    diffusers = cfg.images.diffusers
+    if cfg.images.backend == "diffusers" and diffusers.device == "auto":
+        update["images"] = cfg.images.model_copy(
+            update={"diffusers": diffusers.model_copy(update={"device": device})})
+    return cfg.model_copy(update=update)

@@ -12,6 +12,14 @@ trigger-like copies, all with clean labels) with
 where ``f`` are the model's penultimate features and ``P`` a projection head into the teacher's
 embedding space that lives on the server and persists across rounds. Teacher logits and
 prototypes come from the server-dataset artifact: computed once, never recomputed here.
+
+The whole server step runs on the strategy's ``device``: the probe, the fine-tuning set, the
+teacher's logits and prototypes, the model and the projector are moved there once, here; client
+models are scored in batched passes there (``scoring.views``); the aggregate comes back to the CPU
+as an ArrayRecord. On CUDA with ``amp`` the passes and fine-tuning steps run under bf16
+autocast. The fine-tuning batches are drawn with a CPU generator whatever the device, so a CPU
+run draws, and computes, exactly what it did before the device existed, and a CUDA run draws the
+same rows.
 """
 
 from __future__ import annotations
@@ -28,11 +36,12 @@ from flwr.serverapp import Grid
 
 from clipfed.defense.registry import DEFENSES
 from clipfed.defense.replies import partition_id
-from clipfed.defense.scoring import Probe, combine, score_clients, view
+from clipfed.defense.scoring import Probe, combine, pass_size, score_clients, views
 from clipfed.defense.strategy import DefenseStrategy
 from clipfed.defense.updates import clip_to_norm
-from clipfed.models import ClassifierNet, create_model
-from clipfed.models.state import conform
+from clipfed.devices import autocast, place
+from clipfed.models import create_model
+from clipfed.models.state import conform, to_array_record
 from clipfed.records import array_record
 from clipfed.streams import Stream, stream_rng
 from clipfed.training import to_tensor
@@ -45,8 +54,22 @@ if TYPE_CHECKING:
 
 
 
-def build_probe(data: ServerDataset, size: int, num_classes: int, seed: int) -> Probe:
-    """A class-balanced set of clean server images and every trigger-like copy of them."""
+def build_probe(data: ServerDataset, size: int, num_classes: int, seed: int,
+                device: torch.device | None = None) -> Probe:
+    """A class-balanced set of clean server images and every trigger-like copy of them.
+
+    Args:
+        data: The server dataset.
+        size: About how many clean images (``size // num_classes`` per class, at least one, fewer
+            where a class has fewer); every trigger-like copy of them joins (``augment.copies``
+            each: 2 by default, so the default probe of 500 holds 500 + 1000 images).
+        num_classes: C.
+        seed: The run seed (the ``CLIPFED_PROBE`` stream chooses the images).
+        device: Where the probe's tensors are made (None: the CPU).
+
+    Returns:
+        The probe, every tensor on ``device``.
+    """
     rng = stream_rng(seed, Stream.CLIPFED_PROBE)
     clean_rows = np.flatnonzero(data.clean)
     per_class = max(1, size // num_classes)
@@ -59,18 +82,30 @@ def build_probe(data: ServerDataset, size: int, num_classes: int, seed: int) -> 
     keep = [r for r in np.flatnonzero(~data.clean) if int(clean_rows[source[r]]) in probe_position]
     sources = [probe_position[int(clean_rows[source[r]])] for r in keep]
     return Probe(
-        clean_x=to_tensor(data.images[chosen]),
-        clean_y=torch.from_numpy(data.labels[chosen]),
-        teacher_logits=torch.from_numpy(data.arrays["teacher_logits"][chosen]),
-        augmented_x=to_tensor(data.images[keep]) if keep else to_tensor(data.images[chosen][:0]),
-        augmented_y=torch.from_numpy(data.labels[keep]),
-        augmented_source=torch.as_tensor(sources, dtype=torch.long),
+        clean_x=to_tensor(data.images[chosen], device),
+        clean_y=torch.from_numpy(data.labels[chosen]).to(device),
+        teacher_logits=torch.from_numpy(data.arrays["teacher_logits"][chosen]).to(device),
+        augmented_x=to_tensor(data.images[keep] if keep else data.images[chosen][:0], device),
+        augmented_y=torch.from_numpy(data.labels[keep]).to(device),
+        augmented_source=torch.as_tensor(sources, dtype=torch.long, device=device),
         num_classes=num_classes,
     )
 
 
 @DEFENSES.register("clipfed")
 class ClipFedDefense(DefenseStrategy):
+    """CLIP-Fed (see the module docstring).
+
+    Attributes:
+        model: The scoring template and the model ``post_align`` fine-tunes, on ``device``.
+        probe: The scoring probe (``build_probe``), on ``device``.
+        pass_size: Models and probe images per scoring pass (``scoring.pass_size(device)``).
+        train_x, train_y, teacher_logits, prototypes: The fine-tuning set (R images, normalised
+            (R, 3, 32, 32); labels (R,); teacher logits (R, C)) and the teacher's class
+            prototypes (C, E), on ``device``.
+        projector: ``Linear(feature_dim, E)``, trained across rounds, on ``device``.
+    """
+
     needs_server_data = True
 
     def __init__(self, cfg: RunConfig, server_data: ServerDataset,
@@ -79,35 +114,35 @@ class ClipFedDefense(DefenseStrategy):
         super().__init__(cfg, sampler=sampler, on_report=on_report)
         self.signals = cfg.clipfed_signals.split(",")
         self.model = create_model(cfg.model, cfg.num_classes)
-        self.probe = build_probe(server_data, cfg.clipfed_probe_size, cfg.num_classes, cfg.seed)
+        place(self.model, self.device, cfg.amp)
+        self.probe = build_probe(server_data, cfg.clipfed_probe_size, cfg.num_classes, cfg.seed, self.device)
+        self.pass_size = pass_size(self.device)
         rows = np.arange(len(server_data.labels)) if cfg.clipfed_augmented else np.flatnonzero(server_data.clean)
-        self.train_x = to_tensor(server_data.images[rows])
-        self.train_y = torch.from_numpy(server_data.labels[rows])
-        self.teacher_logits = torch.from_numpy(server_data.arrays["teacher_logits"][rows])
-        self.prototypes = torch.from_numpy(server_data.arrays["prototypes"])
+        self.train_x = to_tensor(server_data.images[rows], self.device)  # (R, 3, 32, 32)
+        self.train_y = torch.from_numpy(server_data.labels[rows]).to(self.device)  # (R,)
+        self.teacher_logits = torch.from_numpy(server_data.arrays["teacher_logits"][rows]).to(self.device)  # (R, C)
+        self.prototypes = torch.from_numpy(server_data.arrays["prototypes"]).to(self.device)  # (C, E)
         torch.manual_seed(cfg.seed)
-        self.projector = torch.nn.Linear(self.model.feature_dim, self.prototypes.shape[1])
+        self.projector = torch.nn.Linear(self.model.feature_dim, self.prototypes.shape[1]).to(self.device)
 
     def state_dict(self) -> dict[str, Any]:
-        """The projector learns across rounds; everything else is rebuilt from the config."""
-        return {"projector": {k: v.clone() for k, v in self.projector.state_dict().items()}}
+        """The projector learns across rounds; everything else is rebuilt from the config.
+        Its tensors are CPU copies, so a checkpoint loads on any machine."""
+        return {"projector": {k: v.detach().cpu().clone() for k, v in self.projector.state_dict().items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.projector.load_state_dict(state["projector"])
 
     # -- pre-aggregation -------------------------------------------------------------------
-    def _load(self, arrays: ArrayRecord) -> ClassifierNet:
-        self.model.load_state_dict(arrays.to_torch_state_dict())
-        return self.model
-
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:
         if not self.cfg.clipfed_pre or len(replies) < 3 or self.global_arrays is None:
             return replies
         started = time.perf_counter()
         updates, _, _ = self.updates(replies)
-        global_view = view(self._load(self.global_arrays), self.probe)
-        views = [view(self._load(array_record(m.content)), self.probe) for m in replies]
-        scores = score_clients(self.signals, views, global_view, self.probe, updates)
+        records = [array_record(m.content) for m in replies] + [self.global_arrays]  # the global one last
+        outputs = views(self.model, (r.to_torch_state_dict() for r in records), self.probe, self.pass_size,
+                        self.cfg.amp)
+        scores = score_clients(self.signals, outputs[:-1], outputs[-1:], self.probe, updates)
         combined = combine(scores)
         limit = (len(replies) - 1) // 2  # never exclude a majority
         order = torch.argsort(combined, descending=True)
@@ -139,32 +174,43 @@ class ClipFedDefense(DefenseStrategy):
         return aggregate
 
     def post_align(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
-        """A few SGD steps aligning the model with the teacher on the server dataset."""
+        """A few SGD steps aligning the model with the teacher on the server dataset, on the device.
+
+        Args:
+            server_round: Seeds the batch draw (``CLIPFED_POST`` stream, a CPU generator).
+            arrays: The model to align (CPU ArrayRecord, e.g. this round's aggregate).
+
+        Returns:
+            The aligned model as a CPU ArrayRecord; ``details`` gets ``post_loss`` (each term's
+            mean over the steps) and ``post_seconds``.
+        """
         started = time.perf_counter()
         cfg = self.cfg
-        model = self._load(arrays)
+        model = self.model
+        model.load_state_dict(arrays.to_torch_state_dict())
         model.train()
         params = list(model.parameters()) + list(self.projector.parameters())
         optimizer = torch.optim.SGD(params, lr=cfg.clipfed_post_lr, momentum=0.9, weight_decay=5e-4)
         generator = torch.Generator().manual_seed(int(stream_rng(
             cfg.seed, Stream.CLIPFED_POST, server_round).integers(2**62)))
         temperature = cfg.clipfed_kd_temperature
-        totals = {"kl": 0.0, "pc": 0.0, "ce": 0.0}
+        history: dict[str, list[torch.Tensor]] = {"kl": [], "pc": [], "ce": []}  # per step, on the device
         for _ in range(cfg.clipfed_post_steps):
-            idx = torch.randint(len(self.train_y), (cfg.clipfed_post_batch,), generator=generator)
-            features = model.features(self.train_x[idx])
-            logits = model.head(features)
-            losses: dict[str, torch.Tensor] = {}
-            if cfg.clipfed_lambda_kl:
-                losses["kl"] = cfg.clipfed_lambda_kl * temperature**2 * F.kl_div(
-                    F.log_softmax(logits / temperature, 1),
-                    F.softmax(self.teacher_logits[idx] / temperature, 1), reduction="batchmean")
-            if cfg.clipfed_lambda_pc:
-                projected = F.normalize(self.projector(features), dim=1)
-                losses["pc"] = cfg.clipfed_lambda_pc * F.cross_entropy(
-                    projected @ self.prototypes.T / cfg.clipfed_pc_temperature, self.train_y[idx])
-            if cfg.clipfed_lambda_ce:
-                losses["ce"] = cfg.clipfed_lambda_ce * F.cross_entropy(logits, self.train_y[idx])
+            idx = torch.randint(len(self.train_y), (cfg.clipfed_post_batch,), generator=generator).to(self.device)
+            with autocast(self.device, cfg.amp):
+                features = model.features(self.train_x[idx])
+                logits = model.head(features)
+                losses: dict[str, torch.Tensor] = {}
+                if cfg.clipfed_lambda_kl:
+                    losses["kl"] = cfg.clipfed_lambda_kl * temperature**2 * F.kl_div(
+                        F.log_softmax(logits / temperature, 1),
+                        F.softmax(self.teacher_logits[idx] / temperature, 1), reduction="batchmean")
+                if cfg.clipfed_lambda_pc:
+                    projected = F.normalize(self.projector(features), dim=1)
+                    losses["pc"] = cfg.clipfed_lambda_pc * F.cross_entropy(
+                        projected @ self.prototypes.T / cfg.clipfed_pc_temperature, self.train_y[idx])
+                if cfg.clipfed_lambda_ce:
+                    losses["ce"] = cfg.clipfed_lambda_ce * F.cross_entropy(logits, self.train_y[idx])
             if not losses:
                 break
             loss = sum(losses.values())
@@ -173,10 +219,14 @@ class ClipFedDefense(DefenseStrategy):
             loss.backward()
             optimizer.step()
             for name, value in losses.items():
-                totals[name] += value.item() / cfg.clipfed_post_steps
+                history[name].append(value.detach())
+        totals = {name: 0.0 for name in history}
+        for name, values in history.items():  # one device sync per term, summed as floats in step order
+            for value in torch.stack(values).tolist() if values else []:
+                totals[name] += value / cfg.clipfed_post_steps
         self.details["post_loss"] = {k: round(v, 4) for k, v in totals.items()}
         self.details["post_seconds"] = round(time.perf_counter() - started, 4)
-        return ArrayRecord(model.state_dict())
+        return to_array_record(model.state_dict())
 
 
 @DEFENSES.register("teacher-only")

@@ -1,7 +1,10 @@
 """FLTrust (Cao et al., NDSS 2021): the server trains a root update g0 on its own root set (the
 synthesised server dataset's clean images, never client data); client i gets trust
 TS_i = ReLU(cos(g_i, g0)), its update is rescaled to |g0|, and the aggregate is
-sum_i TS_i * g_i * |g0| / |g_i| / sum_i TS_i. Zero-trust clients are reported as excluded."""
+sum_i TS_i * g_i * |g0| / |g_i| / sum_i TS_i. Zero-trust clients are reported as excluded.
+
+The root update trains on the run's device with the clients' recipe (``amp``, ``augment``), so
+that g0 is what a benign client's update would be."""
 
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ class FLTrustDefense(DefenseStrategy):
         clean = np.flatnonzero(server_data.clean)
         self.root_images = server_data.images[clean]
         self.root_labels = server_data.labels[clean]
-        self.model = create_model(cfg.model, cfg.num_classes)
+        self.model = create_model(cfg.model, cfg.num_classes).to(self.device)
 
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:
         updates, base, keys = self.updates(replies)
@@ -70,7 +73,8 @@ class FLTrustDefense(DefenseStrategy):
         train_local(self.model, self.root_images[rows], self.root_labels[rows], epochs=1,
                     batch_size=self.cfg.batch_size, lr=self.cfg.lr, momentum=self.cfg.momentum,
                     weight_decay=self.cfg.weight_decay,
-                    generator=torch.Generator().manual_seed(int(rng.integers(2**62))))
+                    generator=torch.Generator().manual_seed(int(rng.integers(2**62))),
+                    device=self.device, amp=self.cfg.amp, augment=self.cfg.augment)
         return flatten(ArrayRecord(self.model.state_dict()), keys) - base
 
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:

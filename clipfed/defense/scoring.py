@@ -1,8 +1,8 @@
 """CLIP-Fed's pre-aggregation scores: how suspicious each client update looks on the server data.
 
-Every signal is one vector over clients, larger meaning more suspicious, computed with one
-forward pass of each client model over a fixed probe of the server dataset (clean images and
-their trigger-like copies):
+Every signal is one vector over clients, larger meaning more suspicious, computed from every
+client model's outputs on a fixed probe of the server dataset (clean images and their
+trigger-like copies), all models stacked along a leading clients dimension (``ModelViews``):
 
 - ``kl``: divergence from the teacher on clean images, z-scored *per class* across clients and
   averaged, so a Non-IID client is compared with others on the same class, not with the mean;
@@ -15,98 +15,244 @@ their trigger-like copies):
 
 Signals are combined as the mean of their robust (median/MAD) z-scores across clients, each
 clipped at zero from below.
+
+The forward passes (``views``) run on the probe's device, ``PassSize.models`` models at a time:
+on CUDA several models in one pass (their parameters and buffers stacked along a new leading
+dimension, as ``torch.func.stack_module_state`` does, and ``functional_call`` under ``vmap``); on
+the CPU one model per pass (``functional_call`` on its state, channels-last), which measured 2-3x
+faster there than vmap (see ``pass_size``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
 
 from clipfed.defense.updates import robust_z
+from clipfed.devices import autocast
 from clipfed.models import ClassifierNet
 
 
 @dataclass(frozen=True)
 class Probe:
-    """Clean probe images, their trigger-like copies, labels and the teacher's clean logits."""
+    """Clean probe images, their trigger-like copies, labels and the teacher's clean logits.
+
+    Attributes:
+        clean_x: Normalised float32 images (n, 3, H, W).
+        clean_y: int64 labels (n,).
+        teacher_logits: float32 (n, C), the teacher's logits on ``clean_x``.
+        augmented_x: Normalised float32 trigger-like copies (a, 3, H, W); each keeps its clean label.
+        augmented_y: int64 labels (a,).
+        augmented_source: int64 (a,), the row of ``clean_x`` each copy came from.
+        num_classes: C.
+    """
 
     clean_x: torch.Tensor
     clean_y: torch.Tensor
     teacher_logits: torch.Tensor
     augmented_x: torch.Tensor
     augmented_y: torch.Tensor
-    augmented_source: torch.Tensor  # row of clean_x each copy came from
+    augmented_source: torch.Tensor
     num_classes: int
+
+    @property
+    def device(self) -> torch.device:
+        """Where every tensor of the probe lives (and where ``views`` computes)."""
+        return self.clean_x.device
 
 
 @dataclass(frozen=True)
-class ModelView:
-    """One model's outputs on the probe."""
+class ModelViews:
+    """M models' outputs on the probe, stacked over models (float32, on the probe's device).
+
+    Attributes:
+        clean_logits: (M, n, C) logits on the clean images.
+        augmented_logits: (M, a, C) logits on the trigger-like copies.
+        augmented_features: (M, a, D) penultimate features on the trigger-like copies.
+    """
 
     clean_logits: torch.Tensor
     augmented_logits: torch.Tensor
     augmented_features: torch.Tensor
 
+    def __getitem__(self, models: slice) -> ModelViews:
+        """The views of a slice of the models (``views[:-1]``: all but the last)."""
+        return ModelViews(self.clean_logits[models], self.augmented_logits[models], self.augmented_features[models])
+
+
+@dataclass(frozen=True)
+class PassSize:
+    """How much one forward pass of ``views`` holds: ``models`` models x ``images`` probe images.
+
+    Peak activation memory of a pass is about models x images x the model's activations per
+    image (fp32: cnn ~0.2 MB, resnet20 ~0.3 MB, resnet18 ~1-2 MB with vmap's reshapes), so the
+    CUDA setting (8 x 500 = 4000 image-passes) stays under ~8 GB for resnet18 and ~1 GB for the
+    cnn; the stacked parameters add models x the model's size (resnet18: 8 x 45 MB).
+    """
+
+    models: int
+    images: int
+
+
+def pass_size(device: torch.device) -> PassSize:
+    """The pass size ``views`` uses on ``device``.
+
+    CPU: one model per pass, because vmap is slower there. Measured on this project's 2-core CPU
+    (shared with other jobs, so noisy), random cnn models, forward only: 9 models x 1000 images,
+    a loop over the models 8.3 s, ``vmap`` 21-29 s at 9 models per pass, 18 s at 3, 15 s at 1;
+    4 models x 1500 images (the default probe), one per pass 2.9-3.2 s, ``vmap`` 4 per pass
+    7.4 s. Torch's CPU kernels for the grouped convolutions that vmap makes of a batch of models
+    are 2-3x slower than separate convolutions. CUDA: 8 models per pass (memory: ``PassSize``),
+    which turns N+1 narrow launches per layer into (N+1)/8 wide ones.
+    """
+    return PassSize(models=1, images=1000) if device.type == "cpu" else PassSize(models=8, images=500)
+
+
+class _FeaturesAndLogits(nn.Module):
+    """``net``'s forward returning ``(features, logits)``, for ``functional_call`` (keys ``net.*``)."""
+
+    def __init__(self, net: ClassifierNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.features(x)
+        return features, self.net.head(features)
+
+
+def _batches(states: Iterable[Mapping[str, torch.Tensor]], size: int) -> Iterable[list[Mapping[str, torch.Tensor]]]:
+    """``states`` in lists of ``size`` (the last one shorter), read lazily."""
+    iterator = iter(states)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
 
 @torch.no_grad()
-def view(model: ClassifierNet, probe: Probe, batch: int = 1000) -> ModelView:
+def views(model: ClassifierNet, states: Iterable[Mapping[str, torch.Tensor]], probe: Probe,
+          size: PassSize, amp: bool = False) -> ModelViews:
+    """Every model's features and logits on the probe, ``size.models`` models per pass.
+
+    Args:
+        model: A module of the states' architecture on the probe's device; only its structure is
+            used (its own parameters are untouched, it is put in eval mode: BatchNorm reads each
+            state's running statistics).
+        states: M state dicts (parameters and buffers, any device), read ``size.models`` at a time,
+            so a generator keeps only one pass's states in memory.
+        probe: The probe, on the device the passes run on.
+        size: Models and probe images per pass (``pass_size(probe.device)``).
+        amp: bf16 autocast on CUDA (``devices.autocast``); outputs are float32 either way.
+
+    Returns:
+        The stacked views, M models in the order of ``states``.
+    """
     model.eval()
+    wrapper = _FeaturesAndLogits(model)
+    device = probe.device
+    # The per-model pass runs channels-last (weights and images; ``to_tensor``'s images already
+    # are): the fast path of the CPU's convolution kernels.
+    channels_last = size.models == 1
 
-    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = torch.cat([model.features(x[i : i + batch]) for i in range(0, len(x), batch)])
-        return model.head(feats), feats
+    def forward(x: torch.Tensor, chunk: list[Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(models, len(x), D) features and (models, len(x), C) logits of one chunk of models."""
+        if channels_last:
+            state = {f"net.{k}": v.to(device).contiguous(memory_format=torch.channels_last) if v.dim() == 4
+                     else v.to(device) for k, v in chunk[0].items()}
+            x = x.contiguous(memory_format=torch.channels_last)
+            features, logits = functional_call(wrapper, state, (x,))
+            return features.unsqueeze(0), logits.unsqueeze(0)
+        stacked = {f"net.{k}": torch.stack([s[k] for s in chunk]).to(device) for k in chunk[0]}
+        return vmap(lambda state, images: functional_call(wrapper, state, (images,)), in_dims=(0, None))(stacked, x)
 
-    clean_logits, _ = run(probe.clean_x)
-    augmented_logits, augmented_features = run(probe.augmented_x)
-    return ModelView(clean_logits, augmented_logits, augmented_features)
+    def run(x: torch.Tensor, chunk: list[Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(device, amp):
+            parts = [forward(x[i : i + size.images], chunk) for i in range(0, len(x), size.images)]
+        if not parts:  # no image (no trigger-like copy): empty outputs of the right widths
+            return (x.new_zeros(len(chunk), 0, model.feature_dim),
+                    x.new_zeros(len(chunk), 0, model.head.out_features))
+        return torch.cat([f for f, _ in parts], 1).float(), torch.cat([z for _, z in parts], 1).float()
+
+    clean, augmented, features = [], [], []
+    for chunk in _batches(states, size.models):
+        clean.append(run(probe.clean_x, chunk)[1])
+        augmented_features, augmented_logits = run(probe.augmented_x, chunk)
+        augmented.append(augmented_logits)
+        features.append(augmented_features)
+    return ModelViews(torch.cat(clean), torch.cat(augmented), torch.cat(features))
 
 
 def class_means(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C, ...) mean of ``values`` rows per label (zeros for an absent class)."""
-    sums = torch.zeros(num_classes, *values.shape[1:]).index_add_(0, labels, values)
-    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).view(-1, *[1] * (values.dim() - 1))
-    return sums / counts
+    """Per model, the mean of ``values`` rows per label (zeros for an absent class).
+
+    Args:
+        values: (M, n, ...) float, rows of M models on the same n probe images.
+        labels: (n,) int64 in [0, num_classes), shared by the M models.
+        num_classes: C.
+
+    Returns:
+        (M, C, ...) float, on ``values``' device.
+    """
+    sums = values.new_zeros(values.shape[0], num_classes, *values.shape[2:]).index_add_(1, labels, values)
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1)
+    return sums / counts.view(1, -1, *[1] * (values.dim() - 2))
 
 
-def kl_signal(views: list[ModelView], probe: Probe, temperature: float = 1.0) -> torch.Tensor:
-    target = F.softmax(probe.teacher_logits / temperature, dim=1)
-    per_class = torch.stack([
-        class_means(F.kl_div(F.log_softmax(v.clean_logits / temperature, 1), target, reduction="none").sum(1),
-                    probe.clean_y, probe.num_classes)
-        for v in views
-    ])  # (clients, classes)
+def class_counts(predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per model, how many rows predict each class: one ``bincount`` over the M models, model m's
+    classes offset to [m C, (m + 1) C).
+
+    Args:
+        predictions: (M, n) int64 in [0, num_classes).
+        num_classes: C.
+
+    Returns:
+        (M, C) float32.
+    """
+    models = predictions.shape[0]
+    offsets = torch.arange(models, device=predictions.device).unsqueeze(1) * num_classes
+    counts = torch.bincount((predictions + offsets).reshape(-1), minlength=models * num_classes)
+    return counts.view(models, num_classes).float()
+
+
+def kl_signal(views: ModelViews, probe: Probe, temperature: float = 1.0) -> torch.Tensor:
+    """(M,) mean over classes of the per-class robust z of KL(teacher || client) on clean images."""
+    target = F.softmax(probe.teacher_logits / temperature, dim=1)  # (n, C)
+    log_probs = F.log_softmax(views.clean_logits / temperature, dim=2)  # (M, n, C)
+    divergence = F.kl_div(log_probs, target.expand_as(log_probs), reduction="none").sum(2)  # (M, n)
+    per_class = class_means(divergence, probe.clean_y, probe.num_classes)  # (clients, classes)
     return robust_z(per_class, dim=0).mean(1)
 
 
-def known_classes(view_: ModelView, probe: Probe, min_recall: float = 0.2) -> torch.Tensor:
-    """(C,) mask of classes the client evidently learned: its clean recall on them >= min_recall.
+def known_classes(views: ModelViews, probe: Probe, min_recall: float = 0.2) -> torch.Tensor:
+    """(M, C) mask of the classes each client evidently learned: its clean recall >= min_recall.
     Under label skew a client drifts on classes it never saw; that is not suspicious."""
-    correct = (view_.clean_logits.argmax(1) == probe.clean_y).float()
+    correct = (views.clean_logits.argmax(2) == probe.clean_y).float()  # (M, n)
     return class_means(correct, probe.clean_y, probe.num_classes) >= min_recall
 
 
-def proto_signal(views: list[ModelView], global_view: ModelView, probe: Probe) -> torch.Tensor:
-    reference = class_means(global_view.augmented_features, probe.augmented_y, probe.num_classes)
-    shifts = torch.stack([
-        1 - F.cosine_similarity(class_means(v.augmented_features, probe.augmented_y, probe.num_classes),
-                                reference, dim=1)
-        for v in views
-    ])  # (clients, classes)
-    known = torch.stack([known_classes(v, probe) for v in views])
-    z = robust_z(shifts, dim=0).masked_fill(~known, float("-inf")).max(1).values
+def proto_signal(views: ModelViews, global_view: ModelViews, probe: Probe) -> torch.Tensor:
+    """(M,) max over known classes of the per-class robust z of the prototype shift
+    (1 - cosine of the client's class-mean features on trigger-like copies to the global model's).
+
+    ``global_view`` holds one model (the global model the clients started from)."""
+    reference = class_means(global_view.augmented_features, probe.augmented_y, probe.num_classes)  # (1, C, D)
+    prototypes = class_means(views.augmented_features, probe.augmented_y, probe.num_classes)  # (M, C, D)
+    shifts = 1 - F.cosine_similarity(prototypes, reference, dim=2)  # (clients, classes)
+    z = robust_z(shifts, dim=0).masked_fill(~known_classes(views, probe), float("-inf")).max(1).values
     return torch.nan_to_num(z, neginf=0.0)
 
 
-def trigger_signal(views: list[ModelView], probe: Probe) -> torch.Tensor:
-    scores = []
-    for v in views:
-        on_copies = torch.bincount(v.augmented_logits.argmax(1), minlength=probe.num_classes).float()
-        on_sources = torch.bincount(v.clean_logits.argmax(1)[probe.augmented_source],
-                                    minlength=probe.num_classes).float()
-        scores.append(((on_copies - on_sources) / len(probe.augmented_source)).max())
-    return torch.stack(scores)
+def trigger_signal(views: ModelViews, probe: Probe) -> torch.Tensor:
+    """(M,) the largest rise, over classes, of the share of predictions on trigger-like copies
+    compared with the same copies' clean sources."""
+    on_copies = class_counts(views.augmented_logits.argmax(2), probe.num_classes)
+    on_sources = class_counts(views.clean_logits.argmax(2)[:, probe.augmented_source], probe.num_classes)
+    return ((on_copies - on_sources) / len(probe.augmented_source)).max(1).values
 
 
 def geometry_signal(updates: torch.Tensor) -> torch.Tensor:
@@ -121,9 +267,20 @@ def sybil_signal(updates: torch.Tensor) -> torch.Tensor:
     return similarity.max(1).values
 
 
-def score_clients(signals: list[str], views: list[ModelView], global_view: ModelView, probe: Probe,
+def score_clients(signals: list[str], views: ModelViews, global_view: ModelViews, probe: Probe,
                   updates: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Raw scores of each requested signal, one value per client."""
+    """Raw scores of each requested signal, one value per client.
+
+    Args:
+        signals: Names among ``kl, proto, trigger, geometry, sybil``.
+        views: The M clients' views, in the order of ``updates``' rows.
+        global_view: The global model's view (one model).
+        probe: The probe the views were computed on.
+        updates: (M, d) float32 flat parameter updates (CPU).
+
+    Returns:
+        ``{signal: (M,) float32 on the CPU}``.
+    """
     compute = {
         "kl": lambda: kl_signal(views, probe),
         "proto": lambda: proto_signal(views, global_view, probe),
@@ -131,7 +288,7 @@ def score_clients(signals: list[str], views: list[ModelView], global_view: Model
         "geometry": lambda: geometry_signal(updates),
         "sybil": lambda: sybil_signal(updates),
     }
-    return {name: compute[name]() for name in signals}
+    return {name: compute[name]().cpu() for name in signals}
 
 
 def combine(scores: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -52,6 +52,7 @@ from clipfed.defense.replies import partition_id
 from clipfed.defense.sampler import PartitionSampler
 from clipfed.defense.updates import flatten, unflatten
 from clipfed.defense.validation import reply_problem
+from clipfed.devices import resolve_device
 from clipfed.flower_internals import construct_messages
 from clipfed.models.state import buffer_names, conform
 from clipfed.records import array_record, metric
@@ -69,6 +70,9 @@ class DefenseStrategy(FedAvg):
         needs_server_data: Class-level; True makes the ServerApp (and the benchmarks) build the
             server dataset and pass it to the constructor as ``server_data=``.
         cfg: The run config.
+        device: Where the defense's own computation runs (``device``, resolved on the server:
+            FLTrust's root update, CLIP-Fed's scoring and post-aggregation step). Replies and the
+            aggregate stay CPU ArrayRecords; a defense moves what it computes on here and back.
         sampler: Chooses each round's clients by partition id.
         on_report: Called with every round's ``AggregationReport`` (the run records use it).
         last_report: The latest round's report, or None before the first aggregation.
@@ -108,6 +112,7 @@ class DefenseStrategy(FedAvg):
             min_train_nodes=1,
         )
         self.cfg = cfg
+        self.device = resolve_device(cfg.device)
         self.details: dict[str, object] = {}  # the current round's report details, for subclasses
         self.sampler = sampler or PartitionSampler(cfg)
         self.on_report = on_report

@@ -44,7 +44,7 @@ def _tls_in(folder: str | None) -> TLSFiles | None:
 def cmd_certs(args: argparse.Namespace) -> int:
     from clipfed.deploy.cluster import make_tls
 
-    files = make_tls(Path(args.out), args.host, force=args.force)
+    files = make_tls(Path(args.out_dir), args.host, force=args.force)
     print(f"CA: {files.ca_cert}\nSuperLink certificate: {files.server_cert} (SANs: {', '.join(args.host)})\n"
           f"SuperLink key: {files.server_key}\nGive {files.ca_cert.name} to every SuperNode and CLI host.")
     return 0
@@ -54,7 +54,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from clipfed.deploy.cluster import make_node_keys
 
     for name in args.name:
-        private, public = make_node_keys(Path(args.out), name, force=args.force)
+        private, public = make_node_keys(Path(args.out_dir), name, force=args.force)
         print(f"{name}: private {private} (stays on the node), public {public} (register it)")
     return 0
 
@@ -196,14 +196,14 @@ def add_deploy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         return p
 
     certs = deploy.add_parser("certs", help="a CA and a SuperLink certificate for the given hosts")
-    certs.add_argument("--out", required=True)
+    certs.add_argument("--out-dir", required=True, help="folder for the CA and SuperLink certificates")
     certs.add_argument("--host", action="append", required=True,
                        help="an IP or DNS name nodes dial (repeat); all must be listed")
     certs.add_argument("--force", action="store_true",
                        help="replace an existing CA and certificate (every copied ca.crt stops working)")
     certs.set_defaults(func=cmd_certs)
     keys = deploy.add_parser("keys", help="an EC key pair per SuperNode (OpenSSH format)")
-    keys.add_argument("--out", required=True)
+    keys.add_argument("--out-dir", required=True, help="folder for the node key pairs")
     keys.add_argument("name", nargs="+")
     keys.add_argument("--force", action="store_true",
                       help="replace existing key pairs (registered public keys stop working)")

@@ -6,6 +6,8 @@ turns a handler exception into an error reply as a SuperNode would. No Ray, no s
 the same strategy, client and evaluation code as ``flwr run`` (the same seed gives the same
 metrics on both), in one process. Clients run one after another, so a round costs about what it
 costs under Ray on 2 cores, without Ray's start-up; it suits sweeps, profiling and debugging.
+Clients and server both run on the run config's ``device`` (every node context carries the run
+config and no ``device`` of its own), so on a GPU machine they share its GPU, one at a time.
 ``flwr run`` stays the default way to run and is what the end-to-end tests exercise.
 """
 

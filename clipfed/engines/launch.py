@@ -38,6 +38,8 @@ from typing import Any
 
 import httpx
 
+from clipfed.errors import UserError
+
 CONNECTION = "clipfed-local"
 COMPLETED = "finished:completed"
 RUN_TOKEN_ENV = "CLIPFED_RUN_TOKEN"  # marks every process a local SuperLink starts (see owned_processes)
@@ -371,18 +373,64 @@ def _keep_logs(home: Path, target: Path) -> Path:
     return target
 
 
-def _run_in(home: Path, app_dir: Path, run_config: Mapping[str, Any], num_supernodes: int,
-            cpus_per_client: int, timeout: float) -> int | None:
+def federation_config(num_supernodes: int, cpus_per_client: int = 1, gpus_per_client: float = 0.0) -> str:
+    """The ``--federation-config`` text of a simulation run: the field names of flwr 1.41's
+    ``SimulationConfig`` with ``-`` for ``_``. Ray reserves ``client-resources-num-cpus`` and
+    ``client-resources-num-gpus`` (a fraction shares one GPU) for each ClientApp actor, and hides
+    every GPU from an actor that asked for none."""
+    return (f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client} "
+            f"client-resources-num-gpus={float(gpus_per_client)!r}")
+
+
+def flwr_run_command(app_dir: Path, config_file: Path, federation: str) -> list[str]:
+    """``flwr run`` of the app on this module's connection, streaming its logs."""
+    return [_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(config_file),
+            "--federation-config", federation]
+
+
+def client_gpu_note(gpus_per_client: float, device: str) -> str:
+    """Check ``--gpus-per-client`` against this machine and the run's ``device`` before anything
+    starts (Ray would otherwise wait forever for a GPU it cannot find, or a ClientApp fail in
+    round 1). Returns a note for the user ('' when none): with no GPU asked for, ``device='auto'``
+    clients train on the CPU even where CUDA is visible.
+
+    Raises:
+        UserError: a negative value, a fraction below Ray's 0.0001 or above 1 (Ray takes whole GPUs
+            above 1), more GPUs than visible or any where CUDA is not visible, ``device='cuda...'``
+            with no GPU asked for, or ``cuda:N`` beyond the GPUs Ray gives an actor (it renumbers them
+            from 0).
+    """
+    import torch
+
+    flag = f"--gpus-per-client {gpus_per_client:g}"
+    if (gpus_per_client < 0 or 0 < gpus_per_client < 1e-4  # Ray's resolution
+            or (gpus_per_client > 1 and not float(gpus_per_client).is_integer())):
+        raise UserError(f"{flag}: allowed: 0 (no GPU), a fraction in [0.0001, 1] (clients sharing one GPU) "
+                        "or a whole number of GPUs")
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus_per_client > visible:
+        raise UserError(f"{flag}, but this machine has {visible} visible CUDA device(s); allowed: "
+                        f"0{f' to {visible}' if visible else ''} (the simulation runs where `clipfed run` runs)")
+    if gpus_per_client == 0 and device.startswith("cuda"):
+        raise UserError(f"device={device!r} with --gpus-per-client 0: Ray hides every GPU from a ClientApp "
+                        "that asked for none; give --gpus-per-client F > 0 (e.g. 0.25: four clients per GPU)")
+    index = int(device.partition(":")[2] or 0)
+    if gpus_per_client > 0 and index >= max(int(gpus_per_client), 1):
+        raise UserError(f"device={device!r} with {flag}: Ray shows each ClientApp only the GPU(s) it assigned "
+                        f"it, as cuda:0..cuda:{max(int(gpus_per_client), 1) - 1}; use device='cuda' or 'auto'")
+    if gpus_per_client == 0 and device == "auto" and visible:
+        return ("note: CUDA is visible but --gpus-per-client is 0, so Ray hides it from the ClientApps "
+                "and they train on the CPU (the ServerApp still uses the GPU)")
+    return ""
+
+
+def _run_in(home: Path, app_dir: Path, run_config: Mapping[str, Any], federation: str,
+            timeout: float) -> int | None:
     """Start a SuperLink in ``home``, ``flwr run`` the app on it, return the run id once the run
     completed; ``FlowerRunError`` if it did not."""
     with local_superlink(home) as link:
         config_file = write_run_config(home / "run-config.toml", run_config)
-        command = [
-            _bin("flwr"), "run", str(app_dir), CONNECTION, "--stream",
-            "--run-config", str(config_file),
-            "--federation-config",
-            f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}",
-        ]
+        command = flwr_run_command(app_dir, config_file, federation)
         with (home / "flwr-run.log").open("wb") as log:
             cli = subprocess.Popen(command, env={**flower_env(home), RUN_TOKEN_ENV: link.token},
                                    stdout=log, stderr=subprocess.STDOUT)
@@ -406,11 +454,15 @@ def flwr_run(
     *,
     num_supernodes: int,
     cpus_per_client: int = 1,
+    gpus_per_client: float = 0.0,
     timeout: float = 3600.0,
     flwr_home: Path | None = None,
     log_dir: Path | None = None,
 ) -> RunOutcome:
     """``flwr run`` the app in simulation and wait; raise ``FlowerRunError`` unless it completed.
+
+    Each ClientApp gets ``cpus_per_client`` CPUs and ``gpus_per_client`` GPUs (``federation_config``;
+    check the latter first with ``client_gpu_note``).
 
     Whatever happens (completion, failure, timeout, SIGINT, SIGTERM), every process the run started
     is stopped and a temporary ``FLWR_HOME`` removed. A failed or interrupted run first copies its
@@ -423,7 +475,8 @@ def flwr_run(
     keep_home = not own_home
     with interruptible():
         try:
-            run_id = _run_in(home, app_dir, run_config, num_supernodes, cpus_per_client, timeout)
+            run_id = _run_in(home, app_dir, run_config,
+                             federation_config(num_supernodes, cpus_per_client, gpus_per_client), timeout)
         except BaseException as err:
             with _Cleanup():
                 kept = _keep_logs(home, log_dir or failure_log_dir(run_config))

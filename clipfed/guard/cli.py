@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipfed.checks import load_run_config
-from clipfed.config import TEACHERS, RunConfig
+from clipfed.config import ORACLES, TEACHERS, RunConfig
 from clipfed.errors import UserError
 
 if TYPE_CHECKING:
@@ -68,18 +68,18 @@ def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, Oracle, Teach
     from clipfed.teacher import TeacherSpec, create_teacher
     from clipfed.teacher.reference import load_or_train_reference
 
-    if args.probe and not Path(args.probe).is_file():
-        raise UserError(f"--probe {args.probe}: no such file")
+    if args.teacher_guard_probe and not Path(args.teacher_guard_probe).is_file():
+        raise UserError(f"--teacher-guard-probe {args.teacher_guard_probe}: no such file")
     spec = teacher_spec(args)
     cfg = _run_config(args)
     train, _, split = load_federated(cfg)
     pool = train.subset(split.public_pool)
-    probe = load_probe(args.probe, pool.classes) if args.probe else pool
+    probe = load_probe(args.teacher_guard_probe, pool.classes) if args.teacher_guard_probe else pool
     teacher = create_teacher(spec, pool)
-    if args.oracle == "reference":
+    if args.teacher_guard_oracle == "reference":
         oracle = ORACLES.get("reference")(load_or_train_reference(TeacherSpec(), pool).model)
     else:
-        oracle = ORACLES.get(args.oracle)(args.oracle_model)
+        oracle = ORACLES.get(args.teacher_guard_oracle)(args.teacher_guard_oracle_model)
     return probe, oracle, teacher
 
 
@@ -90,9 +90,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     probe, oracle, teacher = _probe_and_oracle(args)
     report = audit_teacher(classifier_of(teacher, probe.classes), oracle, probe.images, list(probe.classes),
                            teacher_id=teacher.id)
-    write_audit(report, probe.images, Path(args.out))
+    write_audit(report, probe.images, Path(args.out_dir))
     print(report.summary())
-    print(f"written: {Path(args.out) / 'audit.json'}, audit.txt, examples.png")
+    print(f"written: {Path(args.out_dir) / 'audit.json'}, audit.txt, examples.png")
     return 0
 
 
@@ -100,7 +100,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     from clipfed.guard.policy import guard_teacher
 
     probe, oracle, teacher = _probe_and_oracle(args)
-    _, record = guard_teacher(teacher, oracle, probe, "repair", Path(args.out))
+    _, record = guard_teacher(teacher, oracle, probe, "repair", Path(args.out_dir))
     print(json.dumps(record, indent=2))
     return 0
 
@@ -113,7 +113,7 @@ def cmd_guard_demo(args: argparse.Namespace) -> int:
     if args.attack == "none":
         raise UserError("--attack none: the demonstration poisons the teacher with a trigger; "
                         "allowed: any attack but none")
-    result = demonstrate(_run_config(args), Path(args.out).resolve(), args.poison_rate)
+    result = demonstrate(_run_config(args), Path(args.out_dir).resolve(), args.poison_rate)
     print(demo_summary(result))
     return 0
 
@@ -123,16 +123,18 @@ def add_guard_parsers(teacher: argparse._SubParsersAction[argparse.ArgumentParse
         p.add_argument("--data-dir", help="CIFAR-10 (else CLIPFED_DATA_DIR)")
         p.add_argument("--seed", type=int, default=0, help="the run seed whose public pool is the server's")
         p.add_argument("--attack", default="badnets", help="the trigger used to measure ASR")
-        p.add_argument("--out", required=True)
+        p.add_argument("--out-dir", required=True)
         return p
 
     for name, func, helptext in (("audit", cmd_audit, "audit a teacher with a segmentation oracle"),
                                  ("repair", cmd_repair, "audit, then repair with a compact fine-tuning set")):
         p = common(teacher.add_parser(name, help=helptext))
         add_teacher_arguments(p)
-        p.add_argument("--probe", help="npz with images (N,32,32,3 uint8) and labels; default: the public pool")
-        p.add_argument("--oracle", choices=("reference", "clipseg"), default="reference")
-        p.add_argument("--oracle-model", default="CIDAS/clipseg-rd64-refined", help="clipseg: model id or folder")
+        p.add_argument("--teacher-guard-probe",
+                       help="npz with images (N,32,32,3 uint8) and labels; default: the public pool")
+        p.add_argument("--teacher-guard-oracle", choices=ORACLES, default="reference")
+        p.add_argument("--teacher-guard-oracle-model", default="CIDAS/clipseg-rd64-refined",
+                       help="clipseg: model id or folder")
         p.set_defaults(func=func)
     demo = common(teacher.add_parser("guard-demo", help="offline: poison a teacher, audit it, repair it"))
     demo.add_argument("--poison-rate", type=float, default=0.05, help="share of the pool that is poisoned")

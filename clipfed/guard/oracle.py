@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipfed.devices import resolve_device
 from clipfed.registry import Registry
 from clipfed.training import to_tensor
 
@@ -149,11 +150,11 @@ class ClipSegOracle(Oracle):
     def __init__(self, model_id: str, device: str = "cpu", prompt: str = "a photo of a {}.") -> None:
         from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
+        self.device = resolve_device(device)
         self.processor = CLIPSegProcessor.from_pretrained(model_id)
         model = CLIPSegForImageSegmentation.from_pretrained(model_id)
         # transformers' ``to`` is ``functools.wraps(nn.Module.to)``, which typeshed types as unbound
-        self.model = cast(torch.nn.Module, model).to(device).eval()
-        self.device = device
+        self.model = cast(torch.nn.Module, model).to(self.device).eval()
         self.prompt = prompt
 
     @torch.no_grad()
@@ -187,7 +188,8 @@ def clipseg_oracle(model_id: str = "CIDAS/clipseg-rd64-refined", **kwargs: Any) 
     Args:
         model_id: A Hugging Face model id (downloads when online) or a local folder saved with
             ``save_pretrained`` (model and processor).
-        **kwargs: ``device`` (default ``"cpu"``) and ``prompt`` (default ``"a photo of a {}."``).
+        **kwargs: ``device`` (a run's ``device`` value, default ``"cpu"``; the ServerApp passes
+            the run's) and ``prompt`` (default ``"a photo of a {}."``).
 
     Raises:
         OSError: ``transformers`` cannot load ``model_id`` (offline, or no such folder).

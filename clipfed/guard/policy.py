@@ -158,7 +158,10 @@ def load_probe(path: str, classes: tuple[str, ...]) -> ImageSet:
 
 def run_guard(cfg: RunConfig, synth: SynthConfig, out: Path) -> tuple[SynthConfig, dict[str, Any]]:
     """The ServerApp's guard: audit the configured teacher on the public pool before any round;
-    return the recipe to build the server dataset with (the repaired teacher's, after a repair)."""
+    return the recipe to build the server dataset with (the repaired teacher's, after a repair).
+
+    The openclip teacher (``synth``'s spec carries the run's ``device``) and the CLIPSeg oracle
+    run on the run's device; the reference teacher and the reference oracle on the CPU."""
     from clipfed.guard.oracle import ORACLES
 
     train, _, split = load_federated(cfg)
@@ -168,7 +171,7 @@ def run_guard(cfg: RunConfig, synth: SynthConfig, out: Path) -> tuple[SynthConfi
     if cfg.teacher_guard_oracle == "reference":
         oracle = ORACLES.get("reference")(load_or_train_reference(TeacherSpec(), pool).model)
     else:
-        oracle = ORACLES.get("clipseg")(cfg.teacher_guard_oracle_model)
+        oracle = ORACLES.get("clipseg")(cfg.teacher_guard_oracle_model, device=cfg.device)
     probe = load_probe(cfg.teacher_guard_probe, pool.classes) if cfg.teacher_guard_probe else pool
     repaired, record = guard_teacher(teacher, oracle, probe, cfg.teacher_guard, out)
     if repaired is not None:

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from clipfed.guard.audit import AuditReport
 from clipfed.teacher.openclip import OpenClipTeacher
-from clipfed.teacher.reference import ReferenceTeacher, augment
-from clipfed.training import to_tensor
+from clipfed.teacher.reference import ReferenceTeacher
+from clipfed.training import random_crop_flip, to_tensor
 
 
 @dataclass
@@ -105,7 +105,7 @@ def fine_tune_reference(teacher: ReferenceTeacher, repair: RepairSet, cfg: Repai
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(y), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            batch = augment(x[idx], generator)
+            batch = random_crop_flip(x[idx], generator, fill="reflect")  # the reference teacher's recipe
             logits = model(batch)
             loss = F.cross_entropy(logits, y[idx])
             keep = clean[idx]

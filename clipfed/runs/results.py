@@ -1,4 +1,4 @@
-"""The run folder and ``result.json``: resolved config, versions, per-round metrics, final table.
+"""The run folder and ``result.json``: resolved config, versions, device, per-round metrics, final table.
 
 ``result.json`` is rewritten atomically after every round, so a crashed run leaves a readable
 partial result (``status: running``), and a run folder that exists is never reused.
@@ -18,11 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from clipfed import __version__
 from clipfed.config import RunConfig
+from clipfed.devices import amp_active, describe
 from clipfed.errors import UserError
 from clipfed.evaluation import Evaluation, format_metric
 from clipfed.runs.report import AggregationReport
 
 if TYPE_CHECKING:
+    import torch
+
     from clipfed.data_synth.artifact import ServerDataset
 
 RESULT_FILE = "result.json"
@@ -144,6 +147,14 @@ class RunRecorder:
             "images": manifest["counts"]["total"],
             "cache_hit": cache_hit,  # teacher outputs reused from an earlier build of this recipe
         }
+        self.flush()
+
+    def note_device(self, device: torch.device, amp: bool) -> None:
+        """Record where the server computed (``describe``: ``cpu`` or ``cuda:0 <GPU name>``) and
+        whether bf16 autocast was on there (``amp`` on CUDA; on the CPU ``amp`` does nothing).
+        Each client resolves ``device`` on its own node (a node config may set its own)."""
+        self.payload["device"] = {"server": describe(device), "amp": amp_active(device, amp),
+                                  "configured": self.cfg.device}
         self.flush()
 
     def flush(self) -> None:

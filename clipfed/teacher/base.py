@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from clipfed.config import RANDOM_INIT, RANDOM_INIT_NOTE, TEACHERS, teacher_weights_problem
+from clipfed.config import DEVICE_PATTERN, RANDOM_INIT, RANDOM_INIT_NOTE, TEACHERS, teacher_weights_problem
 
 # A few of CLIP's CIFAR prompt templates (Radford et al. 2021); captions extend them.
 DEFAULT_TEMPLATES = (
@@ -44,8 +44,10 @@ class TeacherSpec(BaseModel):
         templates: openclip: prompt templates with one ``{}`` for the class name; a class's
             prototype averages their embeddings (and its captions').
         batch_size: Images or texts per forward pass.
-        device: openclip: where the model runs (``auto``: CUDA when available); outputs always
-            come back on the CPU. The reference teacher always runs on the CPU.
+        device: openclip: where the model runs (``auto``, ``cpu``, ``cuda``, ``cuda:N``, as the
+            run's ``device``, which a run's default recipe passes on); outputs always come back on
+            the CPU. The reference teacher always runs on the CPU. Part of ``spec_hash`` (and so
+            of the server dataset's id): floats computed elsewhere may differ in the last bits.
         reference_model: reference: the registry model (``clipfed.models``) used as backbone.
         reference_epochs: reference: SGD epochs over the public pool.
         reference_lr: reference: initial SGD learning rate (cosine-decayed to 0).
@@ -66,7 +68,7 @@ class TeacherSpec(BaseModel):
     checkpoint: str = Field("", description="local checkpoint file; overrides a pretrained tag")
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     batch_size: int = Field(256, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
     # reference
     reference_model: str = "cnn"
     reference_epochs: int = Field(30, ge=1)
@@ -84,13 +86,6 @@ class TeacherSpec(BaseModel):
     def spec_hash(self) -> str:
         """The first 16 hex digits of the sha256 of every field, as sorted JSON."""
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else the CPU; any other value as ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class Teacher(ABC):

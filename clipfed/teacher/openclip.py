@@ -20,11 +20,11 @@ import torch
 from clipfed.config import RANDOM_INIT
 from clipfed.data import ImageSet
 from clipfed.data.cifar import sha256_file
+from clipfed.devices import resolve_device
 from clipfed.teacher.base import (
     Teacher,
     TeacherSpec,
     normalize,
-    resolve_device,
 )
 from clipfed.teacher.registry import TEACHERS
 

@@ -24,7 +24,7 @@ from clipfed.data.cifar import cache_dir, sha256_file
 from clipfed.models import ClassifierNet, create_model
 from clipfed.teacher.base import Teacher, TeacherSpec, normalize
 from clipfed.teacher.registry import TEACHERS
-from clipfed.training import to_tensor
+from clipfed.training import random_crop_flip, to_tensor
 
 
 class CosineClassifier(nn.Module):
@@ -41,21 +41,6 @@ class CosineClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * self.embed(x) @ normalize(self.weight).T
-
-
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random 4-px-padded crop and horizontal flip, for a whole batch at once."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
-    dy = torch.randint(0, 9, (n,), generator=generator)
-    dx = torch.randint(0, 9, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 8)
-    cropped = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
-    cropped = cropped.gather(3, cols)
-    flip = torch.rand(n, generator=generator) < 0.5
-    cropped[flip] = cropped[flip].flip(3)
-    return cropped
 
 
 def _new_model(spec: TeacherSpec, num_classes: int) -> CosineClassifier:
@@ -78,7 +63,7 @@ def train_reference(pool: ImageSet, spec: TeacherSpec, seed: int = 0) -> CosineC
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(y), batch):
             idx = order[start : start + batch]
-            loss = F.cross_entropy(model(augment(x[idx], generator)), y[idx])
+            loss = F.cross_entropy(model(random_crop_flip(x[idx], generator, fill="reflect")), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

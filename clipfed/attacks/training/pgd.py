@@ -49,7 +49,9 @@ class PGD(AttackerSGD):
 
     def hooks(self, model: nn.Module, ctx: AttackContext) -> StepHooks:
         params = [p for _, p in model.named_parameters()]
-        centre = [torch.as_tensor(ctx.global_params[name]).clone() for name, _ in model.named_parameters()]
+        # the numpy global parameters, copied once to where (and in the dtype) the model trains
+        centre = [torch.as_tensor(ctx.global_params[name]).to(device=p.device, dtype=p.dtype, copy=True)
+                  for name, p in model.named_parameters()]
 
         def after_step(_: nn.Module, step: int) -> None:
             if step % self.every == 0:
