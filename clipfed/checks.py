@@ -29,6 +29,9 @@ TRAIN_PER_CLASS = {"cifar10": 5000, "cifar10-lt": 5000}
 # Keys only the ServerApp reads; it checks them before the first round, so a ClientApp need not
 # (and does not load the defense catalogue, nor with it clipfed.defense).
 SERVER_KEYS = ("defense",)
+# Data parts whose trigger the attackers learn (``DataPoisoning.learns_trigger``), known here by name
+# so that checking imports no part: the server re-derives them on the public pool.
+LEARNED_TRIGGERS = ("a3fl", "f3ba")
 _FLOWER_KEY = {name: field.alias for name, field in RunConfig.model_fields.items() if field.alias}
 
 
@@ -75,6 +78,9 @@ def _attack_problems(cfg: RunConfig) -> list[str]:
     problems = []
     if data == "labelflip" and cfg.flip_source == cfg.target_label:
         problems.append(flip_source_problem(cfg))
+    if data in LEARNED_TRIGGERS and not cfg.public_pool_fraction:
+        problems.append(f"attack-data={data!r} learns its trigger, which the server re-derives on "
+                        "public-pool images to measure ASR; allowed: public-pool-fraction > 0")
     pixels = cfg.patch_size * cfg.patch_size
     if data == "dba" and cfg.dba_parts > pixels:  # DBA cuts the patch into dba-parts non-empty cells
         problems.append(f"dba-parts={cfg.dba_parts} exceeds the {pixels} pixels of a patch-size="

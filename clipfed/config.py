@@ -50,8 +50,12 @@ ROLES = ("benign", "malicious")
 NODE_KEYS = (
     "data-dir", "device", "attack", "attack-data", "attack-training", "attack-update", "attack-local-steps",
     "attack-epochs", "attack-lr", "pgd-eps", "pgd-every", "poison-rate", "target-label", "attack-start-round",
+    "attack-end-round",
     "patch-size", "patch-position", "patch-pattern", "blend-alpha", "blend-pattern", "dba-parts", "freq-psnr",
     "freq-band-low", "freq-band-high", "flip-source", "boost-factor", "neurotoxin-keep",
+    "a3fl-trigger-size", "a3fl-trigger-lr", "a3fl-outer-epochs", "a3fl-adv-epochs", "a3fl-adv-every",
+    "a3fl-adv-weight", "f3ba-share",
+    "constrain-alpha", "aware-lambda",
 )
 # What a node config may hold besides NODE_KEYS: the node's identity and resources.
 NODE_IDENTITY_KEYS = ("partition-id", "num-partitions", "role", "malicious-rank", "num-threads")
@@ -145,6 +149,9 @@ class RunConfig(BaseModel):
     poison_rate: float = Field(0.5, gt=0.0, le=1.0, alias="poison-rate")
     target_label: int = Field(0, ge=0, alias="target-label")
     attack_start_round: int = Field(1, ge=1, alias="attack-start-round")
+    # The last attacked round (0: to the end): an attack window [start, end] followed by clean
+    # rounds shows how long a backdoor outlives its attackers (the `durable` bench suite).
+    attack_end_round: int = Field(0, ge=0, alias="attack-end-round")
     # An attack is three parts (clipfed/attacks): how it poisons data, how it trains, how it rewrites
     # its update. ``attack`` names a shorthand for a triple; attack-data/-training/-update ("": the
     # shorthand's) replace one part each, e.g. attack='blended' attack-update='scaling'.
@@ -170,6 +177,21 @@ class RunConfig(BaseModel):
     flip_source: int = Field(-1, ge=-1, alias="flip-source")
     boost_factor: float = Field(5.0, gt=0.0, alias="boost-factor")
     neurotoxin_keep: float = Field(0.9, gt=0.0, le=1.0, alias="neurotoxin-keep")
+    # a3fl (clipfed/attacks/data/a3fl.py; defaults: the official code's): the learned patch's side
+    # (px), its signed step (normalised units), passes over the shard per round, the unlearned copy's
+    # epochs and how often (passes) it is rebuilt, and the adaptive term's weight (0: off)
+    a3fl_trigger_size: int = Field(5, ge=1, le=16, alias="a3fl-trigger-size")
+    a3fl_trigger_lr: float = Field(0.01, gt=0.0, alias="a3fl-trigger-lr")
+    a3fl_outer_epochs: int = Field(200, ge=1, alias="a3fl-outer-epochs")
+    a3fl_adv_epochs: int = Field(5, ge=1, alias="a3fl-adv-epochs")
+    a3fl_adv_every: int = Field(1, ge=1, alias="a3fl-adv-every")
+    a3fl_adv_weight: float = Field(0.01, ge=0.0, alias="a3fl-adv-weight")
+    # f3ba (clipfed/attacks/data/f3ba.py): share of the first convolution layer's weights flipped
+    f3ba_share: float = Field(0.02, gt=0.0, le=1.0, alias="f3ba-share")
+    # constrain: loss = alpha * CE + (1 - alpha) * L2 distance to the global model (Bagdasaryan et al.)
+    constrain_alpha: float = Field(0.7, gt=0.0, le=1.0, alias="constrain-alpha")
+    # clipfed-aware: weight of its KL + prototype evasion term on its own probe (0: off)
+    aware_lambda: float = Field(1.0, ge=0.0, alias="aware-lambda")
 
     # Teacher and server dataset (used by defenses that need them; see clipfed/data_synth)
     teacher: Literal[TEACHERS] = "reference"  # type: ignore[valid-type]
@@ -257,6 +279,10 @@ class RunConfig(BaseModel):
                             f"allowed: 0..{self.num_classes - 1}")
         if self.flip_source >= self.num_classes:
             problems.append(flip_source_problem(self))
+        if self.attack_end_round and self.attack_end_round < self.attack_start_round:
+            problems.append(f"attack-end-round={self.attack_end_round} is before attack-start-round="
+                            f"{self.attack_start_round}; allowed: 0 (attack until the end) or "
+                            f">= {self.attack_start_round}")
         if self.freq_band_low >= self.freq_band_high:
             problems.append(f"freq-band-low={self.freq_band_low} is not below freq-band-high="
                             f"{self.freq_band_high}; allowed: freq-band-low < freq-band-high")
@@ -281,6 +307,12 @@ class RunConfig(BaseModel):
     def attack_enabled(self) -> bool:
         """Whether any client poisons; with zero malicious clients ASR still measures the trigger."""
         return self.attack != "none" and self.num_malicious > 0
+
+    def attacks_in(self, server_round: int) -> bool:
+        """Whether ``server_round`` lies in the attack window [attack-start-round,
+        attack-end-round]; a malicious client acts only then, and only when sampled."""
+        return server_round >= self.attack_start_round and (
+            not self.attack_end_round or server_round <= self.attack_end_round)
 
     def to_flower(self) -> dict[str, Any]:
         """The config as Flower's flat run-config mapping (hyphenated keys)."""

@@ -1,8 +1,18 @@
-"""Server-side evaluation: MA on the clean test set and ASR on the attack's triggered test images.
+"""Server-side evaluation: MA on the clean test set, ASR and R-Acc on the attack's triggered test images.
 
 Which test images count for ASR is the attack's rule (``Attack.asr_mask``): for a trigger attack,
 every image whose true class is not the target (a target-class image "classified as the target" is
 a correct prediction, not a backdoor success); for label flipping with a source class, that class.
+R-Acc (robust accuracy) is the share of those same images still given their *true* label: ASR
+alone cannot tell a model that ignores the trigger from one the trigger merely confuses (both
+have a low ASR; only the first keeps R-Acc near MA).
+
+A trigger the attackers learn against the global model (``DataPoisoning.learns_trigger``: A3FL,
+F3BA) cannot be rebuilt from the run config, and a reply that carried it would hand it to the
+defense. ASR is then measured with the server's re-derivation of it: each attacked round,
+``rederive_trigger`` runs the attackers' own ``prepare`` against the global model they received, on
+public-pool images (``trigger_pool``), with the evaluator's own memory and stream. A resumed run
+re-derives from the starting trigger, as its attackers' fresh node states do.
 
 A metric that cannot be computed is None, never a number: a diverged model (NaN or Inf parameters
 or logits, whose argmax would be class 0 and read as a perfect backdoor on target 0) or an empty
@@ -17,20 +27,24 @@ import numpy as np
 import torch
 
 from clipfed.attacks import Attack
-from clipfed.data import ImageSet
+from clipfed.attacks.base import AttackContext
+from clipfed.data import FederatedSplit, ImageSet
 from clipfed.devices import autocast, place
+from clipfed.streams import Stream, stream_rng
 from clipfed.training import NonFiniteLogits, per_class_accuracy, predict, to_tensor
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """MA and ASR are fractions in [0, 1]; None where uncomputable, with the reason in
+    """MA, ASR and R-Acc are fractions in [0, 1]; None where uncomputable, with the reason in
     ``unavailable`` (metric name -> why). ``diverged``: the model's parameters or logits are not
-    finite, so no metric of it means anything."""
+    finite, so no metric of it means anything. ``racc`` is None exactly where ``asr`` is (it is
+    measured on the same images)."""
 
     ma: float | None
     asr: float | None
     per_class_acc: list[float | None]
+    racc: float | None = None
     diverged: bool = False
     unavailable: dict[str, str] = field(default_factory=dict)
 
@@ -58,9 +72,21 @@ def eval_subset(test: ImageSet, samples: int) -> ImageSet:
     return test.subset(np.sort(np.concatenate(chosen)))
 
 
-def asr_images(test: ImageSet, attack: Attack) -> np.ndarray:
-    """Triggered copies of the test images the attack counts for ASR (``Attack.asr_mask``)."""
-    return attack.apply_trigger(np.asarray(test.images[attack.asr_mask(np.asarray(test.labels))]))
+def asr_images(test: ImageSet, attack: Attack) -> tuple[np.ndarray, np.ndarray]:
+    """Triggered copies of the test images the attack counts for ASR (``Attack.asr_mask``), and
+    their true labels (what R-Acc scores them against)."""
+    labels = np.asarray(test.labels)
+    mask = attack.asr_mask(labels)
+    return attack.apply_trigger(np.asarray(test.images[mask])), labels[mask].astype(np.int64)
+
+
+def trigger_pool(train: ImageSet, split: FederatedSplit, seed: int) -> ImageSet:
+    """The public-pool images (and labels) the server re-derives a learned trigger on: as many as a
+    client's mean shard (what an attacker learns it on), drawn from ``seed``; empty with no pool."""
+    shard = round(sum(len(c) for c in split.clients) / max(len(split.clients), 1))
+    count = min(shard, len(split.public_pool))
+    chosen = stream_rng(seed, Stream.TRIGGER_REDERIVATION).choice(split.public_pool, size=count, replace=False)
+    return train.subset(np.sort(chosen))
 
 
 class BackdoorEvaluator:
@@ -73,10 +99,18 @@ class BackdoorEvaluator:
         device: where the images live and models are evaluated (moved there once, here, not per
             model or batch); predictions come back to the CPU for the metrics.
         amp: bf16 autocast on CUDA (``devices.amp_active``); nothing on the CPU.
+        trigger_pool: public-pool images for ``rederive_trigger`` (the ServerApp's ``trigger_pool``);
+            None: a learned trigger is measured as it starts (tests, benchmarks).
+        seed: the run's seed, for the re-derivation's stream.
     """
 
     def __init__(self, test: ImageSet, attack: Attack | None, batch_size: int = 1000,
-                 device: torch.device | None = None, amp: bool = False) -> None:
+                 device: torch.device | None = None, amp: bool = False,
+                 trigger_pool: ImageSet | None = None, seed: int = 0) -> None:
+        self.test = test
+        self.trigger_pool = trigger_pool
+        self.seed = seed
+        self.trigger_memory: dict[str, np.ndarray] = {}  # the re-derivation's node state, across rounds
         self.num_classes = len(test.classes)
         self.batch_size = batch_size
         self.device = device if device is not None else torch.device("cpu")
@@ -84,7 +118,11 @@ class BackdoorEvaluator:
         self.clean_x = to_tensor(np.asarray(test.images), self.device)  # (N, C, H, W) on the device
         self.clean_y = torch.from_numpy(np.asarray(test.labels, dtype=np.int64))  # (N,) on the CPU
         self.attack = attack
-        self.triggered_x = to_tensor(asr_images(test, attack), self.device) if attack else None
+        self.triggered_x: torch.Tensor | None = None
+        self.triggered_y: torch.Tensor | None = None  # true labels of the triggered images, on the CPU
+        if attack is not None:
+            images, labels = asr_images(test, attack)
+            self.triggered_x, self.triggered_y = to_tensor(images, self.device), torch.from_numpy(labels)
         self.missing: dict[str, str] = {}  # what no model can be scored on, whatever its weights
         if not len(self.clean_x):
             self.missing["ma"] = "no clean test image"
@@ -92,12 +130,43 @@ class BackdoorEvaluator:
             self.missing["asr"] = "no attack"
         elif self.triggered_x is not None and not len(self.triggered_x):
             self.missing["asr"] = f"no test image counts for ASR under {type(attack).__name__} (Attack.asr_mask)"
+        if "asr" in self.missing:
+            self.missing["racc"] = self.missing["asr"]
         absent = [c for c in range(self.num_classes) if not (self.clean_y == c).any()]
         if absent:
             self.missing["per_class_acc"] = f"no test image of class(es) {absent}"
 
+    @property
+    def rederives(self) -> bool:
+        """Whether the attack's trigger is learned, and so re-derived every attacked round."""
+        return self.attack is not None and self.attack.data.learns_trigger
+
+    def rederive_trigger(self, model: torch.nn.Module, server_round: int) -> None:
+        """Re-derive a learned trigger as round ``server_round``'s attackers learn theirs, and
+        measure ASR (and R-Acc) with it from now on; nothing for a fixed trigger.
+
+        Args:
+            model: the global model that round's attackers received (moved to the evaluator's
+                device in place, otherwise left as it is).
+            server_round: the attacked round (1-based); its own seed for the batch order.
+        Raises:
+            ValueError: a learned trigger and no (or an empty) ``trigger_pool``.
+        """
+        if self.attack is None or not self.rederives:
+            return
+        if self.trigger_pool is None or not len(self.trigger_pool):
+            raise ValueError("a learned trigger is re-derived on public-pool images: the evaluator has none")
+        place(model, self.device, self.amp)
+        params = {name: p.detach().cpu().numpy() for name, p in model.named_parameters()}
+        ctx = AttackContext(server_round, 0, params, memory=self.trigger_memory)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(stream_rng(self.seed, Stream.TRIGGER_REDERIVATION, server_round).integers(2**62)))
+            self.attack.data.prepare(model, self.trigger_pool.images, self.trigger_pool.labels, ctx)
+        images, _ = asr_images(self.test, self.attack)
+        self.triggered_x = to_tensor(images, self.device)
+
     def __call__(self, model: torch.nn.Module) -> Evaluation:
-        """MA, ASR and per-class accuracy of ``model``; every metric None if it diverged.
+        """MA, ASR, R-Acc and per-class accuracy of ``model``; every metric None if it diverged.
 
         ``model`` is moved to the evaluator's device (in place; nothing moves when it is there).
         """
@@ -107,10 +176,10 @@ class BackdoorEvaluator:
         try:
             with autocast(self.device, self.amp):
                 ma, per_class = self._clean_accuracy(model)
-                asr = self._attack_success(model)
+                asr, racc = self._triggered_scores(model)
         except NonFiniteLogits as err:
             return self._diverged(f"non-finite logits ({err})")
-        return Evaluation(ma=ma, asr=asr, per_class_acc=per_class, unavailable=dict(self.missing))
+        return Evaluation(ma=ma, asr=asr, per_class_acc=per_class, racc=racc, unavailable=dict(self.missing))
 
     def _clean_accuracy(self, model: torch.nn.Module) -> tuple[float | None, list[float | None]]:
         if "ma" in self.missing:
@@ -118,14 +187,18 @@ class BackdoorEvaluator:
         pred = predict(model, self.clean_x, self.batch_size).cpu()
         return float((pred == self.clean_y).double().mean()), per_class_accuracy(pred, self.clean_y, self.num_classes)
 
-    def _attack_success(self, model: torch.nn.Module) -> float | None:
-        if "asr" in self.missing or self.attack is None or self.triggered_x is None:
-            return None
-        hits = predict(model, self.triggered_x, self.batch_size).cpu() == self.attack.target_label
-        return float(hits.double().mean())
+    def _triggered_scores(self, model: torch.nn.Module) -> tuple[float | None, float | None]:
+        """ASR (predicted the target) and R-Acc (predicted the true label) from one pass over the
+        triggered images."""
+        if "asr" in self.missing or self.attack is None or self.triggered_x is None or self.triggered_y is None:
+            return None, None
+        pred = predict(model, self.triggered_x, self.batch_size).cpu()
+        return (float((pred == self.attack.target_label).double().mean()),
+                float((pred == self.triggered_y).double().mean()))
 
     def _diverged(self, why: str) -> Evaluation:
         reason = f"diverged: {why}"
-        unavailable = {"ma": reason, "asr": self.missing.get("asr", reason), "per_class_acc": reason}
+        unavailable = {"ma": reason, "asr": self.missing.get("asr", reason),
+                       "racc": self.missing.get("racc", reason), "per_class_acc": reason}
         return Evaluation(ma=None, asr=None, per_class_acc=[None] * self.num_classes, diverged=True,
                           unavailable=unavailable)

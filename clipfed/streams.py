@@ -25,6 +25,8 @@ class Stream(IntEnum):
     CLIPFED_POST = 12  # CLIP-Fed's post-aggregation batches
     FLTRUST_ROOT = 13  # FLTrust's root-set draw
     CAPTIONS = 14  # template captions per class
+    TRIGGER_REDERIVATION = 15  # the server's re-derivation of a learned trigger: its pool images, per-round order
+    AWARE_PROBE = 21  # the clipfed-aware attacker's own probe: its images, copies and batches, per round
     GUARD_PROBE = 77  # the teacher guard's probe draw
 
 

@@ -102,7 +102,8 @@ def test_neurotoxin_keeps_the_chosen_fraction_of_least_changed_coordinates(keep:
     assert mask.sum() == int(keep * 1000)
     assert np.abs(step[mask]).max() <= np.abs(step[~mask]).min()
 
-    attack = create_attack(RunConfig.from_flower({"attack": "neurotoxin", "neurotoxin-keep": keep}))
+    attack = create_attack(RunConfig.from_flower({"attack": "badnets", "attack-update": "neurotoxin",
+                                                  "neurotoxin-keep": keep}))
     memory: dict[str, np.ndarray] = {}
     first_global = {"w": np.zeros(1000, dtype=np.float32)}
     local = {"w": np.ones(1000, dtype=np.float32)}

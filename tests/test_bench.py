@@ -27,6 +27,7 @@ from clipfed.bench.runner import plan, run_suite
 from clipfed.bench.suites import SUITES, Suite
 from clipfed.cli import main
 from clipfed.defense import list_defenses
+from clipfed.errors import UserError
 
 TINY = Suite(
     name="tiny", description="test", seeds=(0,), pretrain_rounds=1, defenses=("fedavg", "median"),
@@ -37,9 +38,15 @@ TINY = Suite(
 
 
 def test_every_suite_names_known_defenses_and_attacks() -> None:
+    """Every planned config validates; an attack a suite lists that is not registered yet (the
+    durable suite's, while they are being added) is refused at planning, by name."""
     for suite in SUITES.values():
-        assert set(suite.defenses) <= set(list_defenses()) and set(suite.attacks) <= set(list_attacks())
-        for cell in plan(suite):
+        assert set(suite.defenses) <= set(list_defenses())
+        registered = [a for a in suite.attacks if a in list_attacks() or a in suite.attack_variants]
+        if missing := [a for a in suite.attacks if a not in registered]:
+            with pytest.raises(UserError, match=f"attack\\(s\\) {', '.join(missing)} not registered"):
+                plan(suite)
+        for cell in plan(suite, attacks=registered):
             cell.config(suite, Path("/tmp/x"))  # every config validates
 
 
@@ -71,7 +78,8 @@ def test_suite_runs_warm_started_writes_outputs_and_skips_finished_runs(
     rows = collect(runs)
     assert [r.row for r in rows] == ["fedavg-no-attack", "teacher-only", "fedavg", "median"]
     table = markdown_table(rows)
-    assert table.count("\n") == 2 + len(rows) and "| iid | badnets | fedavg |" in table
+    assert table.count("\n") == 4 + len(rows) and "| iid | badnets | fedavg |" in table
+    assert table.startswith("Teacher: reference teacher (offline stand-in, not a CLIP); seeds: 0; runs: completed.")
     write_csv(rows, tmp_path / "table.csv")
     parsed = list(csv.DictReader((tmp_path / "table.csv").open()))
     assert [p["row"] for p in parsed] == [r.row for r in rows] and 0 <= float(parsed[2]["ma_mean"]) <= 1
@@ -91,7 +99,7 @@ def test_bench_cost_measures_aggregation_for_each_size(fake_data_dir: Path, tmp_
     import argparse
 
     args = argparse.Namespace(defenses="fedavg,krum", sizes="3,6", model="cnn", threads=1,
-                              data_dir=str(fake_data_dir), timeout=300.0, out=str(tmp_path))
+                              data_dir=str(fake_data_dir), timeout=300.0, out_dir=str(tmp_path))
     assert cmd_bench_cost(args) == 0
     rows = json.loads((tmp_path / "cost.json").read_text())
     assert [(r["defense"], r["updates"]) for r in rows] == [("fedavg", 3), ("fedavg", 6), ("krum", 3), ("krum", 6)]
@@ -142,7 +150,7 @@ def test_unknown_setting_is_refused_naming_the_suites_settings(capsys: pytest.Ca
 def _result(ma: float, asr: float, skipped: str = "") -> dict:
     entry = {"round": 1, "detection": {"tp": 0, "fp": 0, "fn": 0}, "server_seconds": 0.1, "round_seconds": 1.0,
              "defense": {"skipped": skipped} if skipped else {}}
-    return {"final": {"ma": ma, "asr": asr}, "config": {"attack-start-round": 1}, "rounds": [entry]}
+    return {"final": {"ma": ma, "asr": asr, "racc": 1 - asr}, "config": {"attack-start-round": 1}, "rounds": [entry]}
 
 
 def test_paper_table_puts_attacks_side_by_side_and_notes_rounds_a_defense_skipped() -> None:
@@ -151,8 +159,8 @@ def test_paper_table_puts_attacks_side_by_side_and_notes_rounds_a_defense_skippe
             Row("s", "badnets", "bulyan", [_result(0.55, 0.05, "needs 19 updates")])]
     table = paper_table(rows)
     assert "| row | badnets | blended |" in table
-    assert "| fedavg | 0.600 / 0.800 | 0.600 / 0.400 |" in table
-    assert "| bulyan | 0.550 / 0.050 | n/a |" in table
+    assert "| fedavg | 0.600 / 0.800 / 0.200 | 0.600 / 0.400 / 0.600 |" in table
+    assert "| bulyan | 0.550 / 0.050 / 0.950 **completed, NEVER AGGREGATED** | n/a |" in table
     assert skipped_notes(rows) == "- bulyan (s, badnets): kept the previous model in 1 of 1 rounds (needs 19 updates)\n"
     assert skipped_notes(rows[:2]) == ""
 

@@ -102,6 +102,14 @@ def test_malicious_client_poisons_from_the_start_round(fake_data_dir: Path) -> N
     assert late["is-malicious"] == 1 and late["poisoned-examples"] == 45
 
 
+def test_malicious_client_acts_only_inside_the_attack_window(fake_data_dir: Path) -> None:
+    config = run_config(fake_data_dir, **{"attack-start-round": 2, "attack-end-round": 3, "local-steps": 1})
+    attacker = next(iter(malicious_clients(RunConfig.from_flower(config))))
+    acted = [train(train_message(attacker, rnd), context(attacker, config)).content["metrics"]["is-malicious"]
+             for rnd in (1, 2, 3, 4)]
+    assert acted == [0, 1, 1, 0]
+
+
 def test_training_is_reproducible(fake_data_dir: Path) -> None:
     config = run_config(fake_data_dir)
     first = train(train_message(0), context(0, config)).content["arrays"].to_torch_state_dict()

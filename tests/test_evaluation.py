@@ -166,3 +166,30 @@ def test_a_class_without_test_images_has_no_accuracy() -> None:
     assert result.per_class_acc[:3] == [1.0, 1.0, 1.0] and result.per_class_acc[3:] == [None] * 7
     assert "[3, 4, 5, 6, 7, 8, 9]" in result.unavailable["per_class_acc"]
     assert result.unavailable["asr"] == "no attack"
+
+
+def test_racc_is_the_true_label_accuracy_on_the_images_asr_counts() -> None:
+    """R-Acc tells a model that ignores the trigger (R-Acc = its accuracy) from one the trigger
+    merely confuses: both have ASR 0."""
+    labels = np.arange(100) % 10
+    evaluator = BackdoorEvaluator(_labelled_images(labels), create_attack(RunConfig.from_flower({"target-label": 0})))
+    assert evaluator.triggered_y is not None and (evaluator.triggered_y != 0).all() and len(evaluator.triggered_y) == 90
+    ignores = evaluator(FlipNet(-1, 0))  # reads the true class off the (untouched) top-left pixel
+    assert ignores.asr == 0.0 and ignores.racc == 1.0
+    confused = evaluator(ConstantNet(5))  # never the target, and right only on class 5
+    assert confused.asr == 0.0 and confused.racc == 10 / 90
+    backdoored = evaluator(ConstantNet(0))
+    assert backdoored.asr == 1.0 and backdoored.racc == 0.0
+
+    flip = {"attack": "labelflip", "flip-source": 3, "target-label": 0}  # the source class, no trigger
+    flipped = BackdoorEvaluator(_labelled_images(labels), create_attack(RunConfig.from_flower(flip)))
+    assert flipped(FlipNet(3, 0)).racc == 0.0 and flipped(FlipNet(-1, 0)).racc == 1.0
+
+
+def test_racc_is_null_with_its_reason_exactly_where_asr_is() -> None:
+    labels = np.arange(20) % 10
+    no_attack = BackdoorEvaluator(_labelled_images(labels), None)(FlipNet(-1, 0))
+    assert no_attack.racc is None and no_attack.unavailable["racc"] == "no attack"
+    evaluator = BackdoorEvaluator(_labelled_images(labels), create_attack(RunConfig.from_flower({"target-label": 0})))
+    diverged = evaluator(NaNLogitsNet(3))
+    assert diverged.racc is None and "non-finite logits" in diverged.unavailable["racc"]

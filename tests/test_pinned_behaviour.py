@@ -32,7 +32,7 @@ from clipfed.data_synth.artifact import data_digest
 from clipfed.defense import DEFENSES, create_defense, list_defenses
 from clipfed.defense.sampler import PartitionSampler
 from clipfed.engines.inprocess import InProcessGrid
-from clipfed.evaluation import BackdoorEvaluator
+from clipfed.evaluation import BackdoorEvaluator, trigger_pool
 from clipfed.models import create_model
 from clipfed.runs.report import AggregationReport
 
@@ -41,7 +41,10 @@ CASES = [(d, "badnets") for d in list_defenses()] + [("fedavg", a) for a in list
 
 
 # Keys a case needs so that its mechanism acts in these short rounds (a pgd-eps the update exceeds).
-ATTACK_KEYS: dict[str, dict[str, Any]] = {"pgd": {"pgd-eps": 0.02, "pgd-every": 3}}
+ATTACK_KEYS: dict[str, dict[str, Any]] = {
+    "pgd": {"pgd-eps": 0.02, "pgd-every": 3},
+    "a3fl": {"a3fl-outer-epochs": 2, "a3fl-adv-epochs": 1},  # the official 200 x 5 take minutes a round
+}
 
 
 def case_config(data_dir: Path, defense: str, attack: str) -> RunConfig:
@@ -60,12 +63,18 @@ def run_case(data_dir: Path, defense: str, attack: str, server_data: Any) -> lis
     extra = {"server_data": server_data} if DEFENSES.get(defense).needs_server_data else {}
     strategy = create_defense(cfg, sampler=PartitionSampler(cfg, poll_seconds=0.0), on_report=reports.append,
                               **extra)
-    _, test, _ = load_federated(cfg)
-    evaluator = BackdoorEvaluator(test, create_attack(cfg))
+    train, test, split = load_federated(cfg)
+    evaluator = BackdoorEvaluator(test, create_attack(cfg), trigger_pool=trigger_pool(train, split, cfg.seed),
+                                  seed=cfg.seed)
     model = create_model(cfg.model, cfg.num_classes)
     rows: list[dict[str, Any]] = []
+    sent: dict[str, ArrayRecord] = {}
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        if evaluator.rederives and server_round > 0:  # a learned trigger, as the ServerApp measures it
+            model.load_state_dict(sent["global"].to_torch_state_dict())
+            evaluator.rederive_trigger(model, server_round)
+        sent["global"] = arrays
         model.load_state_dict(arrays.to_torch_state_dict())
         result = evaluator(model)
         rows.append({"round": server_round, "ma": result.ma, "asr": result.asr})

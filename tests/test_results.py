@@ -13,13 +13,14 @@ def config(tmp_path: Path, **overrides: object) -> RunConfig:
     return RunConfig.from_flower({"out-dir": str(tmp_path), "run-name": "r1", **overrides})
 
 
-def test_result_json_schema_and_atomic_progress(tmp_path: Path) -> None:
+def test_result_json_schema_and_atomic_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recorder = RunRecorder.create(config(tmp_path))
     assert load_result(recorder.run_dir)["status"] == "running"
     recorder.on_evaluation(0, Evaluation(0.1, 0.0, [0.1] * 10), 0.5)
     recorder.on_report(AggregationReport(1, participants=[0, 1, 2], malicious=[2], excluded=[2],
                                          server_seconds=0.25))
-    recorder.on_evaluation(1, Evaluation(0.5, 0.2, [0.5] * 10), 0.5)
+    recorder.on_evaluation(1, Evaluation(0.5, 0.2, [0.5] * 10, racc=0.7), 0.5)
+    assert "| MA 0.500 | ASR 0.200 | R-Acc 0.700 |" in capsys.readouterr().out.splitlines()[-1]
     partial = load_result(recorder.run_dir)
     assert partial["status"] == "running" and len(partial["rounds"]) == 2
     recorder.finish()
@@ -31,7 +32,8 @@ def test_result_json_schema_and_atomic_progress(tmp_path: Path) -> None:
     last = result["rounds"][-1]
     assert last["excluded"] == [2] and last["detection"] == {"tp": 1, "fp": 0, "fn": 0, "tn": 2}
     assert last["server_seconds"] == 0.25 and last["round_seconds"] >= 0
-    assert result["final"] == {"ma": 0.5, "asr": 0.2, "per_class_acc": [0.5] * 10}
+    assert last["racc"] == 0.7
+    assert result["final"] == {"ma": 0.5, "asr": 0.2, "racc": 0.7, "per_class_acc": [0.5] * 10}
 
 
 def test_an_existing_run_folder_is_never_overwritten(tmp_path: Path) -> None:
@@ -52,10 +54,10 @@ def test_table_reports_detection_over_attacked_rounds(tmp_path: Path) -> None:
     recorder = RunRecorder.create(config(tmp_path, **{"attack-start-round": 2}))
     for rnd, excluded in ((1, [1]), (2, [1]), (3, [0])):
         recorder.on_report(AggregationReport(rnd, participants=[0, 1], malicious=[1], excluded=excluded))
-        recorder.on_evaluation(rnd, Evaluation(0.5, 0.9, [0.5] * 10), 0.1)
+        recorder.on_evaluation(rnd, Evaluation(0.5, 0.9, [0.5] * 10, racc=0.05), 0.1)
     recorder.finish()
     row = results_table([load_result(recorder.run_dir)]).splitlines()[-1]
-    assert "| 0.500 | 0.900 | 0.50 | 0.50 |" in row  # rounds 2-3: tp 1, fp 1, fn 1
+    assert "| 0.500 | 0.900 | 0.050 | 0.50 | 0.50 |" in row  # rounds 2-3: tp 1, fp 1, fn 1
 
 
 def test_a_diverged_round_is_recorded_and_shown_as_diverged(tmp_path: Path,
@@ -101,10 +103,39 @@ def test_bench_tables_mark_diverged_seeds_instead_of_averaging_them(tmp_path: Pa
             Row("s", "badnets", "krum", [_bench_result(0, None, None, True)])]
     table = markdown_table(rows)
     assert "| 0.800 (1/2 seeds diverged) | 0.300 (1/2 seeds diverged) |" in table
-    assert "| s | badnets | krum | 1 | diverged | diverged |" in table
+    assert "| s | badnets | krum | none | 0 | completed | diverged | diverged |" in table
     assert "| krum | diverged |" in paper_table(rows)
     assert "fedavg (s, badnets): diverged (NaN/Inf model) in seed 1 from round 1" in diverged_notes(rows)
     write_csv(rows, tmp_path / "table.csv")
     lines = (tmp_path / "table.csv").read_text().splitlines()
     assert lines[0].startswith("setting,attack,row,seeds,diverged,ma_mean")
     assert lines[2].startswith("s,badnets,krum,1,1,,,,")  # no mean, no std: nothing to average
+
+
+def _run(seed: int, ma: float, asr: float, status: str = "completed", skipped: str = "", **config: object) -> dict:
+    cfg = RunConfig.from_flower({"seed": seed, "run-name": f"r-s{seed}", **config}).to_flower()
+    entry = {"round": 1, "ma": ma, "asr": asr, "racc": 1 - asr, "server_seconds": 0.5,
+             "detection": {"tp": 1, "fp": 0, "fn": 0, "tn": 3}, "defense": {"skipped": skipped} if skipped else {}}
+    return {"run_name": f"r-s{seed}", "seed": seed, "status": status, "config": cfg, "rounds": [entry],
+            "final": {"ma": ma, "asr": asr, "racc": 1 - asr},
+            "server_data": {"teacher": "reference:cnn:pool-x", "reference_teacher": True}}
+
+
+def test_clipfed_table_aggregates_seeds_and_shows_teacher_status_and_seeds() -> None:
+    runs = [_run(0, 0.5, 0.2), _run(1, 0.7, 0.4), _run(2, 0.6, 0.3, **{"defense": "median"})]
+    lines = results_table(runs).splitlines()
+    assert "| teacher | seeds | status |" in lines[0] and len(lines) == 4, "seeds 0 and 1 are one row"
+    assert lines[2].startswith("| r-s0 (+1 seeds) | fedavg | badnets | 4 | reference teacher (offline stand-in, "
+                               "not a CLIP) | 0,1 | completed | 1 | 0.600 ± 0.100 | 0.300 ± 0.100 | 0.700 ± 0.100 |")
+    assert "| r-s2 | median | badnets | 4 | reference teacher (offline stand-in, not a CLIP) | 2 | completed | 1 | " \
+           "0.600 | 0.300 | 0.700 |" in lines[3]
+
+
+def test_clipfed_table_marks_failed_runs_and_defenses_that_never_aggregated() -> None:
+    mixed = [_run(0, 0.5, 0.2), _run(1, 0.7, 0.4, status="failed")]
+    row = results_table(mixed).splitlines()[-1]
+    assert "| 1 completed, 1 failed | 1, 1 (failed) | 0.500 | 0.200 | 0.800 |" in row, "the failed seed is not averaged"
+    never = results_table([_run(0, 0.5, 0.2, skipped="needs 7 updates", **{"defense": "bulyan"})]).splitlines()[-1]
+    assert "| completed, NEVER AGGREGATED |" in never
+    no_teacher = {k: v for k, v in _run(0, 0.5, 0.2).items() if k != "server_data"}
+    assert "| 4 | none | 0 |" in results_table([no_teacher])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -88,14 +89,16 @@ def query(msg: Message, context: Context) -> Message:
 
 
 def attack_context(context: Context, cfg: RunConfig, global_arrays: ArrayRecord, server_round: int,
-                   malicious_rank: int) -> AttackContext:
+                   malicious_rank: int, images: np.ndarray, labels: np.ndarray) -> AttackContext:
     """What this attacker knows this round: the global model's trainable parameters (not the
-    BatchNorm statistics) and its memory from earlier rounds (the node's state)."""
+    BatchNorm statistics), its memory from earlier rounds (the node's state) and its own clean
+    shard (uint8 (N, H, W, C) ``images``, int (N,) ``labels``, before poisoning)."""
     buffers = buffer_names(cfg.model, cfg.num_classes)
     params = {k: v.numpy() for k, v in global_arrays.items() if k not in buffers}
     memory_record = context.state.get(MEMORY, ArrayRecord())
     assert isinstance(memory_record, ArrayRecord)  # only ever set to one, in train()
-    return AttackContext(server_round, malicious_rank, params, {k: v.numpy() for k, v in memory_record.items()})
+    return AttackContext(server_round, malicious_rank, params, {k: v.numpy() for k, v in memory_record.items()},
+                         clean_images=images, clean_labels=labels)
 
 
 def node_run_config(context: Context) -> RunConfig:
@@ -114,7 +117,7 @@ def train(msg: Message, context: Context) -> Message:
     shard = train_set.subset(split.clients[role.partition_id])
     images, labels = shard.images, shard.labels
     attack = create_attack(cfg)
-    attacking = role.malicious and attack is not None and server_round >= cfg.attack_start_round
+    attacking = role.malicious and attack is not None and cfg.attacks_in(server_round)
 
     device = resolve_device(cfg.device)  # the node config's device wins (load_node_run_config)
     model = create_model(cfg.model, cfg.num_classes)
@@ -129,7 +132,7 @@ def train(msg: Message, context: Context) -> Message:
     schedule, hooks, poisoned = LocalSchedule.benign(cfg), None, 0
     if attacking:
         assert attack is not None
-        ctx = attack_context(context, cfg, global_arrays, server_round, role.malicious_rank)
+        ctx = attack_context(context, cfg, global_arrays, server_round, role.malicious_rank, images, labels)
         attack.data.prepare(model, images, labels, ctx)
         attack.training.prepare(model, ctx)
         rng = stream_rng(cfg.seed, Stream.CLIENT_TRAINING, server_round, role.partition_id)

@@ -23,7 +23,7 @@ from clipfed.defense import DEFENSES, create_defense
 from clipfed.defense.sampler import PartitionSampler
 from clipfed.defense.strategy import DefenseStrategy
 from clipfed.devices import resolve_device
-from clipfed.evaluation import BackdoorEvaluator, eval_subset
+from clipfed.evaluation import BackdoorEvaluator, eval_subset, trigger_pool
 from clipfed.models import create_model
 from clipfed.runs.checkpoint import (
     load_init_model,
@@ -47,16 +47,21 @@ def main(grid: Grid, context: Context) -> None:
     cfg = load_run_config(context.run_config)  # a bad key stops here, before any training
     checkpoint, previous = load_resume(cfg) if cfg.resume_from else (None, None)
     random.seed(cfg.seed)
-    _, test, _ = load_federated(cfg)
+    train, test, split = load_federated(cfg)
     device = resolve_device(cfg.device)  # before the run folder: an absent GPU stops the run here
     recorder = RunRecorder.create(cfg, resumed=previous)
     recorder.note_device(device, cfg.amp)
     evaluator = BackdoorEvaluator(eval_subset(test, cfg.eval_samples), create_attack(cfg), cfg.eval_batch_size,
-                                  device, cfg.amp)
+                                  device, cfg.amp, trigger_pool(train, split, cfg.seed), cfg.seed)
     model = initial_model(cfg)
     strategy: DefenseStrategy | None = None
+    sent: dict[str, ArrayRecord] = {}  # "global": the model the clients of the next round receive
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        if evaluator.rederives and server_round > 0 and cfg.attacks_in(server_round):  # as this round's attackers
+            model.load_state_dict(sent["global"].to_torch_state_dict())
+            evaluator.rederive_trigger(model, server_round)
+        sent["global"] = arrays
         started = time.perf_counter()
         model.load_state_dict(arrays.to_torch_state_dict())
         result = evaluator(model)
@@ -65,7 +70,8 @@ def main(grid: Grid, context: Context) -> None:
             snapshot(server_round, arrays, strategy.state_dict(), cfg).save(recorder.run_dir)
         # a MetricRecord holds numbers only: a metric that could not be computed is left out
         metrics: dict[str, Any] = {"diverged": int(result.diverged)}
-        metrics |= {key: value for key, value in (("ma", result.ma), ("asr", result.asr)) if value is not None}
+        metrics |= {key: value for key, value in (("ma", result.ma), ("asr", result.asr), ("racc", result.racc))
+                    if value is not None}
         if None not in result.per_class_acc:
             metrics["per-class-acc"] = result.per_class_acc
         return MetricRecord(metrics)
@@ -96,6 +102,7 @@ def main(grid: Grid, context: Context) -> None:
             strategy.load_state_dict(checkpoint.strategy_state)
             restore_rng_states(checkpoint.rng)
             initial_arrays, first_round = checkpoint.array_record(), checkpoint.server_round + 1
+        sent["global"] = initial_arrays
         strategy.start(
             grid=grid,
             initial_arrays=initial_arrays,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -65,13 +65,19 @@ class AttackContext:
         malicious_rank: this attacker's rank among attackers (DBA's part, see ``NodeRole``).
         global_params: the received global model's trainable parameters (no BatchNorm statistics).
         memory: arrays that persist across this client's rounds (the node's state), shared by the
-            three parts: each uses keys no other part uses (Neurotoxin: ``previous-global``).
+            three parts: each uses keys no other part uses (Neurotoxin's update part:
+            ``previous-global``; its training part: ``neurotoxin-training-previous-global``).
+        clean_images, clean_labels: the attacker's own shard before poisoning, uint8 (N, H, W, C)
+            and int (N,) (what ``clipfed-aware`` builds its probe from); None where a caller has
+            none to give (a part that needs them refuses to run without).
     """
 
     server_round: int
     malicious_rank: int
     global_params: Params
     memory: dict[str, np.ndarray] = field(default_factory=dict)
+    clean_images: np.ndarray | None = None
+    clean_labels: np.ndarray | None = None
 
 
 class DataPoisoning(ABC):
@@ -80,6 +86,11 @@ class DataPoisoning(ABC):
     Args:
         cfg: the run config (``target-label``, ``poison-rate`` and the part's own keys).
     """
+
+    # True for a trigger the attackers learn in ``prepare`` against the global model (A3FL, F3BA),
+    # which the run config alone cannot rebuild: the server then measures ASR with its own
+    # re-derivation of it (``clipfed.evaluation.BackdoorEvaluator.rederive_trigger``).
+    learns_trigger: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig) -> None:
         self.target_label = cfg.target_label

@@ -31,18 +31,32 @@ DATA_PARTS: Registry[Callable[[RunConfig], DataPoisoning]] = Registry("attack-da
     "frequency": ("clipfed.attacks.data.frequency",
                   "imperceptible mid/high-DCT-band trigger (freq-psnr, freq-band-*)"),
     "labelflip": ("clipfed.attacks.data.labelflip", "label flipping to the target, no trigger (flip-source)"),
+    "a3fl": ("clipfed.attacks.data.a3fl",
+             "A3FL: patch trigger optimised each round against the global model and an unlearned copy (a3fl-*)"),
+    "f3ba": ("clipfed.attacks.data.f3ba",
+             "F3BA: trigger co-optimised with sign flips of low-importance first-layer weights (f3ba-share)"),
 })
 TRAINING_PARTS: Registry[Callable[[RunConfig], TrainingPart]] = Registry("attack-training part", {
+    "f3ba": ("clipfed.attacks.training.f3ba",
+             "SGD holding the first-layer sign flips the f3ba data part planned (plain SGD without it)"),
     "sgd": ("clipfed.attacks.training.sgd",
             "plain SGD on the poisoned shard, with the attacker's own attack-local-steps, attack-epochs, attack-lr"),
     "pgd": ("clipfed.attacks.training.pgd",
             "SGD projected every pgd-every steps onto the L2 ball of radius pgd-eps around the global model"),
+    "neurotoxin": ("clipfed.attacks.training.neurotoxin",
+                   "every SGD step restricted to coordinates the last global step changed least (neurotoxin-keep)"),
+    "constrain": ("clipfed.attacks.training.constrain",
+                  "loss constrain-alpha * CE + (1 - constrain-alpha) * L2 distance to the global model"),
+    "clipfed-aware": ("clipfed.attacks.training.clipfed_aware",
+                      "KL + prototype term keeping its own CLIP-Fed-style probe close to the global model "
+                      "(aware-lambda); update norm capped at an honest update's"),
 })
 UPDATE_PARTS: Registry[Callable[[RunConfig], UpdatePart]] = Registry("attack-update part", {
     "none": ("clipfed.attacks.update.identity", "the trained parameters, unchanged"),
     "scaling": ("clipfed.attacks.update.scaling", "model replacement: the update boosted by boost-factor"),
     "neurotoxin": ("clipfed.attacks.update.neurotoxin",
-                   "the update restricted to rarely-updated coordinates (neurotoxin-keep)"),
+                   "the final update restricted to rarely-updated coordinates, once (neurotoxin-keep); "
+                   "the shorthand masks every step instead"),
 })
 # The run-config key that picks each part, and its registry.
 PARTS: dict[str, Registry[Any]] = {
@@ -60,6 +74,9 @@ class Shorthand(NamedTuple):
 
 
 SHORTHANDS: dict[str, Shorthand] = {
+    "a3fl": Shorthand("a3fl", "sgd", "none", DATA_PARTS.describe()["a3fl"]),
+    "f3ba": Shorthand("f3ba", "f3ba", "none", "F3BA: sign flips of the f3ba-share least important first-layer "
+                      "weights, the trigger co-optimised to activate them"),
     "badnets": Shorthand("badnets", "sgd", "none", DATA_PARTS.describe()["badnets"]),
     "blended": Shorthand("blended", "sgd", "none", DATA_PARTS.describe()["blended"]),
     "dba": Shorthand("dba", "sgd", "none", DATA_PARTS.describe()["dba"]),
@@ -68,8 +85,15 @@ SHORTHANDS: dict[str, Shorthand] = {
     "scaling": Shorthand("badnets", "sgd", "scaling", "model replacement: BadNets update boosted by boost-factor"),
     "pgd": Shorthand("badnets", "pgd", "none", "BadNets trained within an L2 ball around the global model "
                      "(pgd-eps, pgd-every); add attack-update='scaling' for model replacement"),
-    "neurotoxin": Shorthand("badnets", "sgd", "neurotoxin",
-                            "BadNets update restricted to rarely-updated coordinates (neurotoxin-keep)"),
+    "neurotoxin": Shorthand("badnets", "neurotoxin", "none",
+                            "BadNets trained with every step restricted to rarely-updated coordinates "
+                            "(neurotoxin-keep)"),
+    "constrain-scale": Shorthand("badnets", "constrain", "scaling",
+                                 "constrain-and-scale: BadNets trained close to the global model "
+                                 "(constrain-alpha), then boosted by boost-factor"),
+    "clipfed-aware": Shorthand("badnets", "clipfed-aware", "none",
+                               "BadNets evading CLIP-Fed's probe signals on its own probe (aware-lambda), "
+                               "norm capped at an honest update's"),
 }
 
 

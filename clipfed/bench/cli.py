@@ -40,28 +40,31 @@ def _at_least(option: str, value: float, minimum: float) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from clipfed.bench.report import (
         collect,
+        durable_table,
         markdown_table,
         plot,
         skipped_notes,
+        warm_start_lines,
         write_csv,
+        write_durable_json,
         write_report,
     )
     from clipfed.bench.runner import plan, run_suite
     from clipfed.config import ConfigError
     from clipfed.engines.preflight import preflight
-    from clipfed.runs.results import load_result
 
     suite = SUITES[args.suite]
     seeds = _ints("--seeds", args.seeds, 0)
     _at_least("--workers", args.workers, 1)
     _at_least("--threads", args.threads, 0)
-    out = Path(args.out_dir or f"runs/bench-{suite.name}").resolve()
+    budget = args.budget or next(iter(suite.budgets), "")
+    out = Path(args.out_dir or f"runs/bench-{suite.name}{'-' + budget if budget else ''}").resolve()
     if args.data_dir:
         os.environ["CLIPFED_DATA_DIR"] = str(Path(args.data_dir).resolve())
     unknown = set(_csv(args.settings) or []) - set(suite.settings)
     if unknown:
         raise UserError(f"--settings: unknown {sorted(unknown)}; suite {suite.name!r} has {list(suite.settings)}")
-    cells = plan(suite, _csv(args.defenses), _csv(args.attacks), seeds, _csv(args.settings))
+    cells = plan(suite, _csv(args.defenses), _csv(args.attacks), seeds, _csv(args.settings), budget or None)
     problems: list[str] = []
     for cell in cells:  # every config is checked before the first run starts; each problem once
         try:  # a Bulyan cell that can never aggregate is a result (n/a in the table), not a mistake
@@ -76,10 +79,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = collect(runs)
     (out / "table.md").write_text(markdown_table(rows) + skipped_notes(rows))
     write_csv(rows, out / "table.csv")
+    if suite.window is not None:
+        (out / "durable.md").write_text(durable_table(rows))
+        write_durable_json(rows, out / "durable.json")
     plots = plot(rows, out)
-    teachers = {load_result(d).get("server_data", {}).get("teacher", "") for _, d in runs} - {""}
-    report = write_report(suite.name, suite.description, rows, plots, out, teachers, time.perf_counter() - started)
-    print(markdown_table(rows))
+    teachers = {r.get("server_data", {}).get("teacher", "") for row in rows for r in row.results} - {""}
+    report = write_report(suite, rows, plots, out, teachers, time.perf_counter() - started,
+                          warm_start_lines(runs, suite.plateau), budget)
+    print(durable_table(rows) if suite.window is not None else markdown_table(rows))
     print(f"[bench] {len(runs)} runs; report: {report}")
     return 0
 
@@ -92,6 +99,7 @@ def cmd_bench_cost(args: argparse.Namespace) -> int:
         provenance_lines,
         run_cost,
         summary_lines,
+        teacher_line,
     )
     from clipfed.bench.report import machine
     from clipfed.data import load_cifar10
@@ -123,7 +131,7 @@ def cmd_bench_cost(args: argparse.Namespace) -> int:
     sizes = tuple(sorted({r["updates"] for r in rows}))
     table = cost_table(rows, sizes) + "\n" + summary_lines(rows)
     header = (f"# Server aggregation cost per defense\n\n{provenance_lines(rows)}"
-              f"- machine: {machine()}; {args.threads} torch threads\n\n")
+              f"- machine: {machine()}; {args.threads} torch threads\n- {teacher_line(rows)}\n\n")
     (out / "cost.md").write_text(header + table)
     plot_cost(rows, out / "cost.png")
     print(table)
@@ -179,6 +187,8 @@ def add_bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     bench.add_argument("--attacks", help="comma list (default: the suite's)")
     bench.add_argument("--seeds", help="comma list (default: the suite's)")
     bench.add_argument("--settings", help="comma list of the suite's data settings (default: all)")
+    bench.add_argument("--budget", help="the attackers' budget, for a suite that has several (durable: "
+                                        "backfed-3x, the default, or equal)")
     bench.add_argument("--out-dir", help="suite folder (default runs/bench-<suite>); finished runs are skipped")
     bench.add_argument("--data-dir", help="CIFAR-10 location (else CLIPFED_DATA_DIR)")
     bench.add_argument("--workers", type=int, default=1,

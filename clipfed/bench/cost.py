@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from clipfed.runs.results import REFERENCE_TEACHER
+
 DEFAULT_SIZES = (10, 100, 1000)
 
 
@@ -46,11 +48,12 @@ def _measure(defense: str, num_updates: int, model: str, threads: int, data_dir:
     cfg = load_run_config({"num-clients": num_updates, "num-malicious": 0, "model": model,
                            "defense": defense, "data-dir": data_dir, "krum-f": -1})
     inputs: dict[str, Any] = {}
-    cache_hit = None
+    cache_hit, teacher = None, None
     if DEFENSES.get(defense).needs_server_data:
         from clipfed.data_synth.provider import obtain_server_dataset, synth_config_for
 
         inputs["server_data"], cache_hit = obtain_server_dataset(synth_config_for(cfg))
+        teacher = inputs["server_data"].manifest["teacher"]
     strategy = create_defense(cfg, **inputs)
     torch.manual_seed(0)
     global_state = {k: v.numpy() for k, v in create_model(model, cfg.num_classes).state_dict().items()}
@@ -63,7 +66,8 @@ def _measure(defense: str, num_updates: int, model: str, threads: int, data_dir:
     seconds = time.perf_counter() - started
     parts = {k: v for k, v in getattr(strategy, "details", {}).items() if k.endswith("_seconds")}
     return {"defense": defense, "updates": num_updates, "seconds": seconds, "parts": parts,
-            "peak_mb": max(_max_rss_mb() - baseline, 0.0), "ok": aggregate is not None, "cache_hit": cache_hit}
+            "peak_mb": max(_max_rss_mb() - baseline, 0.0), "ok": aggregate is not None, "cache_hit": cache_hit,
+            "teacher": None if teacher is None else REFERENCE_TEACHER if teacher["is_reference"] else teacher["label"]}
 
 
 def run_cost(defenses: list[str], sizes: tuple[int, ...], model: str, threads: int, data_dir: str,
@@ -137,21 +141,37 @@ def summary_lines(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def teacher_line(rows: list[dict[str, Any]]) -> str:
+    """Which teacher the defenses that need one measured with (the offline stand-in says so)."""
+    teachers = sorted({str(r["teacher"]) for r in rows if r.get("teacher")})
+    return f"teacher: {', '.join(teachers) if teachers else 'none (no measured defense uses one)'}"
+
+
 def plot_cost(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Seconds per round against updates, one line per defense in its own colour and marker
+    (``clipfed.bench.style``); a defense with failed measurements says so in its legend entry."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for defense in dict.fromkeys(r["defense"] for r in rows):
+    from clipfed.bench.style import row_styles
+
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    styles = row_styles(defenses)
+    fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
+    for defense in defenses:
         points = sorted((r["updates"], r["seconds"]) for r in rows if r["defense"] == defense and "seconds" in r)
+        failed = [r["updates"] for r in rows if r["defense"] == defense and "error" in r]
+        label = defense + (f" (failed at {', '.join(map(str, failed))} updates)" if failed else "")
         if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=defense)
+            ax.plot(*zip(*points, strict=True), label=label, **styles[defense])
+        else:  # nothing to draw, but the legend still lists it
+            ax.plot([], [], label=f"{defense} (no measurement)", **styles[defense])
     ax.set(xscale="log", yscale="log", xlabel="client updates per round", ylabel="aggregation seconds",
-           title="Server cost per round")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+           title=f"Server cost per round (synthetic replies, seed 0)\n{teacher_line(rows)}")
+    ax.title.set_fontsize(9)
+    fig.legend(loc="outside right upper", fontsize=7)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -2,17 +2,22 @@
 
 Rows per data setting and attack: the controls (FedAvg without attack, teacher only), then each
 defense and variant. Detection precision/recall are pooled over the attacked rounds of all seeds.
+Every table and plot names its teacher (the offline stand-in says so), its seeds and the status of
+its rows: a row whose run failed, stopped or whose defense never aggregated is marked in the table
+itself. A suite with an attack window (the durable protocol) also gets ``durable.md`` and
+``durable.json`` (``clipfed.bench.durable``: ASR after the window, lifespan, detection per round).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import platform
 import shlex
 import sys
+import textwrap
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, pstdev
@@ -20,11 +25,31 @@ from typing import Any
 
 import numpy as np
 
+from clipfed.bench.durable import KEYS as DURABLE_KEYS
+from clipfed.bench.durable import LIFESPAN_MARGIN, DurableMetrics, durable_metrics
 from clipfed.bench.runner import Cell
-from clipfed.runs.results import detection_totals, diverged_at, load_result, versions
+from clipfed.bench.suites import Plateau, Suite
+from clipfed.runs.results import (
+    RESULT_FILE,
+    attack_window,
+    detection_totals,
+    diverged_at,
+    load_result,
+    run_status,
+    teacher_of,
+    versions,
+)
 
 COLUMNS = ("setting", "attack", "row", "seeds", "diverged", "ma_mean", "ma_std", "asr_mean", "asr_std",
-           "recall", "precision", "server_s_per_round", "round_s")
+           "recall", "precision", "server_s_per_round", "round_s", "racc_mean", "racc_std", "seed_list", "status",
+           "teacher", "averaged")
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _tally(values: list[str]) -> str:
+    """``completed`` when every seed's run says so, else ``2 completed, 1 failed``."""
+    counts = {v: values.count(v) for v in dict.fromkeys(values)}
+    return values[0] if len(counts) == 1 else ", ".join(f"{n} {v}" for v, n in counts.items())
 
 
 @dataclass
@@ -34,24 +59,50 @@ class Row:
     row: str
     results: list[dict[str, Any]]
 
+    @property
+    def seed_list(self) -> str:
+        return ",".join(str(r.get("seed", "?")) for r in self.results)
+
+    @property
+    def status(self) -> str:
+        """The runs' statuses over the seeds (``completed``; ``1 completed, 1 failed``; ``completed,
+        NEVER AGGREGATED``): what a table must show beside numbers that are no defense at work."""
+        return _tally([run_status(r) for r in self.results]) if self.results else "no run"
+
+    @property
+    def teacher(self) -> str:
+        return _tally([teacher_of(r) for r in self.results]) if self.results else "none"
+
+    @property
+    def plain(self) -> bool:
+        """Every run completed and aggregated in every round: nothing to mark."""
+        return self.status == "completed"
+
+    @property
+    def completed(self) -> list[dict[str, Any]]:
+        """The runs that completed: a failed or stopped run's last round is not a final result."""
+        return [r for r in self.results if r.get("status", "completed") == "completed"]
+
     def values(self) -> dict[str, Any]:
-        """Means and stds over the seeds whose final model is finite (``diverged`` counts the
-        others); None where no seed gives a value (all diverged, no attack, no rounds)."""
-        finals = [r.get("final") or {} for r in self.results if diverged_at(r) is None]
-        mas = [f["ma"] for f in finals if f.get("ma") is not None]
-        asrs = [f["asr"] for f in finals if f.get("asr") is not None]
+        """Means and stds over the completed seeds whose final model is finite (``averaged``;
+        ``diverged`` counts the diverged, the status the unfinished); None where no seed gives a
+        value (all diverged or failed, no attack, no rounds)."""
+        finals = [r.get("final") or {} for r in self.completed if diverged_at(r) is None]
+        mas, asrs, raccs = ([f[k] for f in finals if f.get(k) is not None] for k in ("ma", "asr", "racc"))
         tp, fp, fn = (sum(column) for column in zip(*(detection_totals(r) for r in self.results), strict=True))
         rounds = [entry for result in self.results for entry in result["rounds"] if entry["round"] >= 1]
         server = [entry["server_seconds"] for entry in rounds]
         round_seconds = [entry["round_seconds"] for entry in rounds]
         return {
             "setting": self.setting, "attack": self.attack, "row": self.row, "seeds": len(self.results),
-            "diverged": len(self.results) - len(finals),
+            "diverged": sum(1 for r in self.results if diverged_at(r) is not None), "averaged": len(finals),
             "ma_mean": mean(mas) if mas else None, "ma_std": _std(mas),
             "asr_mean": mean(asrs) if asrs else None, "asr_std": _std(asrs),
+            "racc_mean": mean(raccs) if raccs else None, "racc_std": _std(raccs),
             "recall": tp / (tp + fn) if tp + fn else None, "precision": tp / (tp + fp) if tp + fp else None,
             "server_s_per_round": mean(server) if server else None,
             "round_s": mean(round_seconds) if round_seconds else None,
+            "seed_list": self.seed_list, "status": self.status, "teacher": self.teacher,
         }
 
 
@@ -59,20 +110,38 @@ def _std(values: list[float]) -> float | None:
     return (pstdev(values) if len(values) > 1 else 0.0) if values else None
 
 
+def _load(cell: Cell, run_dir: Path) -> dict[str, Any]:
+    """A run's result; for a run that failed before writing one, a result that says so (its row
+    is then marked failed, not left out)."""
+    if (run_dir / RESULT_FILE).is_file():
+        return load_result(run_dir)
+    return {"run_name": run_dir.name, "status": "failed (no result.json)", "seed": cell.seed, "config": {},
+            "rounds": [], "final": None}
+
+
 def collect(runs: list[tuple[Cell, Path]]) -> list[Row]:
     grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for cell, run_dir in runs:
         if not cell.pretrain:
-            grouped[(cell.setting, cell.attack, cell.row)].append(load_result(run_dir))
+            grouped[(cell.setting, cell.attack, cell.row)].append(_load(cell, run_dir))
     return [Row(s, a, r, results) for (s, a, r), results in grouped.items()]
+
+
+def caption(rows: list[Row]) -> str:
+    """What every table states above it: the teachers, the seeds and how many runs completed."""
+    teachers = sorted({t for row in rows for r in row.results if (t := teacher_of(r)) != "none"})
+    seeds = sorted({str(r.get("seed", "?")) for row in rows for r in row.results})
+    statuses = [run_status(r) for row in rows for r in row.results]
+    return (f"Teacher: {', '.join(teachers) or 'none (no row uses one)'}; seeds: {', '.join(seeds) or 'none'}; "
+            f"runs: {_tally(statuses) if statuses else 'none'}.\n")
 
 
 def _pm(v: dict[str, Any], metric: str) -> str:
     """``mean ± std`` of ``metric`` over the finite seeds, marked when some or all seeds diverged."""
-    if v["diverged"] == v["seeds"]:
+    if v["seeds"] and v["diverged"] == v["seeds"]:
         return "diverged"
     value, std = v[f"{metric}_mean"], v[f"{metric}_std"]
-    shown = "n/a" if value is None else f"{value:.3f}" + (f" ± {std:.3f}" if v["seeds"] - v["diverged"] > 1 else "")
+    shown = "n/a" if value is None else f"{value:.3f}" + (f" ± {std:.3f}" if v["averaged"] > 1 else "")
     return shown + (f" ({v['diverged']}/{v['seeds']} seeds diverged)" if v["diverged"] else "")
 
 
@@ -80,27 +149,32 @@ def _opt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _status_cell(row: Row) -> str:
+    return row.status if row.plain else f"**{row.status}**"
+
+
 def markdown_table(rows: list[Row]) -> str:
-    lines = ["| setting | attack | row | seeds | final MA | final ASR | det. recall | det. precision "
-             "| server s/round | round s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [caption(rows), "| setting | attack | row | teacher | seeds | status | final MA | final ASR | final R-Acc "
+             "| det. recall | det. precision | server s/round | round s |", "|---" * 13 + "|"]
     for row in rows:
         v = row.values()
-        lines.append(f"| {v['setting']} | {v['attack']} | {v['row']} | {v['seeds']} | "
-                     f"{_pm(v, 'ma')} | {_pm(v, 'asr')} | "
+        lines.append(f"| {v['setting']} | {v['attack']} | {v['row']} | {v['teacher']} | {v['seed_list']} | "
+                     f"{_status_cell(row)} | {_pm(v, 'ma')} | {_pm(v, 'asr')} | {_pm(v, 'racc')} | "
                      f"{_opt(v['recall'])} | {_opt(v['precision'])} | {_opt(v['server_s_per_round'])} | "
                      f"{_opt(v['round_s'], 1)} |")
     return "\n".join(lines) + "\n"
 
 
 def paper_table(rows: list[Row]) -> str:
-    """Per setting, the paper layout: one line per row (defense or control), final MA / ASR under
-    each attack, mean over the finite seeds (``diverged`` where none is, a mark where some are not)."""
+    """Per setting, the paper layout: one line per row (defense or control), final MA / ASR / R-Acc
+    under each attack, mean over the finite seeds (``diverged`` where none is, a mark where some are not,
+    the status where a run failed or the defense never aggregated)."""
     blocks = []
     for setting in dict.fromkeys(r.setting for r in rows):
         mine = [r for r in rows if r.setting == setting]
         attacks = list(dict.fromkeys(r.attack for r in mine))
-        cells = {(r.row, r.attack): r.values() for r in mine}
-        lines = [f"**{setting}** (final MA / ASR)", "", "| row | " + " | ".join(attacks) + " |",
+        cells = {(r.row, r.attack): r for r in mine}
+        lines = [f"**{setting}** (final MA / ASR / R-Acc)", "", caption(mine), "| row | " + " | ".join(attacks) + " |",
                  "|---|" + "---|" * len(attacks)]
         for name in dict.fromkeys(r.row for r in mine):
             shown = [_paper_cell(cells.get((name, a))) for a in attacks]
@@ -109,15 +183,100 @@ def paper_table(rows: list[Row]) -> str:
     return "\n".join(blocks)
 
 
-def _paper_cell(v: dict[str, Any] | None) -> str:
-    if v is None:
+def _paper_cell(row: Row | None) -> str:
+    if row is None:
         return "n/a"
-    if v["diverged"] == v["seeds"]:
-        return "diverged"
+    v = row.values()
+    mark = "" if row.plain else f" **{row.status}**"
+    if v["seeds"] and v["diverged"] == v["seeds"]:
+        return "diverged" + mark
     if v["ma_mean"] is None or v["asr_mean"] is None:
-        return "n/a"
-    return f"{v['ma_mean']:.3f} / {v['asr_mean']:.3f}" + (f" ({v['diverged']}/{v['seeds']} diverged)"
-                                                         if v["diverged"] else "")
+        return "n/a" + mark
+    racc = "n/a" if v["racc_mean"] is None else f"{v['racc_mean']:.3f}"
+    return f"{v['ma_mean']:.3f} / {v['asr_mean']:.3f} / {racc}" + (f" ({v['diverged']}/{v['seeds']} diverged)"
+                                                                  if v["diverged"] else "") + mark
+
+
+def durable_results(rows: list[Row]) -> dict[tuple[str, str, str], list[tuple[dict[str, Any], DurableMetrics]]]:
+    """Each row's runs with their durable metrics, the clean floor read from the FedAvg-without-
+    attack run of the same setting, attack column and seed."""
+    floors = {(row.setting, row.attack, r.get("seed")): r for row in rows if row.row == "fedavg-no-attack"
+              for r in row.results}
+    return {(row.setting, row.attack, row.row): [(r, durable_metrics(r, floors.get((row.setting, row.attack,
+                                                                                    r.get("seed")))))
+                                                 for r in row.results] for row in rows}
+
+
+_DURABLE_HEADERS = {"asr_end": "ASR at window end", "asr_max": "window max ASR", "asr_plus10": "ASR +10",
+                    "asr_plus25": "ASR +25", "floor": "clean floor", "lifespan": "lifespan (rounds)",
+                    "precision": "det. precision / attacked round", "recall": "det. recall / attacked round",
+                    "f1": "det. F1 / attacked round", "fpr": "FPR, attack-free rounds"}
+
+
+def _durable_cell(runs: list[tuple[dict[str, Any], DurableMetrics]], key: str) -> str:
+    """Mean ± std of one durable metric over the completed seeds that have it; ``n/a (why)`` where
+    none has (the first seed's reason), and how many seeds lack it where some do."""
+    done = [m for r, m in runs if r.get("status", "completed") == "completed"]
+    values = [v for m in done if (v := m.values.get(key)) is not None]
+    missing = [m.unavailable.get(key, "") for m in done if m.values.get(key) is None]
+    missing += [f"run {r.get('status')}" for r, _ in runs if r.get("status", "completed") != "completed"]
+    if not values:
+        return f"n/a ({missing[0]})" if missing else "n/a"
+    digits = 1 if key == "lifespan" else 3
+    shown = f"{mean(values):.{digits}f}" + (f" ± {pstdev(values):.{digits}f}" if len(values) > 1 else "")
+    return shown + (f" ({len(missing)}/{len(runs)} seeds n/a)" if missing else "")
+
+
+def durable_table(rows: list[Row]) -> str:
+    """The durable protocol's table: per row, ASR at the window's end, its maximum, at +10 and +25
+    rounds, the clean floor, the backdoor's lifespan, detection per attacked round and the
+    false-positive rate on attack-free rounds; mean ± std over seeds."""
+    metrics = durable_results(rows)
+    windows = sorted({f"{s}-{'end' if e is None else e}" for row in rows for r in row.results if r["config"]
+                      for s, e in [attack_window(r["config"])]})
+    lines = [caption(rows), f"Attack windows (first-last round): {', '.join(windows) or 'none'}; lifespan: rounds "
+             f"after the window until ASR is within {LIFESPAN_MARGIN:.2f} of the clean floor (FedAvg without "
+             "attack, same setting and seed).", "",
+             "| setting | attack | row | teacher | seeds | status | " + " | ".join(_DURABLE_HEADERS.values()) + " |",
+             "|---" * (6 + len(_DURABLE_HEADERS)) + "|"]
+    for row in rows:
+        runs = metrics[(row.setting, row.attack, row.row)]
+        cells = [_durable_cell(runs, key) for key in _DURABLE_HEADERS]
+        lines.append(f"| {row.setting} | {row.attack} | {row.row} | {row.teacher} | {row.seed_list} | "
+                     f"{_status_cell(row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_durable_json(rows: list[Row], path: Path) -> None:
+    """Every run's durable metrics, their reasons where null, and each attacked round's detection."""
+    document = [{"setting": s, "attack": a, "row": name, "run": r["run_name"], "seed": r.get("seed"),
+                 "status": run_status(r), "teacher": teacher_of(r),
+                 "metrics": {k: m.values.get(k) for k in DURABLE_KEYS}, "unavailable": m.unavailable,
+                 "attacked_rounds": m.per_round}
+                for (s, a, name), runs in durable_results(rows).items() for r, m in runs]
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def warm_start_lines(runs: list[tuple[Cell, Path]], plateau: Plateau | None) -> str:
+    """Per warm start: its rounds, final MA and, when trained to a plateau, whether the plateau
+    rule ended it or the round cap did (the gain of the last window over the one before)."""
+    lines = []
+    for cell, run_dir in runs:
+        if not cell.pretrain or not (run_dir / RESULT_FILE).is_file():
+            continue
+        result = load_result(run_dir)
+        mas = [e["ma"] for e in result["rounds"] if e["round"] >= 1]
+        line = (f"- warm start {cell.setting}, seed {cell.seed}: {len(mas)} rounds of clean FedAvg, MA "
+                f"{_opt(mas[-1] if mas else None, 3)} ({run_status(result)})")
+        if plateau is not None:
+            gain = plateau.gain(mas)
+            shown = "n/a" if gain is None else f"{100 * gain:+.2f} points"
+            ended = ("plateau reached" if gain is not None and gain < plateau.min_gain
+                     else f"NOT at a plateau: stopped by the {plateau.max_rounds}-round cap")
+            line += (f"; mean MA of the last {plateau.window} rounds vs the {plateau.window} before: {shown} "
+                     f"(rule: < {100 * plateau.min_gain:.1f}) — {ended}")
+        lines.append(line)
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def diverged_notes(rows: list[Row]) -> str:
@@ -209,86 +368,120 @@ def _mean_or_nan(values: list[float | None]) -> float:
 
 
 def _mean_curve(results: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    rounds = [e["round"] for e in results[0]["rounds"]]
-    return rounds, [_mean_or_nan([r["rounds"][i][key] for r in results]) for i in range(len(rounds))]
+    """Per round any seed reached, the mean over the seeds that have a value (seeds may differ in
+    length: a single-shot window per seed, a run that failed early)."""
+    by_round: dict[int, list[float | None]] = defaultdict(list)
+    for result in results:
+        for entry in result["rounds"]:
+            by_round[entry["round"]].append(entry.get(key))
+    rounds = sorted(by_round)
+    return rounds, [_mean_or_nan(by_round[r]) for r in rounds]
+
+
+def _label(row: Row) -> str:
+    """A legend entry: the row's name, with its status where that is not a plain completed run."""
+    return row.row if row.plain else f"{row.row} [{row.status}]"
+
+
+def _windows(rows: list[Row]) -> list[tuple[int, int]]:
+    """The closed attack windows (first, last round) of the rows' runs, each once."""
+    found = {attack_window(r["config"]) for row in rows for r in row.results if r["config"]}
+    return sorted((start, end) for start, end in found if end is not None)
 
 
 def plot(rows: list[Row], out: Path) -> list[Path]:
-    """Per setting and attack: ASR and MA per round; per setting: MA vs ASR scatter by attack;
-    per setting and attack: per-class accuracy of each row."""
+    """Per setting and attack: ASR, MA and R-Acc per round (attack windows shaded); per setting: MA
+    vs ASR by attack; per setting and attack: per-class accuracy of each row. Each row keeps one
+    colour and marker (``clipfed.bench.style``); every figure names its teacher, seeds and runs'
+    status, and keeps its legend outside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import offset_copy
+
+    from clipfed.bench.style import row_styles
 
     written: list[Path] = []
-    style = _row_styles(rows)
+    style = row_styles(row.row for row in rows)
     by_setting_attack: dict[tuple[str, str], list[Row]] = defaultdict(list)
     for row in rows:
         by_setting_attack[(row.setting, row.attack)].append(row)
     for (setting, attack), group in by_setting_attack.items():
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for row in group:
-            for ax, key in zip(axes, ("asr", "ma"), strict=True):
-                ax.plot(*_mean_curve(row.results, key), label=row.row, **style[row.row])
-        for ax, key in zip(axes, ("ASR", "MA"), strict=True):
-            ax.set(xlabel="round", ylabel=key, title=f"{key} per round: {setting}, {attack}", ylim=(0, 1))
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
+        for number, row in enumerate(group):
+            for ax, key in zip(axes, ("asr", "ma", "racc"), strict=True):
+                x, y = _mean_curve(row.results, key)
+                every = max(len(x) // 12, 1)
+                # Identical curves must not hide each other: hollow markers, each row's smaller than the
+                # one before (they nest), staggered along long curves, and the thick lines underneath.
+                ax.plot(x, y, label=_label(row), markevery=(number % every, every), fillstyle="none",
+                        markersize=4 + 1.6 * (len(group) - number), zorder=3 - style[row.row]["linewidth"] / 10,
+                        **style[row.row])
+        for ax, key in zip(axes, ("ASR", "MA", "R-Acc"), strict=True):
+            for i, (first, last) in enumerate(_windows(group)):
+                ax.axvspan(first - 0.5, last + 0.5, color="tab:red", alpha=0.08,
+                           label="attack window" if i == 0 else None)
+            ax.set(xlabel="round", ylabel=key, title=f"{key} per round", ylim=(-0.02, 1.02))
             ax.xaxis.get_major_locator().set_params(integer=True)
-        axes[1].legend(fontsize=7, ncol=2)
+        _finish(fig, axes[0], f"{setting}, {attack}", group)
         written.append(_save(fig, out / f"curves-{setting}-{attack}.png"))
 
-        fig, ax = plt.subplots(figsize=(11, 4))
-        width = 0.8 / len(group)
-        classes = range(len(group[0].results[0]["final"]["per_class_acc"]))
-        for i, row in enumerate(group):
-            per_class = [_mean_or_nan([r["final"]["per_class_acc"][c] for r in row.results]) for c in classes]
-            ax.bar([c + i * width for c in classes], per_class, width, label=row.row, color=style[row.row]["color"])
-        ax.set(xlabel="class", ylabel="accuracy", title=f"per-class accuracy: {setting}, {attack}", ylim=(0, 1))
-        ax.legend(fontsize=7, ncol=3)
+        fig, ax = plt.subplots(figsize=(13, 4.2), layout="constrained")
+        with_final = [row for row in group if any((r.get("final") or {}).get("per_class_acc") for r in row.completed)]
+        width = 0.8 / max(len(with_final), 1)
+        for i, row in enumerate(with_final):
+            finals = [r["final"]["per_class_acc"] for r in row.completed if (r.get("final") or {}).get("per_class_acc")]
+            per_class = [_mean_or_nan([f[c] for f in finals]) for c in range(len(finals[0]))]
+            ax.bar([c + i * width for c in range(len(per_class))], per_class, width, label=_label(row),
+                   color=style[row.row]["color"], edgecolor="white", linewidth=0.3)
+        classes = len(CLASS_NAMES)
+        ax.set_xticks([c + 0.4 - width / 2 for c in range(classes)], CLASS_NAMES, rotation=20)
+        ax.set(xlabel="class", ylabel="final accuracy", title="per-class accuracy of the final model", ylim=(0, 1))
+        _finish(fig, ax, f"{setting}, {attack}", group)
         written.append(_save(fig, out / f"per-class-{setting}-{attack}.png"))
 
     for setting in sorted({r.setting for r in rows}):
         attacks = sorted({r.attack for r in rows if r.setting == setting})
-        fig, axes = plt.subplots(1, len(attacks), figsize=(5 * len(attacks), 4), squeeze=False)
+        fig, axes = plt.subplots(1, len(attacks), figsize=(max(4.5 * len(attacks) + 3, 9), 4.2), squeeze=False,
+                                 layout="constrained")
         for ax, attack in zip(axes[0], attacks, strict=True):
+            taken: dict[tuple[float, float], int] = defaultdict(int)
             unplotted = []
             for row in by_setting_attack[(setting, attack)]:
                 v = row.values()
                 if v["asr_mean"] is None or v["ma_mean"] is None:  # no point rather than one at ASR 0
                     unplotted.append(f"{row.row} ({'diverged' if v['diverged'] == v['seeds'] else 'no ASR'})")
                     continue
-                ax.scatter(v["asr_mean"], v["ma_mean"], color=style[row.row]["color"],
-                           marker=style[row.row]["marker"])
-                ax.annotate(row.row, (v["asr_mean"], v["ma_mean"]), fontsize=7)
+                spot = (round(v["asr_mean"], 2), round(v["ma_mean"], 2))
+                shift = taken[spot]  # rows on the same spot are drawn side by side, a few points apart
+                taken[spot] += 1
+                at = offset_copy(ax.transData, fig=fig, x=7 * shift, y=0, units="points")
+                ax.plot(v["asr_mean"], v["ma_mean"], linestyle="none", color=style[row.row]["color"],
+                        marker=style[row.row]["marker"], markersize=7, label=_label(row), transform=at)
             if unplotted:
-                ax.text(0.01, 0.01, "not plotted: " + ", ".join(unplotted), transform=ax.transAxes, fontsize=6)
-            ax.set(xlabel="final ASR (lower is better)", ylabel="final MA", title=f"{setting}: {attack}",
-                   xlim=(-0.05, 1.05))
+                ax.text(0.01, 0.01, "not plotted: " + ", ".join(unplotted), transform=ax.transAxes, fontsize=6,
+                        wrap=True)
+            ax.set(xlabel="final ASR (lower is better)", ylabel="final MA", title=attack, xlim=(-0.05, 1.05),
+                   ylim=(-0.02, 1.02))
+        _finish(fig, axes[0][0], setting, [r for r in rows if r.setting == setting])
         written.append(_save(fig, out / f"scatter-{setting}.png"))
     return written
 
 
-def _row_styles(rows: list[Row]) -> dict[str, dict[str, Any]]:
-    """One colour and marker per row name, the same in every plot, so 16 rows stay tellable apart
-    (matplotlib's default cycle repeats after 10); CLIP-Fed's rows are thicker, CLIP-Fed itself black."""
-    import matplotlib
-    from matplotlib.colors import ListedColormap
-
-    cmap = matplotlib.colormaps["tab20"]
-    assert isinstance(cmap, ListedColormap)  # tab20 is a listed colormap of 20 RGB tuples
-    colors = cmap.colors
-    assert isinstance(colors, Sequence)
-    markers = "osD^v<>phX*"
-    names = list(dict.fromkeys(row.row for row in rows))
-    return {name: {"color": "black" if name == "clipfed" else colors[i % len(colors)],
-                   "marker": markers[i % len(markers)],
-                   "linewidth": 2.5 if name.startswith("clipfed") else 1.2} for i, name in enumerate(names)}
+def _finish(fig: Any, ax: Any, title: str, rows: list[Row]) -> None:
+    """The figure's title, its teacher, seeds and runs' status under the axes, and one legend
+    outside the axes (entries from ``ax``, each row once)."""
+    fig.suptitle(title, fontsize=10)
+    width = max(int(fig.get_figwidth() * 9), 50)  # about the axes' width at this font size
+    fig.supxlabel(textwrap.fill(caption(rows).strip(), width), fontsize=8)  # below the axes, clear of the legend
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7)
 
 
 def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -339,11 +532,13 @@ def _round_minutes(rows: list[Row]) -> float:
     return sum(e["round_seconds"] for row in rows for r in row.results for e in r["rounds"]) / 60
 
 
-def write_report(suite_name: str, description: str, rows: list[Row], plots: list[Path], out: Path,
-                 teacher_labels: set[str], elapsed: float) -> Path:
+def write_report(suite: Suite, rows: list[Row], plots: list[Path], out: Path, teacher_labels: set[str],
+                 elapsed: float, warm_starts: str = "", budget: str = "") -> Path:
+    """``report.md``: provenance, the tables (and the durable table for a suite with an attack
+    window), notes on diverged and skipped rows, detection separability and the plots."""
     info = versions()
     lines = [
-        f"# Benchmark: suite `{suite_name}`", "", description, "",
+        f"# Benchmark: suite `{suite.name}`", "", suite.description, "",
         f"- command: `{shlex.join(['clipfed', *sys.argv[1:]]) if sys.argv else 'clipfed bench'}`",
         f"- report written at commit `{info['git_commit']}`",
         run_commits_line([r for row in rows for r in row.results]),
@@ -354,21 +549,30 @@ def write_report(suite_name: str, description: str, rows: list[Row], plots: list
         overhead_line(rows),
         cache_line([r for row in rows for r in row.results]),
     ]
+    if budget:
+        lines.append(f"- attackers' budget `{budget}`: {suite.budgets[budget] or 'as benign clients'}")
     if any("reference" in label for label in teacher_labels):
         lines.append("- **These CLIP-Fed and teacher-only numbers use the offline `reference` teacher "
                      "(a stand-in trained on the public pool), not CLIP.**")
-    lines += ["", "Final MA and ASR (ASR on the attack's triggered test images: those whose true class "
-              "is not the target, or the flip-source class for label flipping), mean ± std over seeds "
-              "whose final model is finite (`diverged`: NaN/Inf parameters or logits, no metric); "
-              "detection pooled over attacked rounds. Every run starts from "
-              "the same clean FedAvg pre-training (`init-model`).", "", paper_table(rows),
+    if warm_starts:
+        lines += ["", warm_starts]
+    start = "its setting and seed's" if suite.pretrain_per_seed else "its setting's"
+    lines += ["", "Final MA, ASR and R-Acc (ASR on the attack's triggered test images: those whose true class "
+              "is not the target, or the flip-source class for label flipping; R-Acc: the share of the same "
+              "images given their true label), mean ± std over seeds whose final model is finite (`diverged`: "
+              "NaN/Inf parameters or logits, no metric); detection pooled over the attack window. Every run "
+              f"starts from {start} clean FedAvg pre-training (`init-model`).", "", paper_table(rows),
               "All columns:", "", markdown_table(rows), diverged_notes(rows), skipped_notes(rows)]
+    if suite.window is not None:
+        lines += [f"## Durable protocol (W={suite.window.attack_rounds} attacked, D={suite.window.clean_rounds} clean "
+                  "rounds)", "", "Per run in `durable.json` (with each attacked round's detection and the reason "
+                  "of every n/a); here mean ± std over seeds.", "", durable_table(rows)]
     separability = separability_table(rows)
     if separability:
         lines += ["Detection scores: how well each signal ranks the attackers above the benign clients "
                   "(pooled over attacked rounds and seeds; AUC 0.5 is chance), and the best recall a "
                   "threshold on the combined score could reach at the precision in the last column's "
-                  "header.", "", separability]
+                  "header.", "", caption(rows), separability]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -20,12 +20,16 @@ from typing import Any
 from tqdm import tqdm
 
 from clipfed import __version__
-from clipfed.bench.suites import Suite
+from clipfed.attacks import list_attacks
+from clipfed.bench.suites import Plateau, Suite
 from clipfed.checks import load_run_config
 from clipfed.config import ConfigError, RunConfig
+from clipfed.data import malicious_clients
+from clipfed.defense.sampler import draw
 from clipfed.engines.inprocess import run_inprocess
+from clipfed.errors import UserError
 from clipfed.runs.checkpoint import CHECKPOINT_FILE, load_resume
-from clipfed.runs.results import RESULT_FILE
+from clipfed.runs.results import RESULT_FILE, load_result
 
 
 @dataclass(frozen=True)
@@ -40,37 +44,102 @@ class Cell:
     pretrain: bool = False
 
     def config(self, suite: Suite, out: Path, init_model: str = "") -> RunConfig:
+        window = suite.window.keys() if suite.window is not None and not self.pretrain else {}
         values = {**suite.base, **suite.settings[self.setting], "seed": self.seed, "attack": self.attack,
-                  **self.overrides, "out-dir": str(out / "runs")}
+                  **window, **self.overrides, "out-dir": str(out / "runs")}
         if init_model and not self.pretrain:
             values["init-model"] = init_model
-        cfg = load_run_config(values)
-        return cfg.model_copy(update={"run_name": f"{self.name}-{cfg.config_hash()[:8]}"})
+        return named(load_run_config(values), self.name)
 
     @property
     def name(self) -> str:
         return f"{self.setting}--{self.row}--{self.attack}--s{self.seed}"
 
+    def warm_key(self, suite: Suite) -> tuple[str, int | None]:
+        """Which warm start this cell uses (or, for a pretraining cell, is)."""
+        return self.setting, self.seed if suite.pretrain_per_seed else None
+
+
+def named(cfg: RunConfig, prefix: str) -> RunConfig:
+    """``cfg`` with its run folder named by ``prefix`` and its config hash (a finished run of the
+    same config is found again by its name)."""
+    return cfg.model_copy(update={"run_name": f"{prefix}-{cfg.config_hash()[:8]}"})
+
+
+def _attack_of(suite: Suite, column: str) -> str:
+    variant = suite.attack_variants.get(column)
+    return str(variant.keys.get("attack", column)) if variant is not None else column
+
+
+def _budget(suite: Suite, budget: str | None) -> dict[str, Any]:
+    """The attackers' run-config keys of ``budget`` (default: the suite's first), {} for a suite
+    without budgets; ``UserError`` naming the allowed ones."""
+    if not suite.budgets:
+        if budget:
+            raise UserError(f"--budget {budget}: suite {suite.name!r} has no attacker budgets")
+        return {}
+    name = budget or next(iter(suite.budgets))
+    if name not in suite.budgets:
+        raise UserError(f"--budget {name}: unknown for suite {suite.name!r}; allowed: {', '.join(suite.budgets)}")
+    return suite.budgets[name]
+
+
+def single_shot_round(values: dict[str, Any], attackers: int, last: int) -> int:
+    """The first round in 1..``last`` whose seeded sample holds exactly ``attackers`` of the
+    config's malicious clients (sampling and roles are pure functions of the seed, so this is the
+    round the run will sample them in); ``UserError`` if none does."""
+    cfg = load_run_config(values)
+    malicious = malicious_clients(cfg)
+    for server_round in range(1, last + 1):
+        if len(malicious.intersection(draw(cfg.seed, server_round, list(range(cfg.num_clients)),
+                                           cfg.clients_per_round))) == attackers:
+            return server_round
+    raise UserError(f"seed {cfg.seed}: no round of 1..{last} samples exactly {attackers} of the "
+                    f"{cfg.num_malicious} malicious clients; raise num-malicious or the window")
+
 
 def plan(suite: Suite, defenses: Iterable[str] | None = None, attacks: Iterable[str] | None = None,
-         seeds: Iterable[int] | None = None, settings: Iterable[str] | None = None) -> list[Cell]:
-    """One warm-start pretraining per setting first (as the field keeps one clean checkpoint per
-    dataset), then seed by seed (so a suite stopped early has whole seeds), per setting and
-    attack: the controls, the defenses, the variants."""
+         seeds: Iterable[int] | None = None, settings: Iterable[str] | None = None,
+         budget: str | None = None) -> list[Cell]:
+    """The warm-start pretrainings first (one per setting, as the field keeps one clean checkpoint
+    per dataset, or per setting and seed), then seed by seed (so a suite stopped early has whole
+    seeds), per setting and attack column: the controls, the defenses, the variants. Attackers
+    get ``budget``'s keys (FedAvg without attack has none, so every budget shares it).
+
+    Raises:
+        UserError: an attack no registry declares (yet), an unknown budget, or a single-shot
+            column whose round cannot be found: before anything runs, not late in the suite.
+    """
     defenses = tuple(defenses or suite.defenses)
     attacks = tuple(attacks or suite.attacks)
     seeds = tuple(seeds if seeds is not None else suite.seeds)
     settings = tuple(settings or suite.settings)
-    cells = [Cell(setting, "pretrain", "none", suite.seeds[0], {
-        "defense": "fedavg", "num-malicious": 0, "num-server-rounds": suite.pretrain_rounds,
-        **suite.pretrain_keys}, True) for setting in settings]
+    if unknown := [a for a in attacks if _attack_of(suite, a) not in list_attacks()]:
+        registered = [a for a in attacks if a not in unknown]
+        raise UserError(f"suite {suite.name!r}: attack(s) {', '.join(unknown)} not registered (not in "
+                        f"`clipfed list`: {', '.join(list_attacks())}); run the others with --attacks "
+                        f"{','.join(registered) or '<registered names>'}, or add the attack first")
+    attacker_keys = _budget(suite, budget)
+    pretrain = {"defense": "fedavg", "num-malicious": 0, "num-server-rounds": suite.pretrain_rounds,
+                **suite.pretrain_keys}
+    cells = [Cell(setting, "pretrain", "none", seed, pretrain, True) for setting in settings
+             for seed in (seeds if suite.pretrain_per_seed else suite.seeds[:1])]
     for seed in seeds:
         for setting in settings:
             for attack in attacks:
-                cells.append(Cell(setting, "fedavg-no-attack", attack, seed, {"defense": "fedavg", "num-malicious": 0}))
-                cells.append(Cell(setting, "teacher-only", attack, seed, {"defense": "teacher-only"}))
-                cells += [Cell(setting, d, attack, seed, {"defense": d}) for d in defenses]
-                cells += [Cell(setting, name, attack, seed, keys) for name, keys in suite.variants.items()]
+                column = suite.attack_variants.get(attack)
+                keys = dict(column.keys) if column is not None else {}
+                if column is not None and column.single_shot:
+                    assert suite.window is not None, "a single-shot column needs the suite's window"
+                    values = {**suite.base, **suite.settings[setting], "seed": seed, **keys}
+                    shot = single_shot_round(values, column.single_shot, suite.window.attack_rounds)
+                    keys |= suite.window.keys(first=shot, last=shot)
+                attacked = {**keys, **attacker_keys}
+                cells.append(Cell(setting, "fedavg-no-attack", attack, seed,
+                                  {**keys, "defense": "fedavg", "num-malicious": 0}))
+                cells.append(Cell(setting, "teacher-only", attack, seed, {**attacked, "defense": "teacher-only"}))
+                cells += [Cell(setting, d, attack, seed, {**attacked, "defense": d}) for d in defenses]
+                cells += [Cell(setting, name, attack, seed, {**attacked, **v}) for name, v in suite.variants.items()]
     return cells
 
 
@@ -116,6 +185,22 @@ def run_cell(cfg: RunConfig, threads: int) -> tuple[Path, bool, float]:
     return run_dir, True, time.perf_counter() - started
 
 
+def run_pretrain(cfg: RunConfig, plateau: Plateau | None, threads: int) -> tuple[Path, bool, float]:
+    """Run (or find) a warm start; with a ``plateau``, resume it chunk by chunk (each chunk its own
+    run folder, named by its config, so a finished chunk is found again) until MA stops rising."""
+    prefix = cfg.run_name.rsplit("-", 1)[0]
+    run_dir, ran, seconds = run_cell(cfg, threads)
+    while plateau is not None:
+        mas = [e["ma"] for e in load_result(run_dir)["rounds"] if e["round"] >= 1]
+        total = plateau.next_rounds(mas)
+        if total is None:
+            break
+        longer = named(cfg.model_copy(update={"num_server_rounds": total, "resume_from": str(run_dir)}), prefix)
+        run_dir, ran_now, more = run_cell(longer, threads)
+        ran, seconds = ran or ran_now, seconds + more
+    return run_dir, ran, seconds
+
+
 def prepare_server_data(cfg: RunConfig, threads: int) -> float:
     """Build (or find cached) the server dataset and teacher outputs that ``cfg``'s runs load, so
     that parallel runs of one setting and seed never build the same one at once; its seconds."""
@@ -146,17 +231,20 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
     faster as parallel single-threaded runs than as one multi-threaded one), the pretraining before
     the cells it warm-starts and alongside it each setting and seed's server dataset; returns
     (cell, run folder) in plan order. A progress bar counts rounds run, so its ETA comes from real
-    work; finished runs are skipped and leave the total."""
+    work; finished runs are skipped and leave the total. A failed run (its exception) is reported
+    and the suite goes on: its ``result.json`` says ``failed`` (or it has none) and the tables
+    mark its row; a failed warm start stops the suite, as every run after it would start from it."""
     out.mkdir(parents=True, exist_ok=True)
     run_dirs: dict[int, Path] = {}
-    warm: dict[str, str] = {}
-    total = sum((suite.pretrain_rounds if c.pretrain else suite.base["num-server-rounds"]) for c in cells)
+    warm: dict[tuple[str, int | None], str] = {}
+    total = sum(c.config(suite, out).num_server_rounds for c in cells)
     phases = [[i for i, c in enumerate(cells) if c.pretrain], [i for i, c in enumerate(cells) if not c.pretrain]]
     with (tqdm(total=total, unit="round", desc=f"bench {suite.name}", dynamic_ncols=True) as bar,
           ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool):
         for number, phase in enumerate(phases):
-            configs = {i: cells[i].config(suite, out, warm.get(cells[i].setting, "")) for i in phase}
-            futures = {pool.submit(run_cell, configs[i], threads): i for i in phase}
+            configs = {i: cells[i].config(suite, out, warm.get(cells[i].warm_key(suite), "")) for i in phase}
+            futures = {(pool.submit(run_pretrain, configs[i], suite.plateau, threads) if cells[i].pretrain
+                        else pool.submit(run_cell, configs[i], threads)): i for i in phase}
             prepared = {pool.submit(prepare_server_data, cells[i].config(suite, out), threads): cells[i].name
                         for i in (_server_data_cells(cells) if number == 0 else [])}
             try:
@@ -166,8 +254,23 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
                         tqdm.write(f"[bench] server data for {prepared[future]}: {future.result():.0f} s")
                         continue
                     i = futures[future]
-                    run_dirs[i], ran, seconds = future.result()
                     rounds = configs[i].num_server_rounds
+                    try:
+                        run_dirs[i], ran, seconds = future.result()
+                    except BrokenExecutor:
+                        raise
+                    except Exception as err:  # any failure of one run is that row's result
+                        if cells[i].pretrain:
+                            raise
+                        run_dirs[i] = Path(configs[i].out_dir) / configs[i].run_name
+                        bar.total -= rounds
+                        tqdm.write(f"[bench] {cells[i].name}: FAILED ({type(err).__name__}: {err}); "
+                                   "its row is marked failed, the suite goes on")
+                        continue
+                    if cells[i].pretrain:  # a warm start trained to a plateau may have run longer
+                        rounds_now = len(load_result(run_dirs[i])["rounds"]) - 1
+                        bar.total += rounds_now - rounds
+                        rounds = rounds_now
                     if ran:
                         bar.update(rounds)
                         tqdm.write(f"[bench] {cells[i].name}: {seconds:.0f} s -> {run_dirs[i].name}")
@@ -177,5 +280,5 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)  # runs under way finish; none start
                 raise
-            warm = {cells[i].setting: str(run_dirs[i]) for i in phases[0]}
+            warm = {cells[i].warm_key(suite): str(run_dirs[i]) for i in phases[0]}
     return [(cell, run_dirs[i]) for i, cell in enumerate(cells)]

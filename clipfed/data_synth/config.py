@@ -13,8 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from clipfed.config import DEVICE_PATTERN
 from clipfed.teacher import TeacherSpec
-
-MixKind = Literal["patch", "blend", "freq"]  # the trigger-like augmentations, in sampling order
+from clipfed.trigger_like import DEFAULT_RECIPE, MixKind, TriggerLikeRecipe
 
 PIPELINE_VERSION = 2  # 2: the id covers teacher weights and inputs
 
@@ -76,15 +75,17 @@ class FilterConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    """Trigger-like augmentations; every augmented copy keeps its clean label."""
+    """Trigger-like augmentations; every augmented copy keeps its clean label. The defaults are
+    ``clipfed.trigger_like.DEFAULT_RECIPE``, the public recipe an adaptive attacker also reads."""
 
     enabled: bool = True
-    copies: int = Field(2, ge=0, description="augmented copies per clean image")
-    mix: dict[MixKind, float] = {"patch": 1.0, "blend": 1.0, "freq": 1.0}
-    patch_size: tuple[int, int] = (2, 8)
-    blend_alpha: tuple[float, float] = (0.05, 0.3)
-    freq_band: tuple[float, float] = Field((0.35, 1.0), description="normalised DCT radius range")
-    freq_strength: float = Field(3.0, gt=0, description="x the clean set's mean band amplitude")
+    copies: int = Field(DEFAULT_RECIPE.copies, ge=0, description="augmented copies per clean image")
+    mix: dict[MixKind, float] = dict(DEFAULT_RECIPE.mix)
+    patch_size: tuple[int, int] = DEFAULT_RECIPE.patch_size
+    blend_alpha: tuple[float, float] = DEFAULT_RECIPE.blend_alpha
+    freq_band: tuple[float, float] = Field(DEFAULT_RECIPE.freq_band, description="normalised DCT radius range")
+    freq_strength: float = Field(DEFAULT_RECIPE.freq_strength, gt=0,
+                                 description="x the clean set's mean band amplitude")
 
     @model_validator(mode="after")
     def _ranges(self) -> AugmentConfig:
@@ -95,6 +96,11 @@ class AugmentConfig(_Strict):
         if self.enabled and self.copies and not any(w > 0 for w in self.mix.values()):
             raise ValueError("augment.mix: at least one of patch, blend, freq needs a weight > 0")
         return self
+
+    def recipe(self) -> TriggerLikeRecipe:
+        """The copies' recipe (``enabled`` is this stage's switch, not part of it)."""
+        return TriggerLikeRecipe(self.copies, dict(self.mix), self.patch_size, self.blend_alpha, self.freq_band,
+                                 self.freq_strength)
 
 
 class SynthConfig(_Strict):

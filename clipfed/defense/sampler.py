@@ -151,8 +151,14 @@ class PartitionSampler:
         self.offline = sorted(p for p, node in self.node_of.items() if node not in online)
         if self.offline:
             log(WARNING, "Round %d: partitions %s are offline", server_round, self.offline)
-        rng = stream_rng(self.seed, Stream.SAMPLING, server_round)
-        size = min(self.sample_size, len(partitions))
-        chosen = sorted(int(p) for p in rng.choice(partitions, size=size, replace=False))
+        chosen = draw(self.seed, server_round, partitions, self.sample_size)
         log(INFO, "configure_train: sampled partitions %s", chosen)
         return {self.node_of[p]: p for p in chosen}
+
+
+def draw(seed: int, server_round: int, partitions: list[int], sample_size: int) -> list[int]:
+    """The partitions sampled in ``server_round`` among ``partitions`` (sorted): a pure function
+    of the seed, so a benchmark can tell in advance which round samples which attackers."""
+    rng = stream_rng(seed, Stream.SAMPLING, server_round)
+    size = min(sample_size, len(partitions))
+    return sorted(int(p) for p in rng.choice(partitions, size=size, replace=False))

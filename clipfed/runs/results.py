@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from statistics import mean, pstdev
 from typing import TYPE_CHECKING, Any
 
 from clipfed import __version__
@@ -170,6 +171,7 @@ class RunRecorder:
             "round": server_round,
             "ma": evaluation.ma,
             "asr": evaluation.asr,
+            "racc": evaluation.racc,  # accuracy of the true label on the images ASR counts
             "per_class_acc": evaluation.per_class_acc,
             "diverged": evaluation.diverged,  # non-finite model: MA/ASR are null, not numbers
             "unavailable": evaluation.unavailable,  # metric -> why it is null
@@ -195,7 +197,7 @@ class RunRecorder:
     def finish(self, status: str = "completed") -> None:
         last = self.payload["rounds"][-1] if self.payload["rounds"] else None
         if last is not None:
-            self.payload["final"] = {k: last[k] for k in ("ma", "asr", "per_class_acc")}
+            self.payload["final"] = {k: last[k] for k in ("ma", "asr", "racc", "per_class_acc")}
         self.payload["status"] = status
         self.payload["finished_at"] = datetime.now(UTC).isoformat()
         self.flush()
@@ -219,7 +221,8 @@ def progress_line(entry: dict[str, Any], num_rounds: int) -> str:
     det, diverged = entry["detection"], entry.get("diverged", False)
     return (
         f"[clipfed] round {entry['round']:>3}/{num_rounds} | MA {format_metric(entry['ma'], diverged):>5} | "
-        f"ASR {format_metric(entry['asr'], diverged):>5} | excluded {entry['excluded']} "
+        f"ASR {format_metric(entry['asr'], diverged):>5} | R-Acc {format_metric(entry['racc'], diverged):>5} | "
+        f"excluded {entry['excluded']} "
         f"(tp {det['tp']} fp {det['fp']}) | server {entry['server_seconds']:.2f} s | "
         f"round {entry['round_seconds']:.1f} s"
     )
@@ -256,32 +259,110 @@ def diverged_at(result: dict[str, Any]) -> int | None:
     return first
 
 
+def attack_window(config: dict[str, Any]) -> tuple[int, int | None]:
+    """A run's attack window from its config: (first attacked round, last one or None for "to the
+    end"); round 0 (the initial model) is never attacked. Results written before
+    ``attack-end-round`` existed attack to the end."""
+    return max(config["attack-start-round"], 1), config.get("attack-end-round") or None
+
+
+def in_window(config: dict[str, Any], server_round: int) -> bool:
+    start, end = attack_window(config)
+    return server_round >= start and (end is None or server_round <= end)
+
+
 def detection_totals(result: dict[str, Any]) -> tuple[int, int, int]:
-    """(tp, fp, fn) summed over a run's attacked rounds (from ``attack-start-round``, round 0 never)."""
-    start = max(result["config"]["attack-start-round"], 1)
-    attacked = [r["detection"] for r in result["rounds"] if r["round"] >= start]
+    """(tp, fp, fn) summed over a run's attack window (``attack-start-round`` to
+    ``attack-end-round``; round 0 never)."""
+    attacked = [r["detection"] for r in result["rounds"] if in_window(result["config"], r["round"])]
     return (sum(d["tp"] for d in attacked), sum(d["fp"] for d in attacked), sum(d["fn"] for d in attacked))
 
 
+REFERENCE_TEACHER = "reference teacher (offline stand-in, not a CLIP)"
+
+
+def teacher_of(result: dict[str, Any]) -> str:
+    """The teacher a run's defense used, as a table names it: the offline stand-in says so, a run
+    without a server dataset (every defense but CLIP-Fed, FLTrust and teacher-only) used none."""
+    data = result.get("server_data")
+    if not data:
+        return "none"
+    return REFERENCE_TEACHER if data.get("reference_teacher") else str(data["teacher"])
+
+
+def skipped_rounds(result: dict[str, Any]) -> tuple[int, int]:
+    """(rounds in which the defense kept the previous model, rounds after round 0): a defense
+    that never aggregated (Bulyan with too few updates) shows the warm start, not itself at work."""
+    rounds = [e for e in result["rounds"] if e["round"] >= 1]
+    return sum(1 for e in rounds if e.get("defense", {}).get("skipped")), len(rounds)
+
+
+def run_status(result: dict[str, Any]) -> str:
+    """The run's status (``completed``, ``failed``, ``interrupted``, ``running``), with a mark
+    where its defense never aggregated or skipped rounds, so a table never shows such a row as a
+    plain result."""
+    status = str(result.get("status", "completed"))
+    skipped, rounds = skipped_rounds(result)
+    if rounds and skipped == rounds:
+        return f"{status}, NEVER AGGREGATED"
+    return f"{status}, kept the previous model in {skipped}/{rounds} rounds" if skipped else status
+
+
+def _seedless(config: dict[str, Any]) -> str:
+    """A run's config without what differs between seeds of one experiment (the seed, where the
+    results go, and the warm start, which is per seed)."""
+    ignored = {"seed", "run-name", "out-dir", "resume-from", "init-model"}
+    return json.dumps({k: v for k, v in config.items() if k not in ignored}, sort_keys=True)
+
+
+def _tally(values: list[str]) -> str:
+    """``completed`` when every run says so, else ``2 completed, 1 failed``."""
+    counts = {v: values.count(v) for v in dict.fromkeys(values)}
+    return values[0] if len(counts) == 1 else ", ".join(f"{n} {v}" for v, n in counts.items())
+
+
+def _final_metric(results: list[dict[str, Any]], key: str) -> str:
+    """A final metric over seeds: the value of one run, ``mean ± std`` of several; runs whose final
+    model diverged are counted, never averaged in (one run: ``diverged (round k)``), and a run that
+    did not complete is averaged in only when no seed did (its status column says so)."""
+    results = [r for r in results if r.get("status", "completed") == "completed"] or results
+    diverged = [at for r in results if (at := diverged_at(r)) is not None]
+    if len(results) == 1 and diverged:
+        return f"diverged (round {diverged[0]})"
+    values = [v for r in results if diverged_at(r) is None
+              if (v := (r.get("final") or {}).get(key)) is not None]
+    shown = "n/a" if not values else (
+        format_metric(values[0]) if len(values) == 1 else f"{mean(values):.3f} ± {pstdev(values):.3f}")
+    return shown + (f" ({len(diverged)}/{len(results)} diverged)" if diverged else "")
+
+
 def results_table(results: list[dict[str, Any]]) -> str:
-    """A Markdown MA/ASR table, one row per run, with detection over the attacked rounds."""
-    header = ("| run | defense | attack | malicious | rounds | final MA | final ASR | "
-              "recall | precision | server s/round |")
-    lines = [header, "|" + "---|" * 10]
+    """A Markdown MA/ASR/R-Acc table, one row per experiment: runs whose configs differ only in
+    the seed are one row (mean ± std over them, detection pooled over their attack windows), with
+    the teacher, the seeds and the status of each row in the row itself."""
+    groups: dict[str, list[dict[str, Any]]] = {}
     for res in results:
-        cfg, rounds = res["config"], [r for r in res["rounds"] if r["round"] > 0]
-        tp, fp, fn = detection_totals(res)
+        groups.setdefault(_seedless(res["config"]), []).append(res)
+    header = ("| run | defense | attack | malicious | teacher | seeds | status | rounds | final MA | final ASR | "
+              "final R-Acc | recall | precision | server s/round |")
+    lines = [header, "|" + "---|" * 14]
+    for group in groups.values():
+        cfg = group[0]["config"]
+        rounds = [r for res in group for r in res["rounds"] if r["round"] > 0]
+        tp, fp, fn = (sum(column) for column in zip(*(detection_totals(r) for r in group), strict=True))
         recall = f"{tp / (tp + fn):.2f}" if tp + fn else "n/a"
         precision = f"{tp / (tp + fp):.2f}" if tp + fp else "n/a"
         server = f"{sum(r['server_seconds'] for r in rounds) / len(rounds):.2f}" if rounds else "n/a"
-        final, diverged = res.get("final") or {}, diverged_at(res)
-        ma, asr = (format_metric(final.get(k)) if diverged is None else f"diverged (round {diverged})"
-                   for k in ("ma", "asr"))
-        status = res.get("status", "completed")
-        done = f"{len(rounds)}" if status == "completed" else f"{len(rounds)} ({status})"  # never a silent stop
+        done = []  # rounds per run, with the status of a run that did not complete: never a silent stop
+        for res in group:
+            count, status = sum(1 for r in res["rounds"] if r["round"] > 0), res.get("status", "completed")
+            done.append(f"{count}" if status == "completed" else f"{count} ({status})")
+        name = group[0]["run_name"] + (f" (+{len(group) - 1} seeds)" if len(group) > 1 else "")
+        seeds = ",".join(str(res.get("seed", res["config"].get("seed", "?"))) for res in group)
         lines.append(
-            f"| {res['run_name']} | {cfg['defense']} | {cfg['attack']} | {cfg['num-malicious']} | "
-            f"{done} | {ma} | {asr} | {recall} | "
-            f"{precision} | {server} |"
+            f"| {name} | {cfg['defense']} | {cfg['attack']} | {cfg['num-malicious']} | "
+            f"{_tally([teacher_of(r) for r in group])} | {seeds} | {_tally([run_status(r) for r in group])} | "
+            f"{', '.join(dict.fromkeys(done))} | {_final_metric(group, 'ma')} | {_final_metric(group, 'asr')} | "
+            f"{_final_metric(group, 'racc')} | {recall} | {precision} | {server} |"
         )
     return "\n".join(lines)

@@ -1,12 +1,17 @@
-"""Neurotoxin (Zhang et al., ICML 2022): a durable backdoor in the coordinates benign clients rarely change.
+"""Neurotoxin's final-update variant (Zhang et al., ICML 2022): the update part ``neurotoxin``.
 
-The malicious update is restricted to the ``neurotoxin-keep`` fraction of coordinates with the
-smallest magnitude in the last global step (the attacker's only view of the benign updates;
-the official code, jhcknzzm/Federated-Learning-Backdoor, masks the top-k% largest benign-gradient
-coordinates, ``gradmask_ratio``, i.e. keeps 1 - ratio). The round-to-round global difference is
-remembered in the node's state; in its first round there is no estimate and the update is left
-whole. Simplified here: the paper projects every step's gradient; this part projects the final
-update (the common simplification).
+The trained update is restricted once, at the end, to the ``neurotoxin-keep`` fraction of
+coordinates with the smallest magnitude in the last global step (the attacker's only view of the
+benign updates). The round-to-round global difference is remembered in the node's state; in its
+first round there is no estimate and the update is left whole.
+
+This is the common simplification, not the paper's attack: the paper (and its official code,
+jhcknzzm/Federated-Learning-Backdoor, whose ``gradmask_ratio`` is the fraction kept) masks the
+gradient of every SGD step, which is the ``neurotoxin`` *training* part
+(``clipfed/attacks/training/neurotoxin.py``) and what the ``neurotoxin`` shorthand runs. This part
+stays for comparison (``attack='badnets' attack-update='neurotoxin'``): it trains every coordinate
+and then discards the masked ones, so the kept coordinates were fitted together with changes that
+are never sent.
 """
 
 from __future__ import annotations

@@ -1,0 +1,275 @@
+"""The durable protocol: planning (window, single shot, budgets, per-seed warm starts trained to a
+plateau, refusal of unregistered attacks), its per-run metrics on synthetic result.json files, and
+tables and plots a reader can read (teacher, seeds, status, one colour and marker per row)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clipfed.bench import report, runner
+from clipfed.bench.durable import durable_metrics
+from clipfed.bench.report import Row, collect, durable_table, markdown_table, plot, warm_start_lines
+from clipfed.bench.runner import Cell, plan, run_pretrain, single_shot_round
+from clipfed.bench.style import canonical_order, row_styles
+from clipfed.bench.suites import SUITES, AttackVariant, Plateau, Suite, Window
+from clipfed.config import RunConfig
+from clipfed.data import malicious_clients
+from clipfed.defense.sampler import draw
+from clipfed.errors import UserError
+
+TINY_DURABLE = Suite(
+    name="tiny-durable", description="test", seeds=(0, 1), pretrain_rounds=2, defenses=("fedavg", "median"),
+    attacks=("badnets", "shot"), settings={"iid": {"partition": "iid"}},
+    base={"num-clients": 20, "num-malicious": 2, "fraction-train": 0.5, "batch-size": 16},
+    pretrain_per_seed=True, window=Window(attack_rounds=10, clean_rounds=3),
+    attack_variants={"shot": AttackVariant({"attack": "badnets", "attack-update": "scaling", "num-malicious": 10},
+                                           single_shot=5)},
+    budgets={"strong": {"attack-epochs": 3, "attack-lr": 0.05}, "equal": {}},
+)
+
+
+def _configs(cells: list[Cell], suite: Suite = TINY_DURABLE) -> list[RunConfig]:
+    return [cell.config(suite, Path("/tmp/x")) for cell in cells]
+
+
+def test_durable_plan_warm_starts_per_seed_and_attacks_in_the_window_with_the_budget() -> None:
+    cells = plan(TINY_DURABLE)
+    pretrain = [c for c in cells if c.pretrain]
+    assert [(c.setting, c.seed) for c in pretrain] == [("iid", 0), ("iid", 1)]
+    assert {c.warm_key(TINY_DURABLE) for c in cells} == {("iid", 0), ("iid", 1)}
+    by_name = {c.name: cfg for c, cfg in zip(cells, _configs(cells), strict=True)}
+    attacked = by_name["iid--median--badnets--s0"]
+    assert (attacked.attack_start_round, attacked.attack_end_round, attacked.num_server_rounds) == (1, 10, 13)
+    assert (attacked.attack_epochs, attacked.attack_lr, attacked.num_malicious) == (3, 0.05, 2)
+    clean = by_name["iid--fedavg-no-attack--badnets--s0"]
+    assert (clean.num_malicious, clean.attack_epochs, clean.num_server_rounds) == (0, 0, 13), "shared by budgets"
+    warm = by_name["iid--pretrain--none--s1"]
+    assert (warm.attack, warm.num_malicious, warm.num_server_rounds, warm.seed) == ("none", 0, 2, 1)
+    equal = {c.name: cfg for c, cfg in zip(cells, _configs(plan(TINY_DURABLE, budget="equal")), strict=True)}
+    assert equal["iid--median--badnets--s0"].attack_epochs == 0
+
+
+def test_single_shot_attacks_in_the_one_round_that_samples_exactly_k_attackers() -> None:
+    cells = [c for c in plan(TINY_DURABLE, seeds=[0, 1]) if c.attack == "shot" and c.row == "fedavg"]
+    for cfg in _configs(cells):
+        shot = cfg.attack_start_round
+        assert cfg.attack_end_round == shot and cfg.num_server_rounds == shot + 3
+        assert (cfg.attack, cfg.attack_update, cfg.num_malicious) == ("badnets", "scaling", 10)
+        sampled = draw(cfg.seed, shot, list(range(20)), cfg.clients_per_round)
+        assert len(malicious_clients(cfg) & set(sampled)) == 5
+        earlier = [len(malicious_clients(cfg) & set(draw(cfg.seed, r, list(range(20)), 10))) for r in range(1, shot)]
+        assert 5 not in earlier, "the first such round"
+    with pytest.raises(UserError, match="no round of 1..4 samples exactly 9 of the 2 malicious"):
+        single_shot_round({"num-clients": 20, "num-malicious": 2, "fraction-train": 0.5}, 9, 4)
+
+
+def test_plan_refuses_an_unregistered_attack_and_an_unknown_budget_before_anything_runs() -> None:
+    suite = Suite(**{**TINY_DURABLE.__dict__, "attacks": ("badnets", "not-yet-an-attack", "shot")})
+    with pytest.raises(UserError, match=r"attack\(s\) not-yet-an-attack not registered .*--attacks badnets,shot"):
+        plan(suite)
+    assert plan(suite, attacks=["badnets"])
+    with pytest.raises(UserError, match="--budget huge: unknown for suite 'tiny-durable'; allowed: strong, equal"):
+        plan(TINY_DURABLE, budget="huge")
+
+
+def test_the_durable_suites_are_sized_as_stated() -> None:
+    cpu, gpu = SUITES["durable"], SUITES["durable-gpu"]
+    assert "CPU" in cpu.description and "W=20 then D=20" in cpu.description
+    assert "GPU" in gpu.description and "W=100 then D=100" in gpu.description
+    attacks = [a for a in cpu.attacks if a in SUITES["durable"].attack_variants or a in ("badnets", "pgd")]
+    for suite, model, rounds in ((cpu, "cnn", 40), (gpu, "resnet18", 200)):
+        cfg = next(c for c in plan(suite, attacks=attacks) if c.row == "clipfed").config(suite, Path("/tmp/x"))
+        assert (cfg.model, cfg.num_clients, cfg.clients_per_round, cfg.num_malicious, cfg.eval_samples) == (
+            model, 100, 10, 10, 0)
+        assert cfg.num_server_rounds == rounds and cfg.attack_epochs == 3 * cfg.local_epochs
+        shot = next(c for c in plan(suite, attacks=["single-shot"]) if c.row == "fedavg").config(suite, Path("/x"))
+        assert shot.attack_update == "scaling" and shot.attack_start_round == shot.attack_end_round
+
+
+def test_plateau_trains_on_until_ma_stops_rising_or_the_cap() -> None:
+    rule = Plateau(chunk=10, window=5, min_gain=0.01, max_rounds=40)
+    assert rule.next_rounds([0.1 * i for i in range(1, 6)]) == 15, "fewer than two windows: go on"
+    assert rule.next_rounds([0.02 * i for i in range(20)]) == 30, "still rising 0.1 a window"
+    assert rule.next_rounds([0.5] * 20) is None, "flat: plateau"
+    assert rule.next_rounds([0.02 * i for i in range(40)]) is None, "the cap"
+
+
+def _fake_run(out: Path, calls: list[RunConfig]) -> Any:
+    """A stand-in for ``run_cell`` writing a result whose MA rises 0.02 a round up to 0.6."""
+    def run_cell(cfg: RunConfig, threads: int) -> tuple[Path, bool, float]:
+        calls.append(cfg)
+        run_dir = out / cfg.run_name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rounds = [{"round": r, "ma": min(0.02 * r, 0.6)} for r in range(cfg.num_server_rounds + 1)]
+        (run_dir / "result.json").write_text(json.dumps({"run_name": cfg.run_name, "config": cfg.to_flower(),
+                                                          "rounds": rounds, "status": "completed"}))
+        return run_dir, True, 1.0
+    return run_cell
+
+
+def test_a_warm_start_is_resumed_chunk_by_chunk_until_its_plateau(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[RunConfig] = []
+    monkeypatch.setattr(runner, "run_cell", _fake_run(tmp_path, calls))
+    cfg = runner.named(RunConfig.from_flower({"num-server-rounds": 20, "attack": "none"}), "s--pretrain--none--s0")
+    run_dir, ran, seconds = run_pretrain(cfg, Plateau(chunk=10, window=10, min_gain=0.01, max_rounds=100), 1)
+    # MA reaches 0.6 at round 30: the window 31-40 gains 0.2 - ... over 21-30, 41-50 gains nothing
+    assert [c.num_server_rounds for c in calls] == [20, 30, 40, 50]
+    assert all(c.resume_from == str(tmp_path / p.run_name) for c, p in zip(calls[1:], calls, strict=False))
+    assert run_dir.name == calls[-1].run_name and run_dir.name.startswith("s--pretrain--none--s0-")
+    assert ran and seconds == 4.0
+    lines = warm_start_lines([(Cell("s", "pretrain", "none", 0, {}, True), run_dir)],
+                             Plateau(chunk=10, window=10, min_gain=0.01, max_rounds=100))
+    assert "50 rounds of clean FedAvg, MA 0.600" in lines and "+0.00 points" in lines and "plateau reached" in lines
+
+
+# -- per-run metrics on synthetic result.json files ------------------------------------------------
+def _entry(r: int, asr: float, malicious: list[int], det: tuple[int, int, int, int], skipped: str = "") -> dict:
+    return {"round": r, "ma": 0.6, "asr": asr, "racc": 0.5, "per_class_acc": [0.6] * 10, "diverged": False,
+            "malicious": malicious, "detection": dict(zip(("tp", "fp", "fn", "tn"), det, strict=True)),
+            "server_seconds": 0.1, "round_seconds": 1.0, "defense": {"skipped": skipped} if skipped else {}}
+
+
+def _result(asrs: list[float], end: int = 4, seed: int = 0, malicious: dict[int, list[int]] | None = None,
+            detection: dict[int, tuple[int, int, int, int]] | None = None, status: str = "completed",
+            teacher: bool = False, skipped: str = "") -> dict:
+    malicious, detection = malicious or {}, detection or {}
+    rounds = [_entry(r, a, malicious.get(r, []), detection.get(r, (0, 0, 0, 10)), skipped if r else "")
+              for r, a in enumerate(asrs)]
+    result = {"run_name": f"run-s{seed}", "seed": seed, "status": status, "rounds": rounds,
+              "config": {"attack-start-round": 1, "attack-end-round": end}, "final": {
+                  k: rounds[-1][k] for k in ("ma", "asr", "racc", "per_class_acc")}}
+    if teacher:
+        result["server_data"] = {"teacher": "reference:cnn:pool-x", "reference_teacher": True}
+    return result
+
+
+FLOOR = _result([0.05] * 11, end=4)
+#              r0   r1   r2   r3    r4    r5   r6   r7   r8    r9    r10
+BACKDOOR = [0.0, 0.5, 0.9, 0.95, 0.97, 0.9, 0.6, 0.3, 0.09, 0.08, 0.06]
+DETECTION = {1: (1, 1, 0, 8), 2: (0, 2, 0, 8), 3: (1, 0, 1, 8), 4: (0, 0, 1, 9), 6: (0, 1, 0, 9)}
+ATTACKERS = {1: [3], 3: [3, 7], 4: [5]}  # round 2 sampled no attacker although it is in the window
+
+
+def test_lifespan_asr_after_the_window_and_their_nulls() -> None:
+    m = durable_metrics(_result(BACKDOOR), FLOOR)
+    assert m.values["asr_end"] == 0.97 and m.values["asr_max"] == 0.97 and m.values["floor"] == 0.05
+    assert m.values["lifespan"] == 4, "round 8 is the first within 0.05 of the floor, 4 after the window"
+    for k in (10, 25):
+        assert m.values[f"asr_plus{k}"] is None
+        assert m.unavailable[f"asr_plus{k}"] == (f"the run ends at round 10, 6 rounds after the window; +{k} is "
+                                                 f"round {4 + k}")
+    longer = durable_metrics(_result(BACKDOOR + [0.05] * 10), _result([0.05] * 21))
+    assert longer.values["asr_plus10"] == 0.05 and longer.values["asr_plus25"] is None
+
+    lasting = durable_metrics(_result([0.0] + [0.9] * 10), FLOOR)
+    assert lasting.values["lifespan"] is None
+    assert lasting.unavailable["lifespan"].startswith("ASR never came back within 0.05 of the floor 0.050 in the 6")
+    gone = durable_metrics(_result([0.0, 0.2, 0.1, 0.05, 0.04] + [0.05] * 6), FLOOR)
+    assert gone.values["lifespan"] == 0, "already back when the window closed"
+    no_floor = durable_metrics(_result(BACKDOOR), None)
+    assert no_floor.values["lifespan"] is None and "no FedAvg-without-attack run" in no_floor.unavailable["lifespan"]
+    open_window = durable_metrics(_result(BACKDOOR, end=0), FLOOR)
+    assert open_window.values["asr_end"] is None and "attack-end-round is 0" in open_window.unavailable["asr_end"]
+    assert open_window.values["asr_max"] == 0.97
+    stopped = durable_metrics(_result(BACKDOOR[:3], status="failed"), FLOOR)
+    assert stopped.unavailable["asr_end"] == "the run stopped at round 2 (failed), before the window's end (round 4)"
+
+
+def test_detection_per_attacked_round_and_fpr_on_attack_free_rounds() -> None:
+    m = durable_metrics(_result(BACKDOOR, malicious=ATTACKERS, detection=DETECTION), FLOOR)
+    # attacked rounds 1, 3, 4: precision 1/2, 1/1, undefined; recall 1, 1/2, 0; F1 2/3, 2/3, 0
+    assert m.values["precision"] == pytest.approx(0.75) and m.values["recall"] == pytest.approx(0.5)
+    assert m.values["f1"] == pytest.approx(4 / 9)
+    assert [r["round"] for r in m.per_round] == [1, 3, 4] and m.per_round[2]["precision"] is None
+    # attack-free rounds 2 (in the window) and 5-10: fp 2 + 1 over fp + tn = 10 + 9 + 1 + 5 * 10
+    assert m.values["fpr"] == pytest.approx(3 / 70)
+    clean = durable_metrics(FLOOR, None)
+    assert clean.values["recall"] is None
+    assert clean.unavailable["recall"] == "no round in which a sampled client attacked"
+    assert clean.values["fpr"] == 0.0
+    every_round = durable_metrics(_result([0.0, 0.5], malicious={1: [3]}, detection={1: (0, 0, 1, 9)}), None)
+    assert every_round.values["precision"] is None
+    assert every_round.unavailable["precision"] == "the defense excluded no client in any attacked round"
+    assert every_round.unavailable["fpr"] == "no attack-free round (every round sampled an attacker)"
+
+
+# -- tables and plots --------------------------------------------------------------------------------
+def _rows() -> list[Row]:
+    attacked = [_result(BACKDOOR, malicious=ATTACKERS, detection=DETECTION, seed=s, teacher=True) for s in (0, 1)]
+    return [Row("iid", "badnets", "fedavg-no-attack", [FLOOR, {**FLOOR, "seed": 1}]),
+            Row("iid", "badnets", "clipfed", attacked),
+            Row("iid", "badnets", "rlr", [_result(BACKDOOR), _result(BACKDOOR[:3], seed=1, status="failed")]),
+            Row("iid", "badnets", "bulyan", [_result([0.0] * 11, skipped="needs 7 updates")]),
+            Row("iid", "badnets", "median", [_result(BACKDOOR)])]  # identical to rlr's seed 0
+
+
+def test_tables_name_teacher_seeds_and_status_and_mark_rows_in_the_table() -> None:
+    table = markdown_table(_rows())
+    assert table.startswith("Teacher: reference teacher (offline stand-in, not a CLIP); seeds: 0, 1; runs: "
+                            "6 completed, 1 failed, 1 completed, NEVER AGGREGATED.")
+    assert "| iid | badnets | clipfed | reference teacher (offline stand-in, not a CLIP) | 0,1 | completed |" in table
+    assert "| iid | badnets | rlr | none | 0,1 | **1 completed, 1 failed** | 0.600 | 0.060 |" in table  # not averaged
+    assert "| iid | badnets | bulyan | none | 0 | **completed, NEVER AGGREGATED** |" in table
+    durable = durable_table(_rows())
+    assert "Attack windows (first-last round): 1-4" in durable
+    assert ("| iid | badnets | clipfed | reference teacher (offline stand-in, not a CLIP) | 0,1 | completed | "
+            "0.970 ± 0.000 | 0.970 ± 0.000 | n/a (the run ends at round 10, 6 rounds after the window; +10 is "
+            "round 14) |") in durable
+    assert "| 0.050 ± 0.000 | 4.0 ± 0.0 | 0.750 ± 0.000 | 0.500 ± 0.000 | 0.444 ± 0.000 | 0.043 ± 0.000 |" in durable
+    assert "n/a (the run stopped at round 2 (failed), before the window's end (round 4))" not in durable, \
+        "rlr's seed 0 has a value: the failed seed is counted, not shown as the row's value"
+    assert "0.970 (1/2 seeds n/a)" in durable
+
+
+def test_a_run_that_left_no_result_is_a_failed_row(tmp_path: Path) -> None:
+    rows = collect([(Cell("iid", "krum", "badnets", 0, {}), tmp_path / "never-started")])
+    assert rows[0].status == "failed (no result.json)" and "**failed (no result.json)**" in markdown_table(rows)
+    assert "| n/a (run failed (no result.json)) |" in durable_table(rows)
+
+
+def test_styles_give_every_row_its_own_colour_and_marker_fixed_by_name() -> None:
+    every = row_styles(canonical_order())
+    colours = [str(s["color"]) for s in every.values()]
+    markers = [s["marker"] for s in every.values()]
+    assert len(set(colours)) == len(colours) and len(set(markers)) == len(markers)
+    assert every["clipfed"]["color"] == "black" and every["clipfed"]["color"] != every["rlr"]["color"]
+    cost_plot = row_styles(["fedavg", "rlr", "clipfed"])  # another plot, other rows: the same look
+    assert all(cost_plot[n] == every[n] for n in cost_plot)
+    strangers = row_styles(["my-variant", "other-variant", *canonical_order()])
+    assert len({str(s["color"]) for s in strangers.values()}) == len(strangers)
+    assert len({s["marker"] for s in strangers.values()}) == len(strangers)
+
+
+def test_plots_shade_the_window_and_name_teacher_seeds_status_classes(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    figures: dict[str, Any] = {}
+    original = report._save
+
+    def keep(fig: Any, path: Path) -> Path:
+        figures[path.name] = {"title": fig._supxlabel.get_text().replace("\n", " "),
+                              "legends": [t.get_text() for lg in fig.legends for t in lg.get_texts()],
+                              "ax_legends": [ax.get_legend() for ax in fig.axes]}
+        fig.canvas.draw()  # the layout must resolve, as it does when saved
+        figures[path.name]["ticks"] = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        figures[path.name]["lines"] = [(str(line.get_color()), line.get_marker()) for line in fig.axes[0].lines]
+        figures[path.name]["spans"] = len(fig.axes[0].patches)
+        return original(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    written = plot(_rows(), tmp_path)
+    assert {p.name for p in written} == {"curves-iid-badnets.png", "per-class-iid-badnets.png", "scatter-iid.png"}
+    for name, fig in figures.items():
+        assert "reference teacher (offline stand-in, not a CLIP)" in fig["title"] and "seeds: 0, 1" in fig["title"]
+        assert "1 failed" in fig["title"], name
+        assert all(legend is None for legend in fig["ax_legends"]), "one legend, outside the axes"
+    curves = figures["curves-iid-badnets.png"]
+    assert curves["spans"] == 1 and "attack window" in curves["legends"]
+    assert "rlr [1 completed, 1 failed]" in curves["legends"]
+    assert "bulyan [completed, NEVER AGGREGATED]" in curves["legends"]
+    assert len(set(curves["lines"])) == len(curves["lines"]) == 5, "rlr and median coincide but differ in look"
+    assert figures["per-class-iid-badnets.png"]["ticks"][:3] == ["airplane", "automobile", "bird"]
