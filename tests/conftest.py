@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from clipfed.bench.synthetic import jpeg_blob
 from clipfed.data.cifar import NPZ_NAME, load_cifar10
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -22,16 +21,6 @@ def class_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(palette[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
 
 
-def _jpeg_blob(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    chunks, offsets = [], [0]
-    for image in images:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="JPEG", quality=95)
-        chunks.append(buffer.getvalue())
-        offsets.append(offsets[-1] + len(chunks[-1]))
-    return np.frombuffer(b"".join(chunks), dtype=np.uint8), np.asarray(offsets, dtype=np.int64)
-
-
 def write_fake_cifar(root: Path, n_train: int = 400, n_test: int = 200, seed: int = 0) -> Path:
     """A CIFAR-10 npz in the offline format, with two exact-pixel rows per split."""
     rng = np.random.default_rng(seed)
@@ -40,7 +29,7 @@ def write_fake_cifar(root: Path, n_train: int = 400, n_test: int = 200, seed: in
         labels = np.arange(n) % 10
         images = class_images(labels, rng)
         arrays[f"{split}_labels"] = labels.astype(np.uint8)
-        arrays[f"{split}_jpeg_blob"], arrays[f"{split}_jpeg_offsets"] = _jpeg_blob(images)
+        arrays[f"{split}_jpeg_blob"], arrays[f"{split}_jpeg_offsets"] = jpeg_blob(images)
         arrays[f"{split}_exact_idx"] = np.asarray([0, 1], dtype=np.int32)
         arrays[f"{split}_exact_pixels"] = images[:2].transpose(0, 3, 1, 2).reshape(2, -1)
     (root / "cifar10").mkdir(parents=True, exist_ok=True)

@@ -29,25 +29,30 @@ def random_images(count: int, rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
 
 
+def jpeg_blob(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, H, W, 3) images as the offline format's JPEG blob (quality 95) and its (N + 1,)
+    int64 byte offsets (``clipfed.data.cifar`` decodes image i from blob[offsets[i]:offsets[i+1]])."""
+    from PIL import Image
+
+    chunks, offsets = [], [0]
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=95)
+        chunks.append(buffer.getvalue())
+        offsets.append(offsets[-1] + len(chunks[-1]))
+    return np.frombuffer(b"".join(chunks), dtype=np.uint8), np.asarray(offsets, dtype=np.int64)
+
+
 def write_fake_cifar(root: Path, n_train: int, n_test: int = 10, seed: int = 0) -> Path:
     """A CIFAR-10 npz in the offline format (``clipfed.data.cifar``: JPEG blobs plus exact-pixel
     rows) holding random images with labels cycling through the classes; returns ``root``, a
     ``data-dir`` the ClientApp loads as it loads the real one."""
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     arrays: dict[str, Any] = {"classes": np.asarray(CLASSES)}  # Any: numpy types savez's **kwds as bool
     for split, count in (("train", n_train), ("test", n_test)):
-        images = random_images(count, rng)
-        chunks, offsets = [], [0]
-        for image in images:
-            buffer = io.BytesIO()
-            Image.fromarray(image).save(buffer, format="JPEG", quality=95)
-            chunks.append(buffer.getvalue())
-            offsets.append(offsets[-1] + len(chunks[-1]))
         arrays[f"{split}_labels"] = (np.arange(count) % NUM_CLASSES).astype(np.uint8)
-        arrays[f"{split}_jpeg_blob"] = np.frombuffer(b"".join(chunks), dtype=np.uint8)
-        arrays[f"{split}_jpeg_offsets"] = np.asarray(offsets, dtype=np.int64)
+        arrays[f"{split}_jpeg_blob"], arrays[f"{split}_jpeg_offsets"] = jpeg_blob(random_images(count, rng))
         arrays[f"{split}_exact_idx"] = np.zeros(0, dtype=np.int32)
         arrays[f"{split}_exact_pixels"] = np.zeros((0, 3 * 32 * 32), dtype=np.uint8)
     (root / "cifar10").mkdir(parents=True, exist_ok=True)
