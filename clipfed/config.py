@@ -50,7 +50,6 @@ ROLES = ("benign", "malicious")
 NODE_KEYS = (
     "data-dir", "device", "attack", "attack-data", "attack-training", "attack-update", "attack-local-steps",
     "attack-epochs", "attack-lr", "pgd-eps", "pgd-every", "poison-rate", "target-label", "attack-start-round",
-    "attack-end-round",
     "patch-size", "patch-position", "patch-pattern", "blend-alpha", "blend-pattern", "dba-parts", "freq-psnr",
     "freq-band-low", "freq-band-high", "flip-source", "boost-factor", "neurotoxin-keep",
     "a3fl-trigger-size", "a3fl-trigger-lr", "a3fl-outer-epochs", "a3fl-adv-epochs", "a3fl-adv-every",

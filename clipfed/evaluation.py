@@ -11,8 +11,15 @@ A trigger the attackers learn against the global model (``DataPoisoning.learns_t
 F3BA) cannot be rebuilt from the run config, and a reply that carried it would hand it to the
 defense. ASR is then measured with the server's re-derivation of it: each attacked round,
 ``rederive_trigger`` runs the attackers' own ``prepare`` against the global model they received, on
-public-pool images (``trigger_pool``), with the evaluator's own memory and stream. A resumed run
-re-derives from the starting trigger, as its attackers' fresh node states do.
+public-pool images (``trigger_pool``), with the evaluator's own memory and stream. That trigger is
+optimised white-box against each defense's own global model, so a learned trigger's ASR partly
+measures how easily that model is fooled by a patch learned against it, not only the backdoor the
+attackers implanted. The clean floor of the same setting (``clipfed.bench.durable``: FedAvg with
+no attacker, the trigger re-derived the same way against its model) measures the same mechanism
+and is the baseline to read such an ASR against. The time the server spends re-deriving is
+reported per round (``trigger_seconds`` in ``result.json``, a part of ``round_seconds``). The
+evaluator's memory goes into the checkpoint, and a resumed run restores it (``restore_trigger``):
+it measures ASR with, and re-derives on from, the trigger the interrupted run had reached.
 
 A metric that cannot be computed is None, never a number: a diverged model (NaN or Inf parameters
 or logits, whose argmax would be class 0 and read as a perfect backdoor on target 0) or an empty
@@ -162,6 +169,20 @@ class BackdoorEvaluator:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(stream_rng(self.seed, Stream.TRIGGER_REDERIVATION, server_round).integers(2**62)))
             self.attack.data.prepare(model, self.trigger_pool.images, self.trigger_pool.labels, ctx)
+        self._stamp()
+
+    def restore_trigger(self, memory: dict[str, np.ndarray]) -> None:
+        """Continue from a checkpoint's ``trigger_memory``: the re-derivation goes on from it, and ASR
+        (and R-Acc) are measured with the trigger it holds; nothing for a fixed trigger."""
+        if self.attack is None or not self.rederives:
+            return
+        self.trigger_memory = {k: v.copy() for k, v in memory.items()}
+        self.attack.data.recall(self.trigger_memory)
+        self._stamp()
+
+    def _stamp(self) -> None:
+        """Stamp the test images ASR counts with the attack's current trigger."""
+        assert self.attack is not None  # only called for an attack's learned trigger
         images, _ = asr_images(self.test, self.attack)
         self.triggered_x = to_tensor(images, self.device)
 

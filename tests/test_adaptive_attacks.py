@@ -21,11 +21,13 @@ import clipfed.app.client_app as client_app
 from clipfed.app.client_app import train
 from clipfed.attacks import create_attack
 from clipfed.attacks.base import AttackContext, StepHooks
+from clipfed.attacks.training.neurotoxin import NeurotoxinTraining
 from clipfed.attacks.update.neurotoxin import neurotoxin_mask
 from clipfed.config import RunConfig
 from clipfed.data import load_federated, malicious_clients
 from clipfed.models import create_model
-from clipfed.training import LocalSchedule, train_local
+from clipfed.models.state import buffer_names
+from clipfed.training import LocalSchedule, to_tensor, train_local
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 
@@ -64,25 +66,92 @@ def initial_params(cfg: RunConfig) -> dict[str, np.ndarray]:
 
 # --- Neurotoxin -----------------------------------------------------------------------------------
 
-def test_neurotoxin_trains_unmasked_in_its_first_round(fake_data_dir: Path) -> None:
-    plain = attacker_update(fake_data_dir, attack="badnets")
-    toxin = attacker_update(fake_data_dir, attack="neurotoxin")
-    assert all(np.array_equal(plain[k], toxin[k]) for k in plain)
+def clean_shard(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The first attacker's clean shard: uint8 (N, H, W, C) images, int (N,) labels."""
+    train_set, _, split = load_federated(cfg)
+    shard = train_set.subset(split.clients[min(malicious_clients(cfg))])
+    return shard.images, shard.labels
+
+
+def full_batch_gradient(params: dict[str, np.ndarray], images: np.ndarray, labels: np.ndarray,
+                        cfg: RunConfig) -> np.ndarray:
+    """(d,) the cross-entropy's gradient over all ``images`` in one batch at ``params`` (the cnn,
+    no BatchNorm), flattened in parameter order."""
+    model = create_model(cfg.model, cfg.num_classes)
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in params.items()})
+    F.cross_entropy(model(to_tensor(images)), torch.from_numpy(labels.astype(np.int64))).backward()
+    return np.concatenate([p.grad.numpy().ravel() for p in model.parameters()])  # type: ignore[union-attr]
+
+
+def masks_seen(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """The mask the neurotoxin training part computes in each ``prepare`` from now on."""
+    seen: list[np.ndarray] = []
+    prepare = NeurotoxinTraining.prepare
+
+    def recording(self: NeurotoxinTraining, model: torch.nn.Module, ctx: AttackContext) -> None:
+        prepare(self, model, ctx)
+        assert self.mask is not None
+        seen.append(self.mask.copy())
+
+    monkeypatch.setattr(NeurotoxinTraining, "prepare", recording)
+    return seen
+
+
+def test_the_neurotoxin_mask_drops_the_largest_clean_gradient_coordinates_of_the_received_model(
+        fake_data_dir: Path) -> None:
+    """Official ``grad_mask_cv``: keep the ``neurotoxin-keep`` share of smallest |gradient| of the
+    received global model on clean data; no memory, so a first turn is masked and two turns with
+    the same received model get the same mask whatever came before."""
+    cfg = tiny(fake_data_dir, attack="neurotoxin", **{"batch-size": 128, "neurotoxin-keep": 0.7})
+    images, labels = clean_shard(cfg)
+    assert len(labels) <= cfg.batch_size  # one batch: the part's subset and order change nothing
+    attack = create_attack(cfg)
+    assert attack is not None and isinstance(attack.training, NeurotoxinTraining)
+    part = attack.training
+    g = initial_params(cfg)
+    model = create_model(cfg.model, cfg.num_classes)
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in g.items()})
+    torch.manual_seed(0)  # the subset's order (summation order; ties at the boundary)
+    part.prepare(model, AttackContext(1, 0, g, clean_images=images, clean_labels=labels))
+    assert part.mask is not None and part.mask.sum() == round(0.7 * part.mask.size)
+    magnitude = np.abs(full_batch_gradient(g, images, labels, cfg))
+    assert magnitude[~part.mask].min() >= magnitude[part.mask].max() - 1e-6, "not the largest |gradient| dropped"
+    assert all(torch.equal(p, torch.from_numpy(g[k])) for k, p in model.state_dict().items()), "model changed"
+    first = part.mask.copy()
+    moved = create_model(cfg.model, cfg.num_classes)
+    moved.load_state_dict({k: torch.from_numpy(v + 0.05) for k, v in g.items()})
+    part.prepare(moved, AttackContext(2, 0, {k: v + 0.05 for k, v in g.items()}, clean_images=images,
+                                      clean_labels=labels))
+    assert not np.array_equal(part.mask, first), "the mask does not follow the received model"
+    torch.manual_seed(0)
+    part.prepare(model, AttackContext(3, 0, g, clean_images=images, clean_labels=labels))
+    np.testing.assert_array_equal(part.mask, first)
+    with pytest.raises(ValueError, match="clean shard"):
+        part.prepare(model, AttackContext(1, 0, g))
+
+
+def test_the_mask_draws_the_same_random_numbers_whether_or_not_the_process_is_fresh(fake_data_dir: Path) -> None:
+    """The mask's subset comes from torch's global generator, which the ClientApp seeds; building
+    the model that ``buffer_names`` caches must not draw from it, or a node's first call in a
+    process (a fresh SuperNode, a resumed run) would mask other coordinates than later calls."""
+    buffer_names.cache_clear()
+    fresh = attacker_update(fake_data_dir, attack="neurotoxin")
+    warm = attacker_update(fake_data_dir, attack="neurotoxin")
+    assert all(np.array_equal(fresh[k], warm[k]) for k in fresh)
 
 
 @pytest.mark.parametrize("project", [True, False])
-def test_neurotoxin_masked_coordinates_never_move_in_round_two(
+def test_neurotoxin_masked_coordinates_never_move_from_its_first_turn(
         fake_data_dir: Path, monkeypatch: pytest.MonkeyPatch, project: bool) -> None:
-    """Round 2 with round 1's global model in memory: after every SGD step (momentum 0.9, weight
-    decay 5e-4) the coordinates outside the mask hold the round-2 global values exactly. Without
-    the after-step reset (``project=False``, the official code's behaviour) weight decay moves
-    them: the reset is what holds them."""
+    """An attacker's first turn, nothing in memory: after every SGD step (momentum 0.9, weight
+    decay 5e-4) the coordinates outside the mask hold the global values exactly. Without the
+    after-step reset (``project=False``, the official code's behaviour) weight decay moves them:
+    the reset is what holds them."""
     cfg = tiny(fake_data_dir, attack="neurotoxin", lr=0.1, **{"attack-local-steps": 6, "neurotoxin-keep": 0.5})
     assert cfg.momentum > 0 and cfg.weight_decay > 0
     attacker = Attacker(cfg)
     g1 = initial_params(cfg)
-    g2 = attacker.train(g1, server_round=1)  # a next global model that differs from g1 everywhere it moved
-    frozen = ~neurotoxin_mask(flat(g2) - flat(g1), 0.5)
+    masks = masks_seen(monkeypatch)
     worst: list[float] = []
     original = client_app.train_local
 
@@ -93,15 +162,17 @@ def test_neurotoxin_masked_coordinates_never_move_in_round_two(
         def after_step(m: torch.nn.Module, step: int) -> None:
             inner(m, step)
             now = np.concatenate([p.detach().cpu().numpy().ravel() for _, p in m.named_parameters()])
-            worst.append(float(np.abs(now - flat(g2))[frozen].max()))
+            worst.append(float(np.abs(now - flat(g1))[~masks[-1]].max()))
 
         return original(model, *args, hooks=StepHooks(before_step=hooks.before_step, after_step=after_step),
                         **kwargs)
 
     monkeypatch.setattr(client_app, "train_local", checking)
-    sent = attacker.train(g2, server_round=2)
-    update = flat(sent) - flat(g2)
-    assert len(worst) == 6
+    sent = attacker.train(g1, server_round=1)
+    (mask,) = masks
+    frozen = ~mask
+    update = flat(sent) - flat(g1)
+    assert len(worst) == 6 and frozen.sum() == round(0.5 * frozen.size)
     if project:
         assert max(worst) == 0.0 and np.all(update[frozen] == 0.0)
         assert np.count_nonzero(update[~frozen]) > 0.5 * (~frozen).sum(), "the kept coordinates did not train"
@@ -109,16 +180,19 @@ def test_neurotoxin_masked_coordinates_never_move_in_round_two(
         assert max(worst) > 0.0, "weight decay should move the masked coordinates without the reset"
 
 
-def test_neurotoxin_training_and_update_parts_compose(fake_data_dir: Path) -> None:
-    """Each keeps its own memory key, so both masks agree and the update is zero outside them."""
+def test_neurotoxin_training_and_update_parts_compose(fake_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each has its own mask: the training part's from this turn's gradient, the update part's
+    from the last global step it saw (none in a first turn); the update is zero outside both."""
     cfg = tiny(fake_data_dir, attack="neurotoxin", **{"attack-update": "neurotoxin", "neurotoxin-keep": 0.5})
     attacker = Attacker(cfg)
+    masks = masks_seen(monkeypatch)
     g1 = initial_params(cfg)
     g2 = attacker.train(g1, server_round=1)
+    assert np.all((flat(g2) - flat(g1))[~masks[0]] == 0.0), "first turn: the training part's mask alone"
     update = flat(attacker.train(g2, server_round=2)) - flat(g2)
-    frozen = ~neurotoxin_mask(flat(g2) - flat(g1), 0.5)
-    assert np.all(update[frozen] == 0.0) and np.count_nonzero(update) > 0
-    assert {"previous-global", "neurotoxin-training-previous-global"} <= set(attacker.context.state["attack-memory"])
+    kept = masks[1] & neurotoxin_mask(flat(g2) - flat(g1), 0.5)
+    assert np.all(update[~kept] == 0.0) and np.count_nonzero(update) > 0
+    assert set(attacker.context.state["attack-memory"]) == {"previous-global"}
 
 
 # --- constrain-scale --------------------------------------------------------------------------------

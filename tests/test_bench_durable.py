@@ -9,14 +9,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from clipfed.bench import report, runner
-from clipfed.bench.durable import durable_metrics
+from clipfed.bench.durable import AFTER, durable_metrics
 from clipfed.bench.report import Row, collect, durable_table, markdown_table, plot, warm_start_lines
 from clipfed.bench.runner import Cell, plan, run_pretrain, single_shot_round
 from clipfed.bench.style import canonical_order, row_styles
-from clipfed.bench.suites import SUITES, AttackVariant, Plateau, Suite, Window
-from clipfed.config import RunConfig
+from clipfed.bench.suites import (
+    A3FL_DURABLE_KEYS,
+    DURABLE_CPU_HOURS,
+    DURABLE_CPU_WINDOW,
+    SUITES,
+    AttackVariant,
+    Plateau,
+    Suite,
+    Window,
+    a3fl_passes,
+)
+from clipfed.checks import node_config_problems
+from clipfed.config import NODE_KEYS, RunConfig
 from clipfed.data import malicious_clients
 from clipfed.defense.sampler import draw
 from clipfed.errors import UserError
@@ -78,16 +90,65 @@ def test_plan_refuses_an_unregistered_attack_and_an_unknown_budget_before_anythi
 
 def test_the_durable_suites_are_sized_as_stated() -> None:
     cpu, gpu = SUITES["durable"], SUITES["durable-gpu"]
-    assert "CPU" in cpu.description and "W=20 then D=20" in cpu.description
+    assert "CPU" in cpu.description and "W=20 then D=30" in cpu.description
     assert "GPU" in gpu.description and "W=100 then D=100" in gpu.description
+    for suite in (cpu, gpu):
+        assert suite.window is not None and suite.window.clean_rounds >= max(AFTER), "ASR at +25 can be read"
     attacks = [a for a in cpu.attacks if a in SUITES["durable"].attack_variants or a in ("badnets", "pgd")]
-    for suite, model, rounds in ((cpu, "cnn", 40), (gpu, "resnet18", 200)):
+    for suite, model, rounds in ((cpu, "cnn", 50), (gpu, "resnet18", 200)):
         cfg = next(c for c in plan(suite, attacks=attacks) if c.row == "clipfed").config(suite, Path("/tmp/x"))
         assert (cfg.model, cfg.num_clients, cfg.clients_per_round, cfg.num_malicious, cfg.eval_samples) == (
             model, 100, 10, 10, 0)
         assert cfg.num_server_rounds == rounds and cfg.attack_epochs == 3 * cfg.local_epochs
         shot = next(c for c in plan(suite, attacks=["single-shot"]) if c.row == "fedavg").config(suite, Path("/x"))
         assert shot.attack_update == "scaling" and shot.attack_start_round == shot.attack_end_round
+
+
+def test_durable_suites_bound_pgd_near_a_benign_update_and_make_a3fl_feasible_stating_both() -> None:
+    for suite, eps in ((SUITES["durable"], 0.5), (SUITES["durable-gpu"], 1.0)):
+        cells = plan(suite, attacks=["pgd", "a3fl", "badnets"])
+        by_name = {c.name: c.config(suite, Path("/tmp/x")) for c in cells}
+        pgd, a3fl = by_name["cifar10-dir0.5--clipfed--pgd--s0"], by_name["cifar10-dir0.5--clipfed--a3fl--s0"]
+        assert (pgd.attack, pgd.pgd_eps) == ("pgd", eps)
+        assert (a3fl.attack, a3fl.a3fl_outer_epochs, a3fl.a3fl_adv_every) == ("a3fl", 20, 5)
+        floor = by_name["cifar10-dir0.5--fedavg-no-attack--a3fl--s0"]
+        assert (floor.a3fl_outer_epochs, floor.num_malicious) == (20, 0), "the floor re-derives the same trigger"
+        badnets = by_name["cifar10-dir0.5--clipfed--badnets--s0"]
+        assert (badnets.pgd_eps, badnets.a3fl_outer_epochs) == (2.0, 200), "only their own columns"
+        assert f"pgd-eps {eps:g}, near a benign update's L2 norm" in suite.description
+        assert "a departure from its official defaults (200 and 1)" in suite.description
+    assert "1394 passes over a shard instead of 50" in SUITES["durable"].description
+    assert "would take about 35 hours (these: 1.2)" in SUITES["durable"].description
+    assert f"about {DURABLE_CPU_HOURS:.0f} hours of rounds and A3FL trigger searches" in SUITES["durable"].description
+    base = 8 * 7 * DURABLE_CPU_WINDOW.rounds * (12 * 450 / 1_500 + 19_000 / 3_800 + 2.5 + 1) / 3600
+    searches = 20 * (8 + 7) * 50 * 450 / 1_500 / 3600  # server + 1 expected attacker, 7 attacked rows
+    assert pytest.approx(base + searches) == DURABLE_CPU_HOURS
+
+
+def test_a3fl_passes_counts_the_passes_its_search_makes() -> None:
+    from torch import nn
+
+    from clipfed.attacks.data.a3fl import A3FL
+
+    assert a3fl_passes({}) == 200 + 199 + 199 * 5 == 1394, "the official defaults"
+    assert a3fl_passes(A3FL_DURABLE_KEYS) == 20 + 15 + 3 * 5 == 50
+    keys = {"a3fl-outer-epochs": 7, "a3fl-adv-every": 3, "a3fl-adv-epochs": 2, "batch-size": 8}
+    calls: list[int] = []
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(10))
+    model(torch.zeros(1, 3, 32, 32))
+    model.register_forward_hook(lambda *_: calls.append(1))  # deep copies (the adversarial ones) share it
+    torch.manual_seed(0)
+    attack = A3FL(RunConfig.from_flower({"attack": "a3fl", **keys}))
+    attack.search(model, torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))  # one batch a pass
+    assert len(calls) == a3fl_passes(keys) == 7 + 4 + 2 * 2
+
+
+def test_attack_end_round_is_the_runs_window_not_a_node_key() -> None:
+    """The server re-derives learned triggers by the run's window: a node cannot move its end."""
+    assert "attack-end-round" not in NODE_KEYS
+    assert any(p.startswith("attack-end-round: unknown node-config key") for p in
+               node_config_problems({"partition-id": 0, "attack-end-round": 5}))
+    assert RunConfig.from_flower({"attack-end-round": 5}).attack_end_round == 5, "still a run-config key"
 
 
 def test_plateau_trains_on_until_ma_stops_rising_or_the_cap() -> None:
@@ -178,24 +239,64 @@ def test_lifespan_asr_after_the_window_and_their_nulls() -> None:
     assert open_window.values["asr_max"] == 0.97
     stopped = durable_metrics(_result(BACKDOOR[:3], status="failed"), FLOOR)
     assert stopped.unavailable["asr_end"] == "the run stopped at round 2 (failed), before the window's end (round 4)"
+    assert stopped.values["lifespan"] is None
+    assert stopped.unavailable["lifespan"] == ("the run stopped at round 2 (failed), before the window's end "
+                                               "(round 4): no round to read it on")
+    at_end = durable_metrics(_result(BACKDOOR[:5]), FLOOR)
+    assert at_end.values["lifespan"] is None
+    assert at_end.unavailable["lifespan"] == ("the run ended at the window's end (round 4) with ASR 0.970, not "
+                                              "within 0.05 of the floor 0.050, and has no round after the window")
+    assert durable_metrics(_result([*BACKDOOR[:4], 0.04]), FLOOR).values["lifespan"] == 0
+    cut = durable_metrics(_result(BACKDOOR[:7], status="stopped"), FLOOR)
+    assert cut.unavailable["lifespan"].startswith("ASR never came back within 0.05 of the floor 0.050 in the 2 "
+                                                  "rounds after the window (stopped)")
 
 
-def test_detection_per_attacked_round_and_fpr_on_attack_free_rounds() -> None:
+def test_asr_at_plus25_is_read_with_d_at_least_25_rounds() -> None:
+    d30 = durable_metrics(_result(BACKDOOR + [0.05] * 20, end=4), _result([0.05] * 31))  # rounds 0..30, end 4
+    assert d30.values["asr_plus10"] == 0.05 and d30.values["asr_plus25"] == 0.05
+    window = DURABLE_CPU_WINDOW
+    rounds = _result([0.5] * (window.attack_rounds + 1) + [0.05] * window.clean_rounds, end=window.attack_rounds)
+    assert durable_metrics(rounds, None).values["asr_plus25"] == 0.05, "the CPU suite's own window"
+
+
+def test_the_clean_floor_is_read_only_from_a_completed_run() -> None:
+    for status in ("failed", "stopped"):
+        m = durable_metrics(_result(BACKDOOR), {**FLOOR, "status": status})
+        assert m.values["floor"] is None and m.values["lifespan"] is None
+        why = f"the FedAvg-without-attack run is {status}, not completed: its ASR is no floor"
+        assert m.unavailable["floor"] == why and m.unavailable["lifespan"] == f"no clean floor: {why}"
+    rows = [Row("iid", "badnets", "fedavg-no-attack", [{**FLOOR, "status": "failed"}]),
+            Row("iid", "badnets", "median", [_result(BACKDOOR)])]
+    assert "n/a (the FedAvg-without-attack run is failed, not completed: its ASR is no floor)" in durable_table(rows)
+
+
+def test_detection_is_pooled_over_the_attacked_rounds_with_its_coverage_and_fpr_on_attack_free_rounds() -> None:
     m = durable_metrics(_result(BACKDOOR, malicious=ATTACKERS, detection=DETECTION), FLOOR)
-    # attacked rounds 1, 3, 4: precision 1/2, 1/1, undefined; recall 1, 1/2, 0; F1 2/3, 2/3, 0
-    assert m.values["precision"] == pytest.approx(0.75) and m.values["recall"] == pytest.approx(0.5)
-    assert m.values["f1"] == pytest.approx(4 / 9)
+    # attacked rounds 1, 3, 4: tp 1+1+0, fp 1+0+0, fn 0+1+1; round 4 excluded nobody (no precision)
+    assert m.values["precision"] == pytest.approx(2 / 3) and m.values["recall"] == pytest.approx(2 / 4)
+    assert m.values["f1"] == pytest.approx(4 / 7)
+    assert [m.values[k] for k in ("attacked_rounds", "precision_rounds", "recall_rounds", "f1_rounds")] == [3, 2, 3, 3]
     assert [r["round"] for r in m.per_round] == [1, 3, 4] and m.per_round[2]["precision"] is None
+    assert m.per_round[0]["precision"] == 0.5, "each round's own values stay in per_round"
     # attack-free rounds 2 (in the window) and 5-10: fp 2 + 1 over fp + tn = 10 + 9 + 1 + 5 * 10
     assert m.values["fpr"] == pytest.approx(3 / 70)
+    # one correct exclusion in 20 attacked rounds: a per-round mean would say precision 1.0 and stop there
+    once = durable_metrics(_result([0.5] * 21, end=20, malicious={r: [3] for r in range(1, 21)},
+                                   detection={1: (1, 0, 0, 9), **{r: (0, 0, 1, 9) for r in range(2, 21)}}), None)
+    assert once.values["precision"] == 1.0 and (once.values["precision_rounds"], once.values["attacked_rounds"]) == (
+        1, 20)
+    assert once.values["recall"] == pytest.approx(1 / 20) and once.values["f1"] == pytest.approx(2 / 21)
     clean = durable_metrics(FLOOR, None)
-    assert clean.values["recall"] is None
+    assert clean.values["recall"] is None and clean.values["attacked_rounds"] == 0
     assert clean.unavailable["recall"] == "no round in which a sampled client attacked"
     assert clean.values["fpr"] == 0.0
     every_round = durable_metrics(_result([0.0, 0.5], malicious={1: [3]}, detection={1: (0, 0, 1, 9)}), None)
-    assert every_round.values["precision"] is None
-    assert every_round.unavailable["precision"] == "the defense excluded no client in any attacked round"
+    assert every_round.values["precision"] is None and every_round.values["recall"] == 0.0
+    assert every_round.unavailable["precision"] == "the defense excluded no client in any of the 1 attacked rounds"
     assert every_round.unavailable["fpr"] == "no attack-free round (every round sampled an attacker)"
+    failed = durable_metrics({"rounds": [], "status": "failed"}, None)
+    assert failed.values["attacked_rounds"] == 0 and failed.values["precision"] is None
 
 
 # -- tables and plots --------------------------------------------------------------------------------
@@ -220,7 +321,9 @@ def test_tables_name_teacher_seeds_and_status_and_mark_rows_in_the_table() -> No
     assert ("| iid | badnets | clipfed | reference teacher (offline stand-in, not a CLIP) | 0,1 | completed | "
             "0.970 ± 0.000 | 0.970 ± 0.000 | n/a (the run ends at round 10, 6 rounds after the window; +10 is "
             "round 14) |") in durable
-    assert "| 0.050 ± 0.000 | 4.0 ± 0.0 | 0.750 ± 0.000 | 0.500 ± 0.000 | 0.444 ± 0.000 | 0.043 ± 0.000 |" in durable
+    assert ("| 0.050 ± 0.000 | 4.0 ± 0.0 | 0.667 ± 0.000 [4/6] | 0.500 ± 0.000 [6/6] | 0.571 ± 0.000 [6/6] | "
+            "0.043 ± 0.000 |") in durable, "pooled detection, [rounds adding to it / attacked rounds] over the seeds"
+    assert "det. precision, pooled [rounds]" in durable
     assert "n/a (the run stopped at round 2 (failed), before the window's end (round 4))" not in durable, \
         "rlr's seed 0 has a value: the failed seed is counted, not shown as the row's value"
     assert "0.970 (1/2 seeds n/a)" in durable

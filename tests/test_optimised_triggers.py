@@ -21,7 +21,14 @@ import clipfed.attacks.data.a3fl as a3fl
 from clipfed.app.client_app import MEMORY, train
 from clipfed.attacks import create_attack
 from clipfed.attacks.base import AttackContext
-from clipfed.attacks.data.f3ba import FLIPS_KEY, aligned_signs, candidate_mask, first_conv
+from clipfed.attacks.data.f3ba import (
+    FLIPS_KEY,
+    aligned_signs,
+    candidate_mask,
+    first_conv,
+    gradient_importance,
+    movement_importance,
+)
 from clipfed.attacks.registry import DATA_PARTS
 from clipfed.checks import LEARNED_TRIGGERS, load_run_config
 from clipfed.config import ConfigError, RunConfig
@@ -169,31 +176,53 @@ def test_the_learned_a3fl_trigger_persists_in_the_nodes_memory_across_its_rounds
 # F3BA ------------------------------------------------------------------------------------------
 
 
-def test_f3ba_candidates_are_the_share_of_lowest_movement_importance() -> None:
+def test_f3ba_candidates_are_the_share_of_lowest_importance() -> None:
     previous = np.array([1.0, 1.0, -1.0, 0.5, 0.2, -0.3])
     current = np.array([0.5, 1.5, -0.5, 0.5, -0.1, -0.6])
     # (current - previous) * current: -0.25, 0.75, -0.25, 0, 0.03, 0.18
-    np.testing.assert_array_equal(candidate_mask(current, previous, 0.5), [True, False, True, True, False, False])
+    movement = movement_importance(current, previous)
+    np.testing.assert_array_equal(candidate_mask(movement, 0.5), [True, False, True, True, False, False])
+    # the same score from a gradient: the step is -lr * gradient
+    np.testing.assert_allclose(gradient_importance(current, (previous - current) / 0.1), movement / 0.1)
 
 
-def test_f3ba_flips_exactly_the_chosen_share_of_the_first_layer_in_the_update_it_sends(fake_data_dir: Path) -> None:
+def test_f3ba_ranks_a_first_turn_by_the_clean_gradient_at_the_received_model() -> None:
+    """No previous global model in memory: importance ``-dL/dw * w`` of the first layer, the
+    gradient of the cross-entropy on the (clean) images given to ``prepare``."""
+    cfg = RunConfig.from_flower({"attack": "f3ba", "batch-size": 64, "f3ba-share": 0.1})
+    attack = create_attack(cfg)
+    assert attack is not None
+    images, labels = shard(48)  # one batch: the gradient's subset and order change nothing
+    model = global_model()
+    memory: dict[str, np.ndarray] = {}
+    attack.data.prepare(model, images, labels, context_for(model, 1, memory))
+    chosen = memory[FLIPS_KEY] != 0
+    assert chosen.sum() == round(0.1 * chosen.size)
+
+    probe = global_model()
+    torch.nn.functional.cross_entropy(probe(to_tensor(images)), torch.from_numpy(labels)).backward()
+    weight = first_conv(probe).weight
+    score = gradient_importance(weight.detach().numpy().ravel(), weight.grad.numpy().ravel())  # type: ignore[union-attr]
+    assert score[chosen].max() <= score[~chosen].min() + 1e-7, "not the lowest -g * w"
+
+
+def test_f3ba_flips_exactly_the_chosen_share_of_the_first_layer_in_every_turn(fake_data_dir: Path) -> None:
+    """The first turn included (gradient importance), then the movement since it."""
     cfg = tiny(fake_data_dir, attack="f3ba", **{"attack-lr": 1e-9})  # training itself flips no sign
     context = attacker_context(cfg)
-    first = ArrayRecord(global_model().state_dict())
-    sent_first = client_round(cfg, context, 1, first)
-    assert not memory_of(context)[FLIPS_KEY].any(), "round 1 has no previous global model to rank by"
-    second = ArrayRecord({k: torch.from_numpy(v) for k, v in sent_first.items()})  # the next global model
-    sent = client_round(cfg, context, 2, second)
-
     key = next(k for k, v in global_model().state_dict().items() if v.dim() == 4)  # the first conv's weight
-    plan = memory_of(context)[FLIPS_KEY]
-    chosen = plan != 0
-    assert chosen.sum() == round(cfg.f3ba_share * plan.size) == 17  # 2% of the 864 weights of a 3x3x3x32 layer
-    before, after = np.sign(second[key].numpy().ravel()), np.sign(sent[key].ravel())
-    flipped = before != after
-    np.testing.assert_array_equal(flipped, chosen & (before != plan))  # the chosen ones the plan turns, only
-    np.testing.assert_array_equal(after[chosen], plan[chosen])
-    assert flipped.any()
+    arrays = ArrayRecord(global_model().state_dict())
+    for server_round in (1, 2):
+        sent = client_round(cfg, context, server_round, arrays)
+        plan = memory_of(context)[FLIPS_KEY]
+        chosen = plan != 0
+        assert chosen.sum() == round(cfg.f3ba_share * plan.size) == 17  # 2% of the 864 weights of a 3x3x3x32 layer
+        before, after = np.sign(arrays[key].numpy().ravel()), np.sign(sent[key].ravel())
+        flipped = before != after
+        np.testing.assert_array_equal(flipped, chosen & (before != plan))  # the chosen ones the plan turns, only
+        np.testing.assert_array_equal(after[chosen], plan[chosen])
+        assert flipped.any(), f"turn {server_round} flipped nothing"
+        arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in sent.items()})  # the next global model
 
 
 def test_the_f3ba_trigger_is_co_optimised_to_activate_the_flipped_filters() -> None:
@@ -290,3 +319,60 @@ def test_the_serverapp_rederives_each_attacked_round_against_the_model_its_attac
     assert all(torch.equal(calls[0][1][k], initial[k]) for k in initial), "round 1 is not the model sent in round 1"
     assert not all(torch.equal(calls[1][1][k], initial[k]) for k in initial)
     assert all(r["asr"] is not None for r in result["rounds"])
+
+
+def test_the_serverapp_reports_the_rederivation_time_in_each_attacked_round(
+        fake_data_dir: Path, tmp_path: Path) -> None:
+    from clipfed.engines.inprocess import run_inprocess
+    from clipfed.runs.results import load_result
+
+    cfg = RunConfig.from_flower({"num-clients": 3, "num-malicious": 1, "num-server-rounds": 3, "partition": "iid",
+                                 "batch-size": 16, "local-steps": 2, "data-dir": str(fake_data_dir),
+                                 "out-dir": str(tmp_path), "run-name": "r", "attack": "f3ba",
+                                 "attack-start-round": 2})
+    rounds = load_result(run_inprocess(cfg))["rounds"]
+    assert [r["trigger_seconds"] > 0 for r in rounds] == [False, False, True, True]
+    assert all(r["trigger_seconds"] == 0.0 or r["trigger_seconds"] < r["round_seconds"] for r in rounds)
+
+
+def test_a_run_resumed_after_the_attack_window_measures_asr_with_the_uninterrupted_runs_trigger(
+        fake_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint after round 3 holds the trigger re-derived in rounds 1-2; round 4, resumed,
+    stamps the test images with it, as the run that was never interrupted does."""
+    from test_checkpoint import Interrupted, crash_at
+
+    from clipfed.engines.inprocess import run_inprocess
+    from clipfed.runs.checkpoint import Checkpoint
+    from clipfed.runs.results import load_result
+
+    stamped: list[torch.Tensor] = []  # the triggered test images of every evaluation, in order
+    evaluate = BackdoorEvaluator.__call__
+
+    def recording(self: BackdoorEvaluator, model: torch.nn.Module) -> Any:
+        assert self.triggered_x is not None
+        stamped.append(self.triggered_x.clone())
+        return evaluate(self, model)
+
+    monkeypatch.setattr(BackdoorEvaluator, "__call__", recording)
+
+    def config(name: str, **keys: Any) -> RunConfig:
+        return RunConfig.from_flower({
+            "num-clients": 3, "num-malicious": 1, "num-server-rounds": 4, "partition": "iid", "batch-size": 16,
+            "local-steps": 2, "data-dir": str(fake_data_dir), "out-dir": str(tmp_path), "run-name": name,
+            "attack": "f3ba", "attack-end-round": 2, "patch-pattern": "random", **keys})
+
+    whole = load_result(run_inprocess(config("whole")))
+    whole_trigger = stamped[-1]
+    assert not torch.equal(whole_trigger, stamped[0]), "the trigger was never re-derived"
+    with monkeypatch.context() as patch:
+        crash_at(patch, 4)
+        with pytest.raises(Interrupted):
+            run_inprocess(config("broken"))
+    assert set(Checkpoint.load(tmp_path / "broken").trigger_memory) == {"f3ba-trigger", "f3ba-previous-layer",
+                                                                          "f3ba-flips"}
+    stamped.clear()
+    resumed = load_result(run_inprocess(config("resumed", **{"resume-from": str(tmp_path / "broken")})))
+    (resumed_trigger,) = stamped  # round 4 only
+    assert torch.equal(resumed_trigger, whole_trigger), "round 4 measured with another trigger"
+    assert [(r["round"], r["ma"], r["asr"], r["racc"]) for r in resumed["rounds"]] == \
+        [(r["round"], r["ma"], r["asr"], r["racc"]) for r in whole["rounds"]]

@@ -58,16 +58,19 @@ def main(grid: Grid, context: Context) -> None:
     sent: dict[str, ArrayRecord] = {}  # "global": the model the clients of the next round receive
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        trigger_seconds = 0.0
         if evaluator.rederives and server_round > 0 and cfg.attacks_in(server_round):  # as this round's attackers
+            started = time.perf_counter()
             model.load_state_dict(sent["global"].to_torch_state_dict())
             evaluator.rederive_trigger(model, server_round)
+            trigger_seconds = time.perf_counter() - started
         sent["global"] = arrays
         started = time.perf_counter()
         model.load_state_dict(arrays.to_torch_state_dict())
         result = evaluator(model)
-        recorder.on_evaluation(server_round, result, time.perf_counter() - started)
+        recorder.on_evaluation(server_round, result, time.perf_counter() - started, trigger_seconds)
         if server_round > 0 and strategy is not None:
-            snapshot(server_round, arrays, strategy.state_dict(), cfg).save(recorder.run_dir)
+            snapshot(server_round, arrays, strategy.state_dict(), cfg, evaluator.trigger_memory).save(recorder.run_dir)
         # a MetricRecord holds numbers only: a metric that could not be computed is left out
         metrics: dict[str, Any] = {"diverged": int(result.diverged)}
         metrics |= {key: value for key, value in (("ma", result.ma), ("asr", result.asr), ("racc", result.racc))
@@ -101,6 +104,7 @@ def main(grid: Grid, context: Context) -> None:
         if checkpoint is not None:
             strategy.load_state_dict(checkpoint.strategy_state)
             restore_rng_states(checkpoint.rng)
+            evaluator.restore_trigger(checkpoint.trigger_memory)
             initial_arrays, first_round = checkpoint.array_record(), checkpoint.server_round + 1
         sent["global"] = initial_arrays
         strategy.start(

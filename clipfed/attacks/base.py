@@ -64,9 +64,9 @@ class AttackContext:
         server_round: the round being trained (1-based).
         malicious_rank: this attacker's rank among attackers (DBA's part, see ``NodeRole``).
         global_params: the received global model's trainable parameters (no BatchNorm statistics).
-        memory: arrays that persist across this client's rounds (the node's state), shared by the
-            three parts: each uses keys no other part uses (Neurotoxin's update part:
-            ``previous-global``; its training part: ``neurotoxin-training-previous-global``).
+        memory: arrays that persist across this client's attacking turns (the node's state, written
+            only in rounds it attacks), shared by the three parts: each uses keys no other part uses
+            (Neurotoxin's update part: ``previous-global``; A3FL and F3BA: ``a3fl-*``, ``f3ba-*``).
         clean_images, clean_labels: the attacker's own shard before poisoning, uint8 (N, H, W, C)
             and int (N,) (what ``clipfed-aware`` builds its probe from); None where a caller has
             none to give (a part that needs them refuses to run without).
@@ -115,6 +115,12 @@ class DataPoisoning(ABC):
         """Work against the received global ``model`` before poisoning (e.g. optimising the
         trigger); nothing for a fixed trigger. ``model`` must be left as received; it is on the
         node's training device already (``images`` and ``ctx`` stay numpy)."""
+        return None
+
+    def recall(self, memory: dict[str, np.ndarray]) -> None:
+        """Take up the trigger a node's ``memory`` holds (a learned trigger, from the node's earlier
+        rounds or the server's checkpoint), so that ``apply_trigger`` stamps it; nothing for a
+        fixed trigger."""
         return None
 
     def poison(self, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,

@@ -44,7 +44,8 @@ TRAINING_PARTS: Registry[Callable[[RunConfig], TrainingPart]] = Registry("attack
     "pgd": ("clipfed.attacks.training.pgd",
             "SGD projected every pgd-every steps onto the L2 ball of radius pgd-eps around the global model"),
     "neurotoxin": ("clipfed.attacks.training.neurotoxin",
-                   "every SGD step restricted to coordinates the last global step changed least (neurotoxin-keep)"),
+                   "every SGD step restricted to the coordinates of the smallest gradient of the "
+                   "global model on the attacker's clean data (neurotoxin-keep)"),
     "constrain": ("clipfed.attacks.training.constrain",
                   "loss constrain-alpha * CE + (1 - constrain-alpha) * L2 distance to the global model"),
     "clipfed-aware": ("clipfed.attacks.training.clipfed_aware",
@@ -55,8 +56,8 @@ UPDATE_PARTS: Registry[Callable[[RunConfig], UpdatePart]] = Registry("attack-upd
     "none": ("clipfed.attacks.update.identity", "the trained parameters, unchanged"),
     "scaling": ("clipfed.attacks.update.scaling", "model replacement: the update boosted by boost-factor"),
     "neurotoxin": ("clipfed.attacks.update.neurotoxin",
-                   "the final update restricted to rarely-updated coordinates, once (neurotoxin-keep); "
-                   "the shorthand masks every step instead"),
+                   "the final update restricted to the coordinates the last global step it saw changed least, "
+                   "once; unmasked in a node's first turn (neurotoxin-keep); the shorthand masks every step"),
 })
 # The run-config key that picks each part, and its registry.
 PARTS: dict[str, Registry[Any]] = {

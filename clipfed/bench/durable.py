@@ -7,13 +7,19 @@ sampled only now and then. For a run whose attack window is rounds [start, end] 
 - ``asr_end``: ASR at round ``end``; ``asr_max``: the highest ASR of rounds start..end;
 - ``asr_plus10``, ``asr_plus25``: ASR at rounds end + 10 and end + 25 (null when N is earlier);
 - ``floor``: the clean floor, the mean ASR of FedAvg without attack (same setting, seed and
-  trigger) over rounds end..N, what the trigger scores on a model nobody poisoned;
+  trigger) over rounds end..N, what the trigger scores on a model nobody poisoned; read only from a
+  *completed* run of it (a failed or stopped one is no floor: null, with its status as the reason);
 - ``lifespan``: the first k >= 0 at which ASR at round end + k is within ``LIFESPAN_MARGIN`` of the
   floor (0: the backdoor was gone when the window closed, or never took); null when ASR never
-  comes back before N;
-- detection per attacked round (a round in which a sampled client attacked: ``malicious`` is not
-  empty): precision tp/(tp+fp) (undefined in a round that excluded nobody), recall tp/(tp+fn) and
-  F1 2tp/(2tp+fp+fn), each averaged over the attacked rounds where defined;
+  comes back before N, or when the run ended before (or at) the window's end;
+- detection over the attacked rounds (a round in which a sampled client attacked: ``malicious`` is
+  not empty), *pooled*: with tp, fp, fn summed over those rounds, precision tp/(tp+fp), recall
+  tp/(tp+fn) and F1 2tp/(2tp+fp+fn). A mean of per-round precisions would count only the rounds in
+  which the defense excluded someone, so one correct exclusion in 20 attacked rounds would score
+  1.0; pooled, its recall and F1 show the 19 misses. ``attacked_rounds`` is how many rounds are
+  pooled and ``precision_rounds`` / ``recall_rounds`` / ``f1_rounds`` how many of them add to each
+  metric's denominator (for precision: the rounds that excluded someone); each round's own values
+  are in ``per_round``;
 - ``fpr``: false positives over the benign clients of the attack-free rounds (rounds >= 1 in which
   no sampled client attacked, inside the window or after it), pooled: fp/(fp+tn).
 
@@ -48,6 +54,9 @@ class DurableMetrics:
 
 KEYS = ("asr_end", "asr_max", *(f"asr_plus{k}" for k in AFTER), "floor", "lifespan", "precision", "recall",
         "f1", "fpr")
+# How many attacked rounds the pooled detection covers: all of them, and those adding to each
+# metric's denominator (always a count, never null).
+COVERAGE_KEYS = ("attacked_rounds", "precision_rounds", "recall_rounds", "f1_rounds")
 
 
 def asr_by_round(result: dict[str, Any]) -> dict[int, float | None]:
@@ -59,6 +68,8 @@ def clean_floor(floor_result: dict[str, Any] | None, end: int) -> tuple[float | 
     a lifespan is read on), and why there is none."""
     if floor_result is None:
         return None, "no FedAvg-without-attack run of this setting, seed and attack to read the floor from"
+    if (status := floor_result.get("status", "completed")) != "completed":
+        return None, f"the FedAvg-without-attack run is {status}, not completed: its ASR is no floor"
     values = [a for r, a in asr_by_round(floor_result).items() if r >= end and a is not None]
     if not values:
         return None, f"the FedAvg-without-attack run has no ASR from round {end} on"
@@ -72,6 +83,7 @@ def durable_metrics(result: dict[str, Any], floor_result: dict[str, Any] | None)
     if not result["rounds"]:  # a run that failed before its first round (or wrote no result)
         for key in KEYS:
             out.put(key, None, f"the run has no round ({result.get('status', 'completed')})")
+        out.values |= dict.fromkeys(COVERAGE_KEYS, 0)
         return out
     start, end = attack_window(result["config"])
     asr = asr_by_round(result)
@@ -111,31 +123,40 @@ def _window_metrics(out: DurableMetrics, asr: dict[int, float | None], end: int,
     back = next((r - end for r in range(end, last + 1) if (a := asr.get(r)) is not None
                  and a <= floor + LIFESPAN_MARGIN), None)
     final = asr.get(last)
-    out.put("lifespan", back,
-            f"ASR never came back within {LIFESPAN_MARGIN:.2f} of the floor {floor:.3f} in the {max(last - end, 0)} "
-            f"rounds after the window (round {last}: ASR {'n/a' if final is None else f'{final:.3f}'})")
+    if last < end:
+        why = f"the run stopped at round {last}{stopped}, before the window's end (round {end}): no round to read it on"
+    elif last == end:
+        why = (f"the run ended at the window's end (round {end}){stopped} with ASR "
+               f"{'n/a' if final is None else f'{final:.3f}'}, not within {LIFESPAN_MARGIN:.2f} of the floor "
+               f"{floor:.3f}, and has no round after the window")
+    else:
+        why = (f"ASR never came back within {LIFESPAN_MARGIN:.2f} of the floor {floor:.3f} in the {last - end} "
+               f"rounds after the window{stopped} (round {last}: ASR {'n/a' if final is None else f'{final:.3f}'})")
+    out.put("lifespan", back, why)
 
 
 def _detection(out: DurableMetrics, result: dict[str, Any]) -> None:
     attacked = [e for e in result["rounds"] if e["round"] >= 1 and e.get("malicious")]
     clean = [e for e in result["rounds"] if e["round"] >= 1 and not e.get("malicious")]
-    precisions, recalls, f1s = [], [], []
     for entry in attacked:
         d = entry["detection"]
         tp, fp, fn = d["tp"], d["fp"], d["fn"]
-        precision = tp / (tp + fp) if tp + fp else None
-        recall = tp / (tp + fn) if tp + fn else None
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
         out.per_round.append({"round": entry["round"], "tp": tp, "fp": fp, "fn": fn, "tn": d.get("tn", 0),
-                              "precision": precision, "recall": recall, "f1": f1})
-        precisions += [precision] if precision is not None else []
-        recalls += [recall] if recall is not None else []
-        f1s += [f1] if f1 is not None else []
+                              "precision": tp / (tp + fp) if tp + fp else None,
+                              "recall": tp / (tp + fn) if tp + fn else None,
+                              "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None})
+    tp, fp, fn = (sum(r[k] for r in out.per_round) for k in ("tp", "fp", "fn"))
+    out.values["attacked_rounds"] = len(out.per_round)
+    for key in ("precision", "recall", "f1"):
+        out.values[f"{key}_rounds"] = sum(r[key] is not None for r in out.per_round)
     none_attacked = "no round in which a sampled client attacked"
-    out.put("precision", mean(precisions) if precisions else None,
-            "the defense excluded no client in any attacked round" if attacked else none_attacked)
-    out.put("recall", mean(recalls) if recalls else None, none_attacked)
-    out.put("f1", mean(f1s) if f1s else None, none_attacked)
+    out.put("precision", tp / (tp + fp) if tp + fp else None,
+            f"the defense excluded no client in any of the {len(attacked)} attacked rounds" if attacked
+            else none_attacked)
+    out.put("recall", tp / (tp + fn) if tp + fn else None,
+            "no attacker among the scored clients of the attacked rounds" if attacked else none_attacked)
+    out.put("f1", 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+            "no attacker and no exclusion in the attacked rounds" if attacked else none_attacked)
     fp = sum(e["detection"]["fp"] for e in clean)
     tn = sum(e["detection"].get("tn", 0) for e in clean)
     out.put("fpr", fp / (fp + tn) if fp + tn else None,

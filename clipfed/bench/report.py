@@ -5,7 +5,8 @@ defense and variant. Detection precision/recall are pooled over the attacked rou
 Every table and plot names its teacher (the offline stand-in says so), its seeds and the status of
 its rows: a row whose run failed, stopped or whose defense never aggregated is marked in the table
 itself. A suite with an attack window (the durable protocol) also gets ``durable.md`` and
-``durable.json`` (``clipfed.bench.durable``: ASR after the window, lifespan, detection per round).
+``durable.json`` (``clipfed.bench.durable``: ASR after the window, lifespan, detection pooled over the
+attacked rounds, each round's own in the json).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from clipfed.bench.durable import COVERAGE_KEYS, LIFESPAN_MARGIN, DurableMetrics, durable_metrics
 from clipfed.bench.durable import KEYS as DURABLE_KEYS
-from clipfed.bench.durable import LIFESPAN_MARGIN, DurableMetrics, durable_metrics
 from clipfed.bench.runner import Cell
 from clipfed.bench.suites import Plateau, Suite
 from clipfed.runs.results import (
@@ -199,7 +200,8 @@ def _paper_cell(row: Row | None) -> str:
 
 def durable_results(rows: list[Row]) -> dict[tuple[str, str, str], list[tuple[dict[str, Any], DurableMetrics]]]:
     """Each row's runs with their durable metrics, the clean floor read from the FedAvg-without-
-    attack run of the same setting, attack column and seed."""
+    attack run of the same setting, attack column and seed (only if that run completed:
+    ``clean_floor`` gives a failed or stopped one's status as the reason for no floor)."""
     floors = {(row.setting, row.attack, r.get("seed")): r for row in rows if row.row == "fedavg-no-attack"
               for r in row.results}
     return {(row.setting, row.attack, row.row): [(r, durable_metrics(r, floors.get((row.setting, row.attack,
@@ -209,8 +211,8 @@ def durable_results(rows: list[Row]) -> dict[tuple[str, str, str], list[tuple[di
 
 _DURABLE_HEADERS = {"asr_end": "ASR at window end", "asr_max": "window max ASR", "asr_plus10": "ASR +10",
                     "asr_plus25": "ASR +25", "floor": "clean floor", "lifespan": "lifespan (rounds)",
-                    "precision": "det. precision / attacked round", "recall": "det. recall / attacked round",
-                    "f1": "det. F1 / attacked round", "fpr": "FPR, attack-free rounds"}
+                    "precision": "det. precision, pooled [rounds]", "recall": "det. recall, pooled [rounds]",
+                    "f1": "det. F1, pooled [rounds]", "fpr": "FPR, attack-free rounds"}
 
 
 def _durable_cell(runs: list[tuple[dict[str, Any], DurableMetrics]], key: str) -> str:
@@ -224,12 +226,17 @@ def _durable_cell(runs: list[tuple[dict[str, Any], DurableMetrics]], key: str) -
         return f"n/a ({missing[0]})" if missing else "n/a"
     digits = 1 if key == "lifespan" else 3
     shown = f"{mean(values):.{digits}f}" + (f" ± {pstdev(values):.{digits}f}" if len(values) > 1 else "")
+    if f"{key}_rounds" in COVERAGE_KEYS:  # pooled detection: of how many attacked rounds, in the seeds shown
+        covered = [m for m in done if m.values.get(key) is not None]
+        shown += (f" [{sum(int(m.values.get(f'{key}_rounds') or 0) for m in covered)}/"
+                  f"{sum(int(m.values.get('attacked_rounds') or 0) for m in covered)}]")
     return shown + (f" ({len(missing)}/{len(runs)} seeds n/a)" if missing else "")
 
 
 def durable_table(rows: list[Row]) -> str:
     """The durable protocol's table: per row, ASR at the window's end, its maximum, at +10 and +25
-    rounds, the clean floor, the backdoor's lifespan, detection per attacked round and the
+    rounds, the clean floor, the backdoor's lifespan, detection pooled over the attacked rounds
+    (with [k/n]: k of the n attacked rounds add to that metric's denominator) and the
     false-positive rate on attack-free rounds; mean ± std over seeds."""
     metrics = durable_results(rows)
     windows = sorted({f"{s}-{'end' if e is None else e}" for row in rows for r in row.results if r["config"]
@@ -251,7 +258,8 @@ def write_durable_json(rows: list[Row], path: Path) -> None:
     """Every run's durable metrics, their reasons where null, and each attacked round's detection."""
     document = [{"setting": s, "attack": a, "row": name, "run": r["run_name"], "seed": r.get("seed"),
                  "status": run_status(r), "teacher": teacher_of(r),
-                 "metrics": {k: m.values.get(k) for k in DURABLE_KEYS}, "unavailable": m.unavailable,
+                 "metrics": {k: m.values.get(k) for k in (*DURABLE_KEYS, *COVERAGE_KEYS)},
+                 "unavailable": m.unavailable,
                  "attacked_rounds": m.per_round}
                 for (s, a, name), runs in durable_results(rows).items() for r, m in runs]
     path.write_text(json.dumps(document, indent=2) + "\n")

@@ -29,7 +29,9 @@ def buffer_names(model: str, num_classes: int) -> frozenset[str]:
     """State-dict keys of a registered model's buffers (running statistics, step counters).
 
     Every other key of its state dict is a trainable parameter. Builds one model per
-    (model, num_classes) and caches the answer.
+    (model, num_classes) and caches the answer; the build's random initialisation draws from a
+    fork of torch's global generator, so whether the cache was warm never changes the random
+    numbers a caller draws next (the ClientApp seeds the generator for the attack parts first).
 
     Args:
         model: A declared model name (``clipfed.models.list_models()``).
@@ -42,7 +44,8 @@ def buffer_names(model: str, num_classes: int) -> frozenset[str]:
     Raises:
         KeyError: ``model`` is not declared.
     """
-    return frozenset(name for name, _ in create_model(model, num_classes).named_buffers())
+    with torch.random.fork_rng(devices=[]):
+        return frozenset(name for name, _ in create_model(model, num_classes).named_buffers())
 
 
 def to_array_record(state: Mapping[str, np.ndarray | torch.Tensor]) -> ArrayRecord:

@@ -6,15 +6,21 @@ global RNG states and the round number. ``resume-from=<run folder>`` starts a *n
 (results are never overwritten) holding the old rounds, and continues at the next round, so the
 final metrics equal those of an uninterrupted run with the same config.
 
-Client-side state (a Neurotoxin attacker's memory in ``context.state``) lives on the clients and
-is not in the server's checkpoint: a resumed Neurotoxin run rebuilds it from the next round on.
+It also holds the server's memory of a learned trigger (``BackdoorEvaluator.trigger_memory``: the
+A3FL or F3BA trigger it re-derived, F3BA's last layer weights), so that a resumed run measures ASR
+with the trigger the interrupted one had reached, and re-derives on from it, rather than from the
+starting pattern.
+
+Client-side state (an attacker's memory in ``context.state``: its learned trigger, the
+``neurotoxin`` update part's and F3BA's previous global model) lives on the clients and is not in
+the server's checkpoint: a resumed run's attackers start their memory afresh.
 """
 
 from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +55,9 @@ class Checkpoint:
     strategy_state: dict[str, Any]
     rng: dict[str, Any]
     config_hash: str
+    # the evaluator's re-derivation memory (name -> array); empty for a fixed trigger and in
+    # checkpoints written before it was saved
+    trigger_memory: dict[str, np.ndarray] = field(default_factory=dict)
 
     def save(self, run_dir: Path) -> Path:
         """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
@@ -60,6 +69,7 @@ class Checkpoint:
             "strategy_state": self.strategy_state,
             "rng": self.rng,
             "config_hash": self.config_hash,
+            "trigger_memory": self.trigger_memory,
         }, tmp)
         os.replace(tmp, path)
         return path
@@ -80,9 +90,11 @@ class Checkpoint:
 
 
 def snapshot(server_round: int, arrays: ArrayRecord, strategy_state: dict[str, Any],
-             cfg: RunConfig) -> Checkpoint:
+             cfg: RunConfig, trigger_memory: dict[str, np.ndarray] | None = None) -> Checkpoint:
+    """The checkpoint after ``server_round``; ``trigger_memory`` (the evaluator's, None: none) is
+    copied, as the evaluator goes on writing to its own."""
     return Checkpoint(server_round, arrays.to_torch_state_dict(), strategy_state, rng_states(),
-                      cfg.config_hash())
+                      cfg.config_hash(), {k: v.copy() for k, v in (trigger_memory or {}).items()})
 
 
 def check_resumable(cfg: RunConfig, old_config: dict[str, Any], checkpoint: Checkpoint) -> None:

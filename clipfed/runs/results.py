@@ -164,7 +164,8 @@ class RunRecorder:
     def on_report(self, report: AggregationReport) -> None:
         self.pending[report.server_round] = report
 
-    def on_evaluation(self, server_round: int, evaluation: Evaluation, eval_seconds: float) -> dict[str, Any]:
+    def on_evaluation(self, server_round: int, evaluation: Evaluation, eval_seconds: float,
+                      trigger_seconds: float = 0.0) -> dict[str, Any]:
         now = time.perf_counter()
         report = self.pending.pop(server_round, AggregationReport(server_round))
         entry = {
@@ -185,6 +186,7 @@ class RunRecorder:
             "detection": report.detection(),
             "server_seconds": report.server_seconds,
             "eval_seconds": eval_seconds,
+            "trigger_seconds": trigger_seconds,  # re-deriving a learned trigger (in round_seconds; else 0)
             "round_seconds": now - self.last_round_end,
             "defense": report.details,
         }

@@ -118,7 +118,7 @@ class A3FL(LearnedPatch):
 
         Batches are drawn from torch's global generator, which the ClientApp seeds per client and
         round (and the server's re-derivation per round, from its own stream)."""
-        self.recall(ctx)
+        self.recall(ctx.memory)
         device = next(model.parameters()).device
         x = to_tensor(images, device)
         y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)

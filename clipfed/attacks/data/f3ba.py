@@ -6,11 +6,22 @@ makes the flips; ``attack='f3ba'`` is the two together.
 Each attacked round ``prepare``, against the received global model w_t:
 
 1. **Candidates.** In the first convolution layer (the layer the trigger meets), the ``f3ba-share``
-   of its weights with the lowest importance ``(w_t - w_{t-1}) * w_t``: the first-order loss change
-   of removing a weight, ``-grad * w``, with the last global step standing in for ``-lr * grad``
-   (the official "movement" selection; w_{t-1} is the global model this node received in its
-   previous attacked round, kept in memory). A node's first attacked round has no w_{t-1}: it
-   selects nothing and only records w_t, as the official code does.
+   of its weights with the lowest importance: the first-order loss change of removing a weight,
+   ``-dL/dw * w`` (signed, movement pruning's score: a weight the task pushes towards zero scores
+   below 0 and goes first). The official code (``kernel_selection: movement``) estimates it as
+   ``(w_t - w_{t-1}) * w_t``, the last global step standing in for ``-lr * dL/dw``, where w_{t-1}
+   is the global model this node received in its previous attacked turn (kept in memory; with
+   sampled clients the step spans every round since then, a longer movement, as movement pruning
+   accumulates its score over steps). A node's first attacked turn has no w_{t-1}: there the score
+   is measured directly, ``-g * w_t`` with g the gradient of the cross-entropy at w_t summed over a
+   few batches of the node's own clean images (``clipfed.attacks.gradient.clean_gradient``). That
+   is the quantity the movement score estimates, up to the positive factor ``lr`` (which does not
+   change the ranking), with the gradient of the attacker's data at w_t in place of the benign
+   clients' aggregated step; it is not the magnitude ``|w * dL/dw|`` of Taylor pruning, which
+   would rank a weight whose removal lowers the loss as important. So every turn flips the
+   ``f3ba-share``. The official code instead sets w_{t-1} to the model the attacking client was
+   constructed with (``Client.__init__``, before any round), so its first turn ranks by the
+   movement since then; a node here has no such model, only what it receives when sampled.
 2. **Flip signs.** Each candidate's sign is set to that of the trigger pattern (normalised, resized
    bilinearly to the kernel, rescaled into each filter's [min, max] range): the filter becomes a
    detector of the trigger.
@@ -36,7 +47,8 @@ random patch at rows 3-5, cols 23-25); the attacker trains with the run's poison
 
 ASR is measured with the server's re-derivation of the trigger, as for A3FL
 (``clipfed/attacks/data/a3fl.py`` says why): the server runs this ``prepare`` on public-pool images
-against the global model each attacked round, with its own memory of w_{t-1}.
+(and their labels, for the first round's gradient) against the global model each attacked round,
+with its own memory of w_{t-1}.
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ from torch import nn
 
 from clipfed.attacks.base import AttackContext, DataPoisoning
 from clipfed.attacks.data.learned_patch import LearnedPatch, pixel_bounds, stamp
+from clipfed.attacks.gradient import clean_gradient
 from clipfed.attacks.registry import DATA_PARTS
 from clipfed.training import to_tensor
 
@@ -69,13 +82,23 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     raise ValueError(f"{type(model).__name__} has no convolution layer for F3BA to flip")
 
 
-def candidate_mask(current: np.ndarray, previous: np.ndarray, share: float) -> np.ndarray:
-    """(d,) bool: the ``round(share * d)`` weights of the lowest importance ``(current - previous) *
-    current``, for the flattened (d,) layer weights of this and the previous global model
-    (ties broken by position)."""
-    scores = (current - previous) * current
-    chosen = np.zeros(current.size, dtype=bool)
-    chosen[np.argsort(scores, kind="stable")[: round(share * current.size)]] = True
+def movement_importance(current: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """The official ``movement`` importance ``(current - previous) * current`` of the flattened (d,)
+    layer weights of this and the previous global model."""
+    return (current - previous) * current
+
+
+def gradient_importance(current: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """``-gradient * current``: the first-order loss change of removing each of the (d,) weights,
+    what the movement importance estimates, from the (d,) loss gradient at ``current``."""
+    return -gradient * current
+
+
+def candidate_mask(importance: np.ndarray, share: float) -> np.ndarray:
+    """(d,) bool: the ``round(share * d)`` weights of the lowest (d,) ``importance`` (ties broken by
+    position)."""
+    chosen = np.zeros(importance.size, dtype=bool)
+    chosen[np.argsort(importance, kind="stable")[: round(share * importance.size)]] = True
     return chosen
 
 
@@ -105,23 +128,27 @@ class F3BA(LearnedPatch):
 
     def prepare(self, model: nn.Module, images: np.ndarray, labels: np.ndarray, ctx: AttackContext) -> None:
         """Choose the candidates in ``model``'s first convolution layer, co-optimise the trigger on
-        the uint8 (N, H, W, C) ``images`` (labels unused) and leave the flip plan in memory.
+        the uint8 (N, H, W, C) ``images`` and leave the flip plan in memory. The int (N,) ``labels``
+        serve the first turn's gradient importance only.
 
-        The handcraft subset and batch order come from torch's global generator, which the
-        ClientApp seeds per client and round (and the server's re-derivation per round)."""
-        self.recall(ctx)
-        weight = first_conv(model).weight.detach()
+        The gradient's batches, the handcraft subset and the batch order come from torch's global
+        generator, which the ClientApp seeds per client and round (and the server's re-derivation
+        per round)."""
+        self.recall(ctx.memory)
+        conv = first_conv(model)
+        weight = conv.weight.detach()
         current = weight.cpu().numpy().ravel().astype(np.float32)
         previous = ctx.memory.get(PREVIOUS_KEY)
         ctx.memory[PREVIOUS_KEY] = current
-        if previous is None or previous.shape != current.shape:
-            ctx.memory[FLIPS_KEY] = np.zeros_like(current)
-            self.remember(ctx)
-            return
-        chosen = torch.from_numpy(candidate_mask(current, previous, self.share)).to(weight.device).view_as(weight)
+        if previous is not None and previous.shape == current.shape:
+            importance = movement_importance(current, previous)
+        else:
+            name = next(n for n, p in model.named_parameters() if p is conv.weight)
+            gradient = clean_gradient(model, images, labels, self.batch_size)[name]
+            importance = gradient_importance(current, gradient.cpu().numpy().ravel().astype(np.float32))
+        chosen = torch.from_numpy(candidate_mask(importance, self.share)).to(weight.device).view_as(weight)
         subset = torch.randperm(len(images))[: max(1, round(HANDCRAFT_SHARE * len(images)))]
-        trigger = self.co_optimise(first_conv(model), chosen, to_tensor(images[np.sort(subset.numpy())],
-                                                                         weight.device))
+        trigger = self.co_optimise(conv, chosen, to_tensor(images[np.sort(subset.numpy())], weight.device))
         self.pattern = self.from_normalised(trigger)
         signs = aligned_signs(weight, self.region(trigger))
         ctx.memory[FLIPS_KEY] = torch.where(chosen, signs, 0.0).cpu().numpy().ravel().astype(np.float32)

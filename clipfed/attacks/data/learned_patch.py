@@ -65,9 +65,9 @@ class LearnedPatch(DataPoisoning):
         out[:, row : row + self.size, col : col + self.size, :] = pixels
         return out
 
-    def recall(self, ctx: AttackContext) -> None:
-        """Continue from the pattern this node learned in its earlier rounds, if any."""
-        remembered = ctx.memory.get(self.memory_key)
+    def recall(self, memory: dict[str, np.ndarray]) -> None:
+        """Continue from the pattern this node learned in its earlier rounds, if ``memory`` holds one."""
+        remembered = memory.get(self.memory_key)
         if remembered is not None and remembered.shape == self.pattern.shape:
             self.pattern = remembered.astype(np.float32)
 

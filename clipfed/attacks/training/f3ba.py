@@ -9,9 +9,9 @@ the flips, the later ones keep them while the other weights adapt, so the update
 the planned signs on the chosen weights (the weights whose sign the plan changes are flipped, the
 others keep theirs). The official code flips once, before local training, and lets training move the
 flipped weights afterwards; holding them is the simplification here, so that the share flipped is
-the share sent. The plan is what the data part left in ``ctx.memory['f3ba-flips']`` this round; with
-another data part, or in an attacker's first round (no previous global model to rank weights by),
-there is none, and the part trains as ``sgd``.
+the share sent. The plan is what the data part left in ``ctx.memory['f3ba-flips']`` this round (in
+every turn, the first included); with another data part there is none, and with an ``f3ba-share``
+that rounds to no weight it flips nothing: the part then trains as ``sgd``.
 """
 
 from __future__ import annotations

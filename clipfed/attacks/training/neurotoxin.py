@@ -1,21 +1,27 @@
 """Neurotoxin as its paper trains it (Zhang et al., ICML 2022, "Neurotoxin: Durable Backdoors in
 Federated Learning"): every SGD step is restricted to the coordinates benign clients rarely change.
 
-Which coordinates: the ``neurotoxin-keep`` fraction with the smallest magnitude in the last global
-step (the global model now minus the one this attacker last received, the paper's estimate of the
-benign gradient, Algorithm 1), over all trainable parameters together (``neurotoxin_mask``, shared
-with the update part). The previous global model is kept in the node's memory under its own key,
-so this part composes with the ``neurotoxin`` update part; in an attacker's first attacking round
-there is no estimate and it trains unmasked (as the official code does with ``gradmask_ratio`` 1).
+Which coordinates: the ``neurotoxin-keep`` fraction with the smallest magnitude in the gradient of
+the cross-entropy at the received global model, summed over a few batches of the attacker's own
+clean shard (``clipfed.attacks.gradient.clean_gradient``, ``AttackContext.clean_images``), over
+all trainable parameters together (``neurotoxin_mask``). That gradient is the attacker's proxy
+for the benign update of this round: the largest-magnitude coordinates are the ones honest
+clients will overwrite, and they are masked out. ``prepare`` computes it afresh every attacked
+round against the model just received, so it needs no memory: an attacker's first turn is masked
+like any other, and no turn uses an older global model.
 
-The official code (jhcknzzm/Federated-Learning-Backdoor, ``FL_Backdoor_CV/train_funcs.py``)
-multiplies every gradient by the 0/1 mask after ``backward`` (``apply_grad_mask``) and then steps
-SGD with ``poison_momentum`` 0.9 and ``poison_decay`` 0.005 (``utils/cifar10_params.yaml``;
-``poison_lr`` 0.05 there, ``--poison_lr 0.02`` in its CIFAR scripts). Its ``gradmask_ratio`` is the
-fraction kept ("the proportion of the gradient retained"; default 1, no mask; the CIFAR scripts
-run 0.95-0.99 with ``--aggregate_all_layer 1``, one top-k over all layers as here); its mask comes
-from the global model's gradient on clean data rather than the last global step. The default
-``neurotoxin-keep`` 0.9 is this project's (masks more than the scripts do).
+The official code (jhcknzzm/Federated-Learning-Backdoor, ``FL_Backdoor_CV``) does the same:
+``grad_mask_cv`` accumulates the gradient of the current global model on clean data (30 sampled
+clean participants' loaders there; the attacker's own shard here), keeps the
+``int(d * gradmask_ratio)`` coordinates of the smallest |gradient| (``topk`` of ``-|g|``) over all
+layers (``--aggregate_all_layer 1``), multiplies every gradient by that 0/1 mask after ``backward``
+(``apply_grad_mask``) and steps SGD with ``poison_momentum`` 0.9 and ``poison_decay`` 0.005
+(``utils/cifar10_params.yaml``; ``poison_lr`` 0.05 there, ``--poison_lr 0.02`` in its CIFAR
+scripts). ``gradmask_ratio`` is the fraction of coordinates *kept* ("the proportion of the gradient
+retained"; 1, the default, computes no mask; the CIFAR scripts run 0.95-0.99): ``neurotoxin-keep``
+here. Its default 0.9 is this project's (it masks more than those scripts do). The gradient is
+computed in training mode on a copy (BatchNorm with batch statistics, as the official
+``model.train()``), so the received model's running statistics are not touched.
 
 Weight decay and momentum: in the official code weight decay is added inside ``step``, after the
 mask, so the masked coordinates still shrink by lr x decay x w per step and the momentum buffer
@@ -32,33 +38,35 @@ import torch
 from torch import nn
 
 from clipfed.attacks.base import AttackContext, StepHooks
+from clipfed.attacks.gradient import clean_gradient
 from clipfed.attacks.registry import TRAINING_PARTS
 from clipfed.attacks.training.sgd import AttackerSGD
 from clipfed.attacks.update.neurotoxin import neurotoxin_mask
 from clipfed.config import RunConfig
-
-MEMORY_KEY = "neurotoxin-training-previous-global"  # last round's global parameters (flat), this part's own
 
 
 class NeurotoxinTraining(AttackerSGD):
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
         self.keep = cfg.neurotoxin_keep
-        self.mask: np.ndarray | None = None  # (d,) bool over ctx.global_params in order; None: unmasked
+        self.mask: np.ndarray | None = None  # (d,) bool over ctx.global_params in order, set by prepare
 
     def prepare(self, model: nn.Module, ctx: AttackContext) -> None:
-        """The mask from the last global step, and the current global parameters remembered."""
-        flat_global = np.concatenate([value.ravel() for value in ctx.global_params.values()])
-        previous = ctx.memory.get(MEMORY_KEY)
-        ctx.memory[MEMORY_KEY] = flat_global
-        if previous is None or previous.shape != flat_global.shape:
-            self.mask = None
-        else:
-            self.mask = neurotoxin_mask(flat_global - previous, self.keep)
+        """The mask from the gradient of ``model`` (the received global one) on the clean shard.
+
+        Raises:
+            ValueError: a context without the attacker's clean shard.
+        """
+        if ctx.clean_images is None or ctx.clean_labels is None:
+            raise ValueError("the neurotoxin training part needs the attacker's clean shard "
+                             "(AttackContext.clean_images)")
+        gradient = clean_gradient(model, ctx.clean_images, ctx.clean_labels, self.cfg.batch_size)
+        self.mask = neurotoxin_mask(np.concatenate([gradient[name].cpu().numpy().ravel()
+                                                    for name in ctx.global_params]), self.keep)
 
     def hooks(self, model: nn.Module, ctx: AttackContext) -> StepHooks | None:
         if self.mask is None:
-            return None
+            raise RuntimeError("the neurotoxin training part's hooks come after its prepare, which sets the mask")
         named = dict(model.named_parameters())
         params, frozen, centre = [], [], []
         offset = 0
