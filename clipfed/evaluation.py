@@ -128,8 +128,7 @@ class BackdoorEvaluator:
         self.triggered_x: torch.Tensor | None = None
         self.triggered_y: torch.Tensor | None = None  # true labels of the triggered images, on the CPU
         if attack is not None:
-            images, labels = asr_images(test, attack)
-            self.triggered_x, self.triggered_y = to_tensor(images, self.device), torch.from_numpy(labels)
+            self._stamp()
         self.missing: dict[str, str] = {}  # what no model can be scored on, whatever its weights
         if not len(self.clean_x):
             self.missing["ma"] = "no clean test image"
@@ -181,10 +180,11 @@ class BackdoorEvaluator:
         self._stamp()
 
     def _stamp(self) -> None:
-        """Stamp the test images ASR counts with the attack's current trigger."""
-        assert self.attack is not None  # only called for an attack's learned trigger
-        images, _ = asr_images(self.test, self.attack)
-        self.triggered_x = to_tensor(images, self.device)
+        """Stamp the test images ASR counts with the attack's current trigger, on the device, and
+        keep their true labels (on the CPU) for R-Acc."""
+        assert self.attack is not None  # only called with an attack
+        images, labels = asr_images(self.test, self.attack)
+        self.triggered_x, self.triggered_y = to_tensor(images, self.device), torch.from_numpy(labels)
 
     def __call__(self, model: torch.nn.Module) -> Evaluation:
         """MA, ASR, R-Acc and per-class accuracy of ``model``; every metric None if it diverged.

@@ -24,6 +24,25 @@ AUGMENTATIONS = ("clean", "patch", "blend", "freq")  # the kind codes an augment
 MIX_KINDS: tuple[MixKind, ...] = ("patch", "blend", "freq")
 
 
+def probe_rows(labels: np.ndarray, size: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """CLIP-Fed's probe choice, shared by the server and the attacker who imitates it: about
+    ``size`` images, ``size // num_classes`` (at least one) drawn per class, fewer where a class has
+    fewer, none of an absent class.
+
+    Args:
+        labels: int (N,), the labels of the candidate images.
+        size: about how many to choose; num_classes: C.
+        rng: draws the images, class by class.
+    Returns:
+        Sorted int (n,) positions into ``labels``.
+    """
+    per_class = max(1, size // num_classes)
+    return np.sort(np.concatenate([
+        rng.choice(rows, size=min(per_class, len(rows)), replace=False)
+        for c in range(num_classes) if len(rows := np.flatnonzero(labels == c))
+    ]))
+
+
 @dataclass(frozen=True)
 class TriggerLikeRecipe:
     """How trigger-like copies are made (the defaults are the server's public recipe,

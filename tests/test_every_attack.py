@@ -196,3 +196,22 @@ def test_the_attackers_own_schedule(keys: dict[str, Any], expected: tuple[int, i
     schedule = attack.training.schedule(LocalSchedule.benign(cfg), num_samples=90)
     assert (schedule.epochs, schedule.max_steps, schedule.lr) == expected
     assert (schedule.momentum, schedule.weight_decay) == (cfg.momentum, cfg.weight_decay)
+
+
+def test_no_attack_or_part_loads_server_side_code_into_a_clientapp() -> None:
+    """Every shorthand built and every part's module imported in a fresh ClientApp process loads no
+    synthesis, teacher, guard or defense module, nor open_clip or scikit-learn (the frequency
+    trigger once pulled in the synthesis pipeline, and clipfed-aware imitates CLIP-Fed's recipe
+    through clipfed.trigger_like, never through the server's data)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, clipfed.app.client_app\n"
+            "from clipfed.attacks import create_attack, list_attacks\n"
+            "from clipfed.attacks.registry import PARTS\nfrom clipfed.config import RunConfig\n"
+            "for name in list_attacks(): create_attack(RunConfig.from_flower({'attack': name}))\n"
+            "for registry in PARTS.values(): [registry.get(part) for part in registry.names()]\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('clipfed.data_synth', 'clipfed.defense', "
+            "'clipfed.teacher', 'clipfed.guard', 'open_clip', 'sklearn'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+import torch
+from torch import nn
 
 from clipfed.training import LocalSchedule, StepHooks
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from clipfed.config import RunConfig
 
 __all__ = ["Attack", "AttackContext", "DataPoisoning", "LocalSchedule", "Params", "PoisonedData", "StepHooks",
@@ -78,6 +78,16 @@ class AttackContext:
     memory: dict[str, np.ndarray] = field(default_factory=dict)
     clean_images: np.ndarray | None = None
     clean_labels: np.ndarray | None = None
+
+    def anchored(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``model``'s trainable parameters and the global values they started from, both in
+        ``global_params``' order: what a training part projects onto, resets to or measures its
+        distance from. The global values are copied once to each parameter's device and dtype."""
+        named = dict(model.named_parameters())
+        params: list[torch.Tensor] = [named[name] for name in self.global_params]
+        centre = [torch.as_tensor(value).to(device=p.device, dtype=p.dtype, copy=True)
+                  for value, p in zip(self.global_params.values(), params, strict=True)]
+        return params, centre
 
 
 class DataPoisoning(ABC):

@@ -45,6 +45,7 @@ from clipfed.models.state import conform, to_array_record
 from clipfed.records import array_record
 from clipfed.streams import Stream, stream_rng
 from clipfed.training import to_tensor
+from clipfed.trigger_like import probe_rows
 
 if TYPE_CHECKING:
     from clipfed.config import RunConfig
@@ -72,11 +73,7 @@ def build_probe(data: ServerDataset, size: int, num_classes: int, seed: int,
     """
     rng = stream_rng(seed, Stream.CLIPFED_PROBE)
     clean_rows = np.flatnonzero(data.clean)
-    per_class = max(1, size // num_classes)
-    chosen = np.sort(np.concatenate([
-        rng.choice(rows, size=min(per_class, len(rows)), replace=False)
-        for c in range(num_classes) if len(rows := clean_rows[data.labels[clean_rows] == c])
-    ]))
+    chosen = clean_rows[probe_rows(data.labels[clean_rows], size, num_classes, rng)]
     source = data.arrays["source_index"]  # a copy's clean image, as a position among clean rows
     probe_position = {int(row): i for i, row in enumerate(chosen)}
     keep = [r for r in np.flatnonzero(~data.clean) if int(clean_rows[source[r]]) in probe_position]

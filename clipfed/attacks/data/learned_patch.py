@@ -26,11 +26,17 @@ if TYPE_CHECKING:
     from clipfed.config import RunConfig
 
 
+def _mean_std(device: torch.device, *shape: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CIFAR normalisation's per-channel mean and std (pixels in [0, 1]), each viewed as
+    ``shape`` on ``device``."""
+    return (torch.tensor(CIFAR_MEAN, device=device).view(*shape),
+            torch.tensor(CIFAR_STD, device=device).view(*shape))
+
+
 def pixel_bounds(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The normalised values of pixel 0 and pixel 1 per channel, each (1, C, 1, 1) on ``device``:
     the box a trigger in the normalised space must stay in to remain a stampable image."""
-    mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1)
+    mean, std = _mean_std(device, 1, 3, 1, 1)
     return (0.0 - mean) / std, (1.0 - mean) / std
 
 
@@ -84,8 +90,7 @@ class LearnedPatch(DataPoisoning):
 
     def to_normalised(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         """The pattern as a (1, C, H, W) normalised image, the patch at its place (0 elsewhere)."""
-        mean = torch.tensor(CIFAR_MEAN, device=device).view(3, 1, 1)
-        std = torch.tensor(CIFAR_STD, device=device).view(3, 1, 1)
+        mean, std = _mean_std(device, 3, 1, 1)
         full = torch.zeros(1, 3, height, width, device=device)
         row, col = self.origin(height, width)
         patch = torch.as_tensor(self.pattern, device=device).permute(2, 0, 1)
@@ -94,8 +99,7 @@ class LearnedPatch(DataPoisoning):
 
     def from_normalised(self, trigger: torch.Tensor) -> np.ndarray:
         """The patch region of a (1, C, H, W) normalised trigger as float32 pixels (size, size, C)."""
-        mean = torch.tensor(CIFAR_MEAN, device=trigger.device).view(3, 1, 1)
-        std = torch.tensor(CIFAR_STD, device=trigger.device).view(3, 1, 1)
+        mean, std = _mean_std(trigger.device, 3, 1, 1)
         row, col = self.origin(trigger.shape[2], trigger.shape[3])
         patch = trigger[0, :, row : row + self.size, col : col + self.size].detach() * std + mean
         return patch.clamp(0.0, 1.0).permute(1, 2, 0).cpu().numpy().astype(np.float32)

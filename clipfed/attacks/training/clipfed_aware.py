@@ -57,13 +57,13 @@ from torch import nn
 
 from clipfed.attacks.base import AttackContext, LocalSchedule, StepHooks
 from clipfed.attacks.registry import TRAINING_PARTS
-from clipfed.attacks.training.pgd import project_l2
+from clipfed.attacks.training.pgd import l2_distance, project_l2
 from clipfed.attacks.training.sgd import AttackerSGD
 from clipfed.config import RunConfig
 from clipfed.models import ClassifierNet
 from clipfed.streams import Stream, stream_rng
 from clipfed.training import to_tensor, train_local
-from clipfed.trigger_like import DEFAULT_RECIPE, amplitude_spectrum, trigger_like_copies
+from clipfed.trigger_like import DEFAULT_RECIPE, amplitude_spectrum, probe_rows, trigger_like_copies
 
 FORWARD_CHUNK = 500  # probe images per no-grad forward pass in ``build_own_probe``
 
@@ -124,11 +124,7 @@ def build_own_probe(model: nn.Module, images: np.ndarray, labels: np.ndarray, si
     """
     net = _classifier(model)
     device = next(net.parameters()).device
-    per_class = max(1, size // num_classes)
-    chosen = np.sort(np.concatenate([
-        rng.choice(rows, size=min(per_class, len(rows)), replace=False)
-        for c in range(num_classes) if len(rows := np.flatnonzero(labels == c))
-    ]))
+    chosen = probe_rows(labels, size, num_classes, rng)
     copies, sources, _ = trigger_like_copies(images[chosen], DEFAULT_RECIPE, amplitude_spectrum(images), rng)
     clean_x, copies_x = to_tensor(images[chosen], device), to_tensor(copies, device)
     copies_y = torch.from_numpy(np.asarray(labels, dtype=np.int64)[chosen][sources]).to(device)
@@ -195,21 +191,14 @@ class ClipFedAware(AttackerSGD):
                     lr=benign.lr, momentum=benign.momentum, weight_decay=benign.weight_decay,
                     generator=torch.Generator().manual_seed(seed), max_steps=benign.max_steps, device=device,
                     amp=cfg.amp, augment=cfg.augment)
-        named = dict(honest.named_parameters())
         with torch.no_grad():
-            return float(torch.stack([
-                (named[name] - torch.as_tensor(value).to(named[name].device)).pow(2).sum()
-                for name, value in ctx.global_params.items()
-            ]).sum().sqrt())
+            return l2_distance(*ctx.anchored(honest))
 
     def hooks(self, model: nn.Module, ctx: AttackContext) -> StepHooks:
         assert self.probe is not None, "prepare() builds the probe before hooks()"
         probe, weight, generator, batch = self.probe, self.weight, self.batch_generator, self.cfg.batch_size
         net = _classifier(model)
-        named = dict(net.named_parameters())
-        params = [named[name] for name in ctx.global_params]
-        centre = [torch.as_tensor(value).to(device=p.device, dtype=p.dtype, copy=True)
-                  for value, p in zip(ctx.global_params.values(), params, strict=True)]
+        params, centre = ctx.anchored(net)
 
         def extra_loss(_: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
             clean = torch.randint(len(probe.clean_x), (batch,), generator=generator).to(x.device)

@@ -52,10 +52,7 @@ class ConstrainTraining(AttackerSGD):
         self.alpha = cfg.constrain_alpha
 
     def hooks(self, model: nn.Module, ctx: AttackContext) -> StepHooks:
-        named = dict(model.named_parameters())
-        params = [named[name] for name in ctx.global_params]
-        centre = [torch.as_tensor(value).to(device=p.device, dtype=p.dtype, copy=True)
-                  for value, p in zip(ctx.global_params.values(), params, strict=True)]
+        params, centre = ctx.anchored(model)
         alpha = self.alpha
 
         def extra_loss(_: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

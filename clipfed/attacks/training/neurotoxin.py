@@ -67,17 +67,11 @@ class NeurotoxinTraining(AttackerSGD):
     def hooks(self, model: nn.Module, ctx: AttackContext) -> StepHooks | None:
         if self.mask is None:
             raise RuntimeError("the neurotoxin training part's hooks come after its prepare, which sets the mask")
-        named = dict(model.named_parameters())
-        params, frozen, centre = [], [], []
-        offset = 0
-        for name, value in ctx.global_params.items():
-            p = named[name]
-            params.append(p)
-            # (shape of p) bool: the coordinates outside the mask, which must keep the global value
-            frozen.append(torch.from_numpy(~self.mask[offset : offset + value.size].reshape(value.shape))
-                          .to(p.device))
-            centre.append(torch.as_tensor(value).to(device=p.device, dtype=p.dtype, copy=True))
-            offset += value.size
+        params, centre = ctx.anchored(model)
+        # per parameter, (its shape) bool: the coordinates outside the mask, which keep the global value
+        bounds = np.cumsum([0, *(p.numel() for p in params)])
+        frozen = [torch.from_numpy(~self.mask[start:stop].reshape(p.shape)).to(p.device)
+                  for p, start, stop in zip(params, bounds[:-1], bounds[1:], strict=True)]
 
         def before_step(_: nn.Module, step: int) -> None:
             for p, f in zip(params, frozen, strict=True):

@@ -24,6 +24,12 @@ from clipfed.attacks.training.sgd import AttackerSGD
 from clipfed.config import RunConfig
 
 
+def l2_distance(params: Sequence[torch.Tensor], centre: Sequence[torch.Tensor]) -> float:
+    """The L2 distance (parameter units) between matching tensors ``params`` and ``centre``, over
+    all of them together."""
+    return float(torch.stack([(p - c).pow(2).sum() for p, c in zip(params, centre, strict=True)]).sum().sqrt())
+
+
 def project_l2(params: Sequence[torch.Tensor], centre: Sequence[torch.Tensor], eps: float) -> float:
     """Move ``params`` in place onto the L2 ball of radius ``eps`` around ``centre`` when outside it.
 
@@ -33,7 +39,7 @@ def project_l2(params: Sequence[torch.Tensor], centre: Sequence[torch.Tensor], e
     Returns:
         The distance before projection.
     """
-    distance = float(torch.stack([(p - c).pow(2).sum() for p, c in zip(params, centre, strict=True)]).sum().sqrt())
+    distance = l2_distance(params, centre)
     if distance > eps:
         scale = eps / distance
         for p, c in zip(params, centre, strict=True):
@@ -48,10 +54,7 @@ class PGD(AttackerSGD):
         self.every = cfg.pgd_every
 
     def hooks(self, model: nn.Module, ctx: AttackContext) -> StepHooks:
-        params = [p for _, p in model.named_parameters()]
-        # the numpy global parameters, copied once to where (and in the dtype) the model trains
-        centre = [torch.as_tensor(ctx.global_params[name]).to(device=p.device, dtype=p.dtype, copy=True)
-                  for name, p in model.named_parameters()]
+        params, centre = ctx.anchored(model)
 
         def after_step(_: nn.Module, step: int) -> None:
             if step % self.every == 0:
