@@ -12,7 +12,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 # Python compiles what it imports on first use.
 PIP_FILTER := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: install demo test test-fast lint bench-overhead clean
+.PHONY: install demo test test-fast test-docker lint bench-overhead clean
 
 install: $(STAMP)
 
@@ -35,6 +35,13 @@ lint: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not e2e"
+
+# docker-compose.yml brought up for real (tests/test_docker_compose.py): builds the images offline
+# (docker/build-offline.sh), 2 rounds of CLIP-Fed on 4 SuperNodes, `down -v`. Needs a running
+# Docker engine, or root and dockerd (it starts and stops one); else it skips with the reason.
+# `make test` skips it. Heavy: the first build makes ~8 GB of images.
+test-docker: install
+	CLIPFED_DOCKER_TEST=1 $(PY) -m pytest -q -s -rs -m docker tests/test_docker_compose.py
 
 # The framework's cost over bare torch per model and device, and CLIP-Fed's server step (README).
 bench-overhead: install

@@ -14,8 +14,10 @@ from typing import Any
 
 from clipfed.attacks.registry import PARTS, list_attacks, resolve_parts
 from clipfed.config import (
+    LOCAL_DATA_KEY,
     NODE_IDENTITY_KEYS,
     NODE_KEYS,
+    NUM_CLASSES,
     ConfigError,
     RunConfig,
     flip_source_problem,
@@ -33,6 +35,7 @@ SERVER_KEYS = ("defense",)
 # so that checking imports no part: the server re-derives them on the public pool.
 LEARNED_TRIGGERS = ("a3fl", "f3ba")
 _FLOWER_KEY = {name: field.alias for name, field in RunConfig.model_fields.items() if field.alias}
+_DEFAULT_DATASET: str = RunConfig.model_fields["dataset"].default
 
 
 def _defenses() -> list[str]:
@@ -127,16 +130,28 @@ def _load(values: Mapping[str, Any], skip: Collection[str]) -> RunConfig:
     return cfg
 
 
-def node_config_problems(node: Mapping[str, Any]) -> list[str]:
-    """Why a SuperNode's node config cannot be used (unknown keys, bad values), or [].
+def _run_config_overrides(node: Mapping[str, Any]) -> dict[str, Any]:
+    """The run-config keys a node config sets for itself (every node key but ``local-data-dir``)."""
+    return {k: v for k, v in node.items() if k in NODE_KEYS and k != LOCAL_DATA_KEY}
 
-    Checked by ``clipfed deploy supernode`` before the node starts and by the ClientApp, so that a
-    typo (``posion-rate``) is refused instead of silently running with the run's value.
+
+def node_config_problems(node: Mapping[str, Any], dataset: str = _DEFAULT_DATASET) -> list[str]:
+    """Why a SuperNode's node config cannot be used (unknown keys, bad values, a ``local-data-dir``
+    that is missing, empty or has a folder that is no class of ``dataset``), or [].
+
+    Checked by ``clipfed deploy supernode`` before the node starts (against the default dataset's
+    classes: no run is known yet) and by the ClientApp (against the run's), so that a typo
+    (``posion-rate``) or a bad folder is refused before any training instead of silently running
+    with the run's value.
     """
     problems = [f"{key}: unknown node-config key; allowed: {', '.join((*NODE_IDENTITY_KEYS, *NODE_KEYS))}"
                 for key in node if key not in NODE_KEYS and key not in NODE_IDENTITY_KEYS]
     problems += node_identity_problems(node)
-    overrides = {k: v for k, v in node.items() if k in NODE_KEYS}
+    if LOCAL_DATA_KEY in node and dataset in NUM_CLASSES:  # an unknown dataset: the run config's problem
+        from clipfed.data.local import local_folder_problems  # late: torchvision only for such a node
+
+        problems += local_folder_problems(node[LOCAL_DATA_KEY], dataset)
+    overrides = _run_config_overrides(node)
     if overrides:
         try:
             load_run_config(overrides)
@@ -148,7 +163,8 @@ def node_config_problems(node: Mapping[str, Any]) -> list[str]:
 def load_node_run_config(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> RunConfig:
     """A ClientApp's config: the run config with what the node's ``--node-config`` sets for itself
     on top (a bad node-config key is refused, never silently ignored)."""
-    if problems := node_config_problems(node_config):
+    dataset = str(run_config.get("dataset", _DEFAULT_DATASET))
+    if problems := node_config_problems(node_config, dataset):
         raise ConfigError.listing(problems, "invalid node config:")
-    overrides = {k: v for k, v in node_config.items() if k in NODE_KEYS}
+    overrides = _run_config_overrides(node_config)
     return _load({**run_config, **overrides}, skip=SERVER_KEYS)

@@ -236,7 +236,7 @@ def cmd_teacher_eval(args: argparse.Namespace) -> int:
     from clipfed.data_synth import SynthConfig
     from clipfed.data_synth.pipeline import public_pool
     from clipfed.engines.preflight import teacher_problems
-    from clipfed.teacher import create_teacher
+    from clipfed.teacher import create_teacher, teacher_pool
 
     if args.limit < 0:
         raise UserError(f"--limit {args.limit}: allowed: 0 (every test image) or a positive count")
@@ -246,9 +246,9 @@ def cmd_teacher_eval(args: argparse.Namespace) -> int:
         # the flags are named as the run keys: "teacher-model='x'" reads "--teacher-model 'x'"
         raise UserError(re.sub(r"\b(teacher-model|teacher-pretrained)=", r"--\1 ", "; ".join(problems)))
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV, "")
-    pool = public_pool(SynthConfig(seed=args.seed, data_dir=data_dir)) if args.teacher == "reference" else None
-    teacher = create_teacher(spec, pool)
-    _, test = load_cifar10(data_dir)
+    train, test = load_cifar10(data_dir)
+    pool = public_pool(SynthConfig(seed=args.seed, data_dir=data_dir))
+    teacher = create_teacher(spec, teacher_pool(spec, pool, train))
     images = np.asarray(test.images[: args.limit] if args.limit else test.images)
     labels = torch.from_numpy(np.asarray(test.labels[: len(images)], dtype=np.int64))
     started = time.perf_counter()

@@ -33,6 +33,8 @@ NUM_CLASSES = {"cifar10": 10, "cifar10-lt": 10}
 PATCH_POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
 # The teacher backends (clipfed.teacher's registry declares exactly these; a test checks it).
 TEACHERS = ("reference", "openclip")
+# What the reference teacher trains on (``teacher-pool``): the public pool, or the clean train split
+TEACHER_POOLS = ("public", "train-split")
 ORACLES = ("reference", "clipseg")  # the teacher guard's oracles (clipfed/guard/oracle.py's catalogue)
 # CLIP-Fed's pre-aggregation signals (clipfed.defense.scoring computes each).
 SIGNALS = ("kl", "proto", "trigger", "geometry", "sybil")
@@ -45,9 +47,14 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 
 
 ROLES = ("benign", "malicious")
-# Run-config keys a SuperNode's node config may set for itself: where its data lies, and a
-# malicious node's attack settings. (The server measures ASR with the run config's trigger.)
+# The one node key that is no run-config key: a folder of the node's own training images
+# (clipfed.data.local), which replaces its partition of the run's CIFAR-10 split.
+LOCAL_DATA_KEY = "local-data-dir"
+# Keys a SuperNode's node config may set for itself: run-config keys (where its data lies, and a
+# malicious node's attack settings; the server measures ASR with the run config's trigger), and
+# LOCAL_DATA_KEY.
 NODE_KEYS = (
+    LOCAL_DATA_KEY,
     "data-dir", "device", "attack", "attack-data", "attack-training", "attack-update", "attack-local-steps",
     "attack-epochs", "attack-lr", "pgd-eps", "pgd-every", "poison-rate", "target-label", "attack-start-round",
     "patch-size", "patch-position", "patch-pattern", "blend-alpha", "blend-pattern", "dba-parts", "freq-psnr",
@@ -197,6 +204,9 @@ class RunConfig(BaseModel):
     teacher_model: str = Field("ViT-B-32", alias="teacher-model")
     teacher_pretrained: str = Field("", alias="teacher-pretrained")
     teacher_checkpoint: str = Field("", alias="teacher-checkpoint")
+    # What the reference teacher trains on: the public pool (a weak teacher, as a CLIP's knowledge is
+    # not the clients') or the whole clean train split (a strong one, that has seen images like theirs)
+    teacher_pool: Literal[TEACHER_POOLS] = Field("public", alias="teacher-pool")  # type: ignore[valid-type]
     # Teacher guard: audit the teacher with a segmentation oracle before training (METHOD.md part 5)
     teacher_guard: Literal["off", "warn", "refuse", "repair"] = Field("off", alias="teacher-guard")
     teacher_guard_oracle: Literal[ORACLES] = Field("reference", alias="teacher-guard-oracle")  # type: ignore[valid-type]
@@ -289,6 +299,11 @@ class RunConfig(BaseModel):
         # running a random-init teacher
         if problem := teacher_weights_problem(self.teacher, self.teacher_pretrained, self.teacher_checkpoint):
             problems.append(problem)
+        if self.teacher_pool != "public" and (self.teacher != "reference" or self.teacher_checkpoint):
+            problems.append(f"teacher-pool={self.teacher_pool!r} says what the reference teacher trains on; "
+                            f"teacher={self.teacher!r}"
+                            + (f" with teacher-checkpoint={self.teacher_checkpoint!r}" if self.teacher_checkpoint
+                               else "") + " trains nothing: allowed: teacher-pool='public' (the default)")
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -318,8 +333,10 @@ class RunConfig(BaseModel):
         return self.model_dump(by_alias=True)
 
     def config_hash(self) -> str:
-        """A short stable hash of every key that can change a result (not where results go)."""
-        content = {k: v for k, v in self.to_flower().items()
+        """A short stable hash of every key that can change a result (not where results go). Keys at
+        their default are left out, so a key added in a later version leaves every earlier config's
+        hash as it was (a change of what a default computes bumps ``clipfed.__version__`` instead)."""
+        content = {k: v for k, v in self.model_dump(by_alias=True, exclude_defaults=True).items()
                    if k not in ("out-dir", "run-name", "resume-from")}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
 

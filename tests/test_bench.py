@@ -23,7 +23,7 @@ from clipfed.bench.report import (
     skipped_notes,
     write_csv,
 )
-from clipfed.bench.runner import plan, run_suite
+from clipfed.bench.runner import existing_runs, plan, run_suite
 from clipfed.bench.suites import SUITES, Suite
 from clipfed.cli import main
 from clipfed.defense import list_defenses
@@ -87,6 +87,12 @@ def test_suite_runs_warm_started_writes_outputs_and_skips_finished_runs(
     assert {p.name for p in pngs} == {"curves-iid-badnets.png", "per-class-iid-badnets.png", "scatter-iid.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
+    found, missing = existing_runs(cells, tmp_path)  # what --report-only reports, running nothing
+    assert found == runs and missing == []
+    more = plan(Suite(**{**TINY.__dict__, "defenses": ("fedavg", "median", "krum")}))
+    found, missing = existing_runs(more, tmp_path)
+    assert [c.name for c in missing] == ["iid--krum--badnets--s0"] and len(found) == len(runs)
+
     stamps = {d: (d / "result.json").stat().st_mtime_ns for _, d in runs}
     again = run_suite(TINY, tmp_path, cells, threads=1)
     assert [d for _, d in again] == [d for _, d in runs]
@@ -142,8 +148,10 @@ def test_quick_suite_completes_and_writes_well_formed_outputs(tmp_path: Path) ->
 def test_unknown_setting_is_refused_naming_the_suites_settings(capsys: pytest.CaptureFixture[str],
                                                                tmp_path: Path) -> None:
     assert main(["bench", "--suite", "quick", "--settings", "cifar100", "--out-dir", str(tmp_path)]) == 2
+    assert main(["bench", "--suite", "quick", "--report-only", "--out-dir", str(tmp_path / "empty")]) == 2
     out = capsys.readouterr().err
     assert "cifar100" in out and "cifar10-dir0.5" in out
+    assert "--report-only: no run of this plan" in out
     assert not any(tmp_path.iterdir()), "nothing ran"
 
 

@@ -22,8 +22,9 @@ from flwr.clientapp import ClientApp
 from clipfed.attacks import create_attack
 from clipfed.attacks.base import AttackContext
 from clipfed.checks import load_node_run_config
-from clipfed.config import RunConfig, node_identity_problems
+from clipfed.config import LOCAL_DATA_KEY, RunConfig, node_identity_problems
 from clipfed.data import load_federated, malicious_clients
+from clipfed.data.local import load_local_images
 from clipfed.devices import place, resolve_device
 from clipfed.models import create_model
 from clipfed.models.state import buffer_names, to_array_record
@@ -113,8 +114,11 @@ def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(_threads(context))
     server_round = int(number(config_record(msg.content), "server-round"))
 
-    train_set, _, split = load_federated(cfg)
-    shard = train_set.subset(split.clients[role.partition_id])
+    if LOCAL_DATA_KEY in context.node_config:  # the node's own folder (checked in node_run_config)
+        shard = load_local_images(str(context.node_config[LOCAL_DATA_KEY]), cfg.dataset)
+    else:
+        train_set, _, split = load_federated(cfg)
+        shard = train_set.subset(split.clients[role.partition_id])
     images, labels = shard.images, shard.labels
     attack = create_attack(cfg)
     attacking = role.malicious and attack is not None and cfg.attacks_in(server_round)

@@ -11,9 +11,14 @@ import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipfed.bench.suites import SUITES
 from clipfed.errors import UserError
+
+if TYPE_CHECKING:
+    from clipfed.bench.runner import Cell
+    from clipfed.bench.suites import Suite
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -38,18 +43,7 @@ def _at_least(option: str, value: float, minimum: float) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from clipfed.bench.report import (
-        collect,
-        durable_table,
-        markdown_table,
-        plot,
-        skipped_notes,
-        warm_start_lines,
-        write_csv,
-        write_durable_json,
-        write_report,
-    )
-    from clipfed.bench.runner import plan, run_suite
+    from clipfed.bench.runner import existing_runs, plan, run_suite
     from clipfed.config import ConfigError
     from clipfed.engines.preflight import preflight
 
@@ -65,6 +59,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"--settings: unknown {sorted(unknown)}; suite {suite.name!r} has {list(suite.settings)}")
     cells = plan(suite, _csv(args.defenses), _csv(args.attacks), seeds, _csv(args.settings), budget or None)
+    started = time.perf_counter()
+    coverage = ""
+    if args.report_only:
+        runs, missing = existing_runs(cells, out)
+        if not runs:
+            raise UserError(f"--report-only: no run of this plan in {out / 'runs'}; run the suite first")
+        coverage = (f"- **partial**: {len(runs)} of the {len(cells)} runs planned for this command are in "
+                    f"`{out.name}` (finished or not: see each row's status); not run yet: "
+                    + (", ".join(c.name for c in missing) or "none"))
+        return _write_outputs(suite, out, runs, started, budget, coverage)
     problems: list[str] = []
     for cell in cells:  # every config is checked before the first run starts; each problem once
         try:  # a Bulyan cell that can never aggregate is a result (n/a in the table), not a mistake
@@ -73,9 +77,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
             problems += [p for p in err.problems if p not in problems]
     if problems:
         raise ConfigError.listing(problems)
-    started = time.perf_counter()
     threads = args.threads or max((os.cpu_count() or 1) // args.workers, 1)
     runs = run_suite(suite, out, cells, threads=threads, workers=args.workers)
+    return _write_outputs(suite, out, runs, started, budget, coverage)
+
+
+def _write_outputs(suite: Suite, out: Path, runs: list[tuple[Cell, Path]], started: float, budget: str,
+                   coverage: str) -> int:
+    """The suite's tables, plots and report from ``runs``; prints the main table."""
+    from clipfed.bench.report import (
+        collect,
+        durable_table,
+        markdown_table,
+        plot,
+        skipped_notes,
+        warm_start_lines,
+        write_csv,
+        write_durable_json,
+        write_report,
+    )
+
     rows = collect(runs)
     (out / "table.md").write_text(markdown_table(rows) + skipped_notes(rows))
     write_csv(rows, out / "table.csv")
@@ -85,7 +106,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     plots = plot(rows, out)
     teachers = {r.get("server_data", {}).get("teacher", "") for row in rows for r in row.results} - {""}
     report = write_report(suite, rows, plots, out, teachers, time.perf_counter() - started,
-                          warm_start_lines(runs, suite.plateau), budget)
+                          warm_start_lines(runs, suite.plateau), budget, coverage)
     print(durable_table(rows) if suite.window is not None else markdown_table(rows))
     print(f"[bench] {len(runs)} runs; report: {report}")
     return 0
@@ -194,6 +215,9 @@ def add_bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     bench.add_argument("--workers", type=int, default=1,
                        help="runs at once, each in its own process (small CPU models: one per core)")
     bench.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cores / workers)")
+    bench.add_argument("--report-only", action="store_true",
+                       help="write the tables, plots and report from the runs already in --out-dir, finished or "
+                            "not, running nothing (a long suite's partial results; the report says what is missing)")
     bench.set_defaults(func=cmd_bench)
     cost = sub.add_parser("bench-cost", help="server seconds and peak memory per defense vs number of updates")
     cost.add_argument("--defenses", help="comma list (default: all but teacher-only)")

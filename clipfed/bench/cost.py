@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from clipfed.runs.results import REFERENCE_TEACHER
+from clipfed.runs.results import teacher_name
 
 DEFAULT_SIZES = (10, 100, 1000)
 
@@ -67,7 +67,7 @@ def _measure(defense: str, num_updates: int, model: str, threads: int, data_dir:
     parts = {k: v for k, v in getattr(strategy, "details", {}).items() if k.endswith("_seconds")}
     return {"defense": defense, "updates": num_updates, "seconds": seconds, "parts": parts,
             "peak_mb": max(_max_rss_mb() - baseline, 0.0), "ok": aggregate is not None, "cache_hit": cache_hit,
-            "teacher": None if teacher is None else REFERENCE_TEACHER if teacher["is_reference"] else teacher["label"]}
+            "teacher": None if teacher is None else teacher_name(teacher["label"], teacher["is_reference"])}
 
 
 def run_cost(defenses: list[str], sizes: tuple[int, ...], model: str, threads: int, data_dir: str,

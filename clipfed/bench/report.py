@@ -541,9 +541,10 @@ def _round_minutes(rows: list[Row]) -> float:
 
 
 def write_report(suite: Suite, rows: list[Row], plots: list[Path], out: Path, teacher_labels: set[str],
-                 elapsed: float, warm_starts: str = "", budget: str = "") -> Path:
+                 elapsed: float, warm_starts: str = "", budget: str = "", coverage: str = "") -> Path:
     """``report.md``: provenance, the tables (and the durable table for a suite with an attack
-    window), notes on diverged and skipped rows, detection separability and the plots."""
+    window), notes on diverged and skipped rows, detection separability and the plots; ``coverage``
+    says which planned runs a partial report lacks."""
     info = versions()
     lines = [
         f"# Benchmark: suite `{suite.name}`", "", suite.description, "",
@@ -557,11 +558,14 @@ def write_report(suite: Suite, rows: list[Row], plots: list[Path], out: Path, te
         overhead_line(rows),
         cache_line([r for row in rows for r in row.results]),
     ]
+    if coverage:
+        lines.append(coverage)
     if budget:
         lines.append(f"- attackers' budget `{budget}`: {suite.budgets[budget] or 'as benign clients'}")
     if any("reference" in label for label in teacher_labels):
         lines.append("- **These CLIP-Fed and teacher-only numbers use the offline `reference` teacher "
-                     "(a stand-in trained on the public pool), not CLIP.**")
+                     "(a stand-in trained on the public pool or, in rows named `-strong-teacher`, on the clean "
+                     "train split), not CLIP.**")
     if warm_starts:
         lines += ["", warm_starts]
     start = "its setting and seed's" if suite.pretrain_per_seed else "its setting's"

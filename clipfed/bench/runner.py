@@ -9,6 +9,7 @@ the new run resumes from it.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, as_completed
@@ -165,6 +166,24 @@ def _set_aside(run_dir: Path) -> Path:
     raise RuntimeError(f"too many interrupted copies of {run_dir}")
 
 
+def existing_runs(cells: list[Cell], out: Path) -> tuple[list[tuple[Cell, Path]], list[Cell]]:
+    """The run folders already in ``out`` for ``cells``, finished or not, without running anything
+    (a long suite's partial results), and the cells that have none yet. A cell's folder is
+    ``<cell name>-<config hash>`` with a ``result.json``; of several (a warm start trained on
+    chunk by chunk, or runs of an earlier config), the one with the most rounds, then the newest."""
+    folders = [d for d in (out / "runs").iterdir() if (d / RESULT_FILE).is_file()] if (out / "runs").is_dir() else []
+    found, missing = [], []
+    for cell in cells:
+        pattern = re.compile(re.escape(cell.name) + r"-[0-9a-f]{8}")
+        candidates = [d for d in folders if pattern.fullmatch(d.name)]
+        if not candidates:
+            missing.append(cell)
+            continue
+        best = max(candidates, key=lambda d: (len(load_result(d)["rounds"]), (d / RESULT_FILE).stat().st_mtime))
+        found.append((cell, best))
+    return found, missing
+
+
 def run_cell(cfg: RunConfig, threads: int) -> tuple[Path, bool, float]:
     """Run (or skip, or resume) one cell; returns its folder, whether it ran now and its seconds."""
     started = time.perf_counter()
@@ -214,14 +233,15 @@ def prepare_server_data(cfg: RunConfig, threads: int) -> float:
     return time.perf_counter() - started
 
 
-def _server_data_cells(cells: list[Cell]) -> list[int]:
-    """One cell per setting and seed whose defense needs the server dataset."""
+def _server_data_cells(suite: Suite, out: Path, cells: list[Cell]) -> list[int]:
+    """One cell per server dataset recipe (setting, seed and teacher) that a defense needs."""
+    from clipfed.data_synth.provider import synth_config_for
     from clipfed.defense import DEFENSES
 
-    first: dict[tuple[str, int], int] = {}
+    first: dict[str, int] = {}
     for i, cell in enumerate(cells):
         if not cell.pretrain and DEFENSES.get(cell.overrides.get("defense", "fedavg")).needs_server_data:
-            first.setdefault((cell.setting, cell.seed), i)
+            first.setdefault(synth_config_for(cell.config(suite, out)).recipe_hash(), i)
     return list(first.values())
 
 
@@ -229,7 +249,7 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
               workers: int = 1) -> list[tuple[Cell, Path]]:
     """Run every cell in ``workers`` processes of ``threads`` torch threads each (small models run
     faster as parallel single-threaded runs than as one multi-threaded one), the pretraining before
-    the cells it warm-starts and alongside it each setting and seed's server dataset; returns
+    the cells it warm-starts and alongside it each server dataset (per setting, seed and teacher); returns
     (cell, run folder) in plan order. A progress bar counts rounds run, so its ETA comes from real
     work; finished runs are skipped and leave the total. A failed run (its exception) is reported
     and the suite goes on: its ``result.json`` says ``failed`` (or it has none) and the tables
@@ -246,7 +266,7 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
             futures = {(pool.submit(run_pretrain, configs[i], suite.plateau, threads) if cells[i].pretrain
                         else pool.submit(run_cell, configs[i], threads)): i for i in phase}
             prepared = {pool.submit(prepare_server_data, cells[i].config(suite, out), threads): cells[i].name
-                        for i in (_server_data_cells(cells) if number == 0 else [])}
+                        for i in (_server_data_cells(suite, out, cells) if number == 0 else [])}
             try:
                 pending: list[Future[Any]] = [*futures, *prepared]
                 for future in as_completed(pending):

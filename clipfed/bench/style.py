@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-MARKERS = ("o", "s", "D", "^", "v", "<", ">", "p", "h", "X", "P", "*", "d", "8", "H", "1", "2", "3", "4",
-           "+", "x", "|", "_")
+# matplotlib's filled and line markers, then regular polygons and stars (sides, style, angle)
+MARKERS: tuple[Any, ...] = ("o", "s", "D", "^", "v", "<", ">", "p", "h", "X", "P", "*", "d", "8", "H", "1", "2",
+                            "3", "4", "+", "x", "|", "_", (7, 0, 0), (5, 1, 0), (6, 1, 0), (7, 1, 0), (8, 1, 0),
+                            (5, 2, 0), (8, 0, 22.5))
 LINESTYLES = ("-", "--", "-.", ":")
 CLIPFED_COLOR = "black"
 
@@ -48,7 +50,7 @@ def canonical_order() -> list[str]:
 
 def row_styles(names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Matplotlib keyword arguments (``color``, ``marker``, ``linestyle``, ``linewidth``) per row
-    name, unique in colour and in marker among ``names`` (up to 41 colours and 23 markers)."""
+    name, unique in colour and in marker among ``names`` (up to 41 colours and 30 markers)."""
     palette = _palette()
     order = canonical_order()
     used_colors: set[int] = set()

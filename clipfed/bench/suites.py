@@ -151,6 +151,14 @@ PAPER_GPU_HOURS = (PAPER_PRETRAIN_ROUNDS + len(_PAPER_SEEDS) * len(_PAPER_ATTACK
 # acting only when sampled (about one a round), the whole test set, krum-f 1 as in `paper`. Rows:
 # the controls, FedAvg under attack and the five defenses the field compares CLIP-Fed with.
 DURABLE_DEFENSES = ("fedavg", "clipfed", "flame", "multikrum", "fltrust", "median")
+# Every CLIP-Fed row with both strengths of the offline stand-in teacher (issue 20): the weak one
+# (trained on the public pool, 0.618 on CIFAR-10, below a converged federated model) and the strong
+# one (trained on the clean train split, `teacher-pool`; it has seen images like the clients', which a
+# real CLIP has not), each with its teacher-only control.
+STRONG_TEACHER_VARIANTS: dict[str, dict[str, Any]] = {
+    "clipfed-strong-teacher": {"defense": "clipfed", "teacher-pool": "train-split"},
+    "teacher-only-strong-teacher": {"defense": "teacher-only", "teacher-pool": "train-split"},
+}
 # The plan refuses, naming them, any attack that is not registered. `_durable_variants` gives the
 # columns with keys of their own (pgd, a3fl, single-shot).
 DURABLE_ATTACKS = ("badnets", "pgd", "constrain-scale", "a3fl", "f3ba", "clipfed-aware", "single-shot")
@@ -220,7 +228,7 @@ def _a3fl_hours(window: Window, rows: int, train_rate: float, keys: dict[str, An
 # at lr 0.05. Rates measured on this 2-core CPU (docs/bench-clipfed: 22,500 training images in
 # about 15 s, 19,000 evaluated in about 5 s); A3FL's searches at the training rate.
 DURABLE_CPU_WINDOW = Window(attack_rounds=20, clean_rounds=30)
-_DURABLE_CPU_ROWS = len(DURABLE_DEFENSES) + len(CONTROL_DEFENSES)
+_DURABLE_CPU_ROWS = len(DURABLE_DEFENSES) + len(CONTROL_DEFENSES) + len(STRONG_TEACHER_VARIANTS)
 DURABLE_CPU_HOURS = (_hours(_DURABLE_CPU_ROWS * len(DURABLE_ATTACKS) * DURABLE_CPU_WINDOW.rounds,
                             9 * _SHARD + 3 * _SHARD, 1_500, 3_800, 2.5)
                      + _a3fl_hours(DURABLE_CPU_WINDOW, _DURABLE_CPU_ROWS, 1_500))
@@ -318,7 +326,9 @@ SUITES: dict[str, Suite] = {
                         "20-round means, 60 to 300 rounds); attackers' budget --budget backfed-3x (3 local epochs "
                         "at lr 0.05; benign: 1 at 0.02) or equal; single-shot: 5 attackers in one round, model "
                         f"replacement; {_pgd_note(PGD_EPS_CNN, 'about 0.33 on this CNN; 2 is 6x it')}; "
-                        f"{_a3fl_note(DURABLE_CPU_WINDOW, 1_500, 'hours')}; seed 0; about "
+                        f"{_a3fl_note(DURABLE_CPU_WINDOW, 1_500, 'hours')}; CLIP-Fed and teacher only with "
+                        "both reference teachers (public pool, and clean train split: the -strong-teacher rows); "
+                        "seed 0; about "
                         f"{DURABLE_CPU_HOURS:.0f} hours of rounds and A3FL trigger searches run by run (estimated)",
             base=_DURABLE_COMMON | {"model": "cnn", "local-epochs": 1},
             settings={"cifar10-dir0.5": _DIRICHLET},
@@ -329,6 +339,7 @@ SUITES: dict[str, Suite] = {
             pretrain_keys=_DURABLE_PRETRAIN_KEYS,
             pretrain_per_seed=True,
             plateau=Plateau(chunk=20, window=20, min_gain=0.01, max_rounds=300),
+            variants=STRONG_TEACHER_VARIANTS,
             window=DURABLE_CPU_WINDOW,
             attack_variants=_durable_variants(PGD_EPS_CNN),
             budgets={"backfed-3x": {"attack-epochs": 3, "attack-lr": 0.05}, "equal": {}},
@@ -343,7 +354,8 @@ SUITES: dict[str, Suite] = {
                         "--budget backfed-3x (6 local epochs at lr 0.05; benign: 2 at 0.02) or equal; single-shot: "
                         "5 attackers in one round, model replacement; "
                         f"{_pgd_note(PGD_EPS_RESNET18, 'estimated near 1 for ResNet-18, not measured')}; "
-                        f"{_a3fl_note(DURABLE_GPU_WINDOW, _PAPER_TRAIN_RATE, 'GPU-hours')}; seed 0; about "
+                        f"{_a3fl_note(DURABLE_GPU_WINDOW, _PAPER_TRAIN_RATE, 'GPU-hours')}; CLIP-Fed and teacher "
+                        "only with both reference teachers (the -strong-teacher rows); seed 0; about "
                         f"{DURABLE_GPU_HOURS:.0f} GPU-hours of rounds and A3FL trigger searches run by run "
                         "(estimated from `paper`'s rates)",
             base=_PAPER_BASE | _DURABLE_COMMON,
@@ -355,6 +367,7 @@ SUITES: dict[str, Suite] = {
             pretrain_keys=_DURABLE_PRETRAIN_KEYS,
             pretrain_per_seed=True,
             plateau=Plateau(chunk=50, window=50, min_gain=0.005, max_rounds=1000),
+            variants=STRONG_TEACHER_VARIANTS,
             window=DURABLE_GPU_WINDOW,
             attack_variants=_durable_variants(PGD_EPS_RESNET18),
             budgets={"backfed-3x": {"attack-epochs": 6, "attack-lr": 0.05}, "equal": {}},

@@ -33,7 +33,7 @@ from clipfed.data_synth.config import SynthConfig
 from clipfed.data_synth.frequency import AUGMENTATIONS, amplitude_spectrum, augment
 from clipfed.data_synth.images import build_candidates, input_digest
 from clipfed.streams import Stream, stream_rng
-from clipfed.teacher import Teacher, create_teacher
+from clipfed.teacher import Teacher, create_teacher, teacher_pool
 
 STAGE_VERSIONS = {"captions": 1, "images": 1, "filter": 1, "augment": 1, "artifact": 1}
 
@@ -59,8 +59,10 @@ def public_pool(cfg: SynthConfig) -> ImageSet:
 
 
 def load_teacher(cfg: SynthConfig) -> Teacher:
-    pool = public_pool(cfg) if cfg.teacher.backend == "reference" else None
-    return create_teacher(cfg.teacher, pool)
+    if cfg.teacher.backend != "reference":
+        return create_teacher(cfg.teacher)
+    train, _ = load_cifar10(cfg.data_dir)
+    return create_teacher(cfg.teacher, teacher_pool(cfg.teacher, public_pool(cfg), train))
 
 
 def select_confident(probs: torch.Tensor, intended: np.ndarray, cfg: SynthConfig,

@@ -85,14 +85,15 @@ def synth_config_for(run: RunConfig) -> SynthConfig:
         clash = [f"{type(run).model_fields[field].alias or field}={getattr(run, field)!r} (recipe: "
                  f"teacher.{attr}={getattr(cfg.teacher, attr)!r})"
                  for field, attr in (("teacher", "backend"), ("teacher_model", "model"),
-                                     ("teacher_pretrained", "pretrained"), ("teacher_checkpoint", "checkpoint"))
+                                     ("teacher_pretrained", "pretrained"), ("teacher_checkpoint", "checkpoint"),
+                                     ("teacher_pool", "reference_pool"))
                  if getattr(run, field) not in (type(run).model_fields[field].default, getattr(cfg.teacher, attr))]
         if clash:
             raise ValueError(f"synth-config {run.synth_config} names its own teacher, which the run's "
                              f"{', '.join(clash)} contradict: set the teacher in one place")
     else:
-        teacher = TeacherSpec(backend=run.teacher, model=run.teacher_model,
-                              pretrained=run.teacher_pretrained, checkpoint=run.teacher_checkpoint)
+        teacher = TeacherSpec(backend=run.teacher, model=run.teacher_model, pretrained=run.teacher_pretrained,
+                              checkpoint=run.teacher_checkpoint, reference_pool=run.teacher_pool)
         pool = PoolConfig(public_pool_fraction=run.public_pool_fraction)
         cfg = SynthConfig(seed=run.seed, data_dir=run.data_dir, images=ImageConfig(pool=pool), teacher=teacher)
     if not run.synth_url:  # a service builds on its own machine's devices

@@ -2,7 +2,7 @@
 
 Every ``clipfed teacher`` command that picks a teacher takes the run keys' names and defaults as
 flags (``add_teacher_arguments``): ``--teacher``, ``--teacher-model``, ``--teacher-pretrained``,
-``--teacher-checkpoint``.
+``--teacher-checkpoint``, ``--teacher-pool``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipfed.checks import load_run_config
-from clipfed.config import ORACLES, TEACHERS, RunConfig
+from clipfed.config import ORACLES, TEACHER_POOLS, TEACHERS, RunConfig
 from clipfed.errors import UserError
 
 if TYPE_CHECKING:
@@ -26,13 +26,16 @@ if TYPE_CHECKING:
 def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
     """The teacher run keys as flags, with the run keys' defaults."""
     default = {key: RunConfig.model_fields[key].default
-               for key in ("teacher", "teacher_model", "teacher_pretrained", "teacher_checkpoint")}
+               for key in ("teacher", "teacher_model", "teacher_pretrained", "teacher_checkpoint", "teacher_pool")}
     p.add_argument("--teacher", choices=TEACHERS, default=default["teacher"])
     p.add_argument("--teacher-model", default=default["teacher_model"], help="open_clip model name")
     p.add_argument("--teacher-pretrained", default=default["teacher_pretrained"],
                    help="open_clip tag; 'random': random weights on purpose")
     p.add_argument("--teacher-checkpoint", default=default["teacher_checkpoint"],
-                   help="the teacher's weights file (a reference teacher without one is trained on the public pool)")
+                   help="the teacher's weights file (a reference teacher without one is trained on --teacher-pool)")
+    p.add_argument("--teacher-pool", choices=TEACHER_POOLS, default=default["teacher_pool"],
+                   help="what a reference teacher trains on: the public pool (weak) or the clean train split "
+                        "(strong; it has seen images like the clients')")
 
 
 def teacher_spec(args: argparse.Namespace) -> TeacherSpec:
@@ -41,12 +44,15 @@ def teacher_spec(args: argparse.Namespace) -> TeacherSpec:
 
     from clipfed.teacher import TeacherSpec
 
+    if args.teacher_pool != "public" and (args.teacher != "reference" or args.teacher_checkpoint):
+        raise UserError(f"--teacher-pool {args.teacher_pool}: only a reference teacher without --teacher-checkpoint "
+                        "is trained here; allowed: --teacher-pool public")
     if args.teacher_checkpoint and not Path(args.teacher_checkpoint).is_file():
         raise UserError(f"--teacher-checkpoint {args.teacher_checkpoint}: no such file; "
                         "allowed: the teacher's weights file")
     try:
         return TeacherSpec(backend=args.teacher, model=args.teacher_model, pretrained=args.teacher_pretrained,
-                           checkpoint=args.teacher_checkpoint)
+                           checkpoint=args.teacher_checkpoint, reference_pool=args.teacher_pool)
     except ValidationError as err:  # each message names the setting and what would work
         raise UserError(f"--teacher {args.teacher}: "
                         + "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
@@ -65,7 +71,7 @@ def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, Oracle, Teach
     from clipfed.data import load_federated
     from clipfed.guard.oracle import ORACLES
     from clipfed.guard.policy import load_probe
-    from clipfed.teacher import TeacherSpec, create_teacher
+    from clipfed.teacher import TeacherSpec, create_teacher, teacher_pool
     from clipfed.teacher.reference import load_or_train_reference
 
     if args.teacher_guard_probe and not Path(args.teacher_guard_probe).is_file():
@@ -75,7 +81,7 @@ def _probe_and_oracle(args: argparse.Namespace) -> tuple[ImageSet, Oracle, Teach
     train, _, split = load_federated(cfg)
     pool = train.subset(split.public_pool)
     probe = load_probe(args.teacher_guard_probe, pool.classes) if args.teacher_guard_probe else pool
-    teacher = create_teacher(spec, pool)
+    teacher = create_teacher(spec, teacher_pool(spec, pool, train))
     if args.teacher_guard_oracle == "reference":
         oracle = ORACLES.get("reference")(load_or_train_reference(TeacherSpec(), pool).model)
     else:

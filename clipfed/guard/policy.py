@@ -50,7 +50,7 @@ from clipfed.teacher.reference import (
     load_reference_checkpoint,
     save_reference_checkpoint,
 )
-from clipfed.teacher.registry import create_teacher
+from clipfed.teacher.registry import create_teacher, teacher_pool
 from clipfed.training import from_tensor
 
 
@@ -167,7 +167,7 @@ def run_guard(cfg: RunConfig, synth: SynthConfig, out: Path) -> tuple[SynthConfi
     train, _, split = load_federated(cfg)
     pool = train.subset(split.public_pool)
     spec = synth.teacher
-    teacher = create_teacher(spec, pool)
+    teacher = create_teacher(spec, teacher_pool(spec, pool, train))
     if cfg.teacher_guard_oracle == "reference":
         oracle = ORACLES.get("reference")(load_or_train_reference(TeacherSpec(), pool).model)
     else:

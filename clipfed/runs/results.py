@@ -281,15 +281,25 @@ def detection_totals(result: dict[str, Any]) -> tuple[int, int, int]:
 
 
 REFERENCE_TEACHER = "reference teacher (offline stand-in, not a CLIP)"
+# The strong stand-in (teacher-pool='train-split'): the id of a teacher trained on the train split
+# holds this source (clipfed.teacher.reference)
+REFERENCE_TEACHER_TRAIN_SPLIT = ("reference teacher trained on the clean train split (offline stand-in, not a "
+                                 "CLIP; it has seen images like the clients')")
 
 
 def teacher_of(result: dict[str, Any]) -> str:
-    """The teacher a run's defense used, as a table names it: the offline stand-in says so, a run
-    without a server dataset (every defense but CLIP-Fed, FLTrust and teacher-only) used none."""
+    """The teacher a run's defense used, as a table names it: the offline stand-in says so (and
+    which of its two strengths it is), a run without a server dataset (every defense but CLIP-Fed,
+    FLTrust and teacher-only) used none."""
     data = result.get("server_data")
-    if not data:
-        return "none"
-    return REFERENCE_TEACHER if data.get("reference_teacher") else str(data["teacher"])
+    return teacher_name(str(data["teacher"]), bool(data.get("reference_teacher"))) if data else "none"
+
+
+def teacher_name(label: str, is_reference: bool) -> str:
+    """A teacher as a table names it, from its ``label`` (``Teacher.label``)."""
+    if not is_reference:
+        return label
+    return REFERENCE_TEACHER_TRAIN_SPLIT if ":train-split-" in label else REFERENCE_TEACHER
 
 
 def skipped_rounds(result: dict[str, Any]) -> tuple[int, int]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from clipfed.teacher.registry import TEACHERS, create_teacher, list_teachers
+from clipfed.teacher.registry import TEACHERS, create_teacher, list_teachers, teacher_pool
 
 if TYPE_CHECKING:
     from clipfed.teacher.base import Teacher, TeacherSpec
 
-__all__ = ["TEACHERS", "Teacher", "TeacherSpec", "create_teacher", "list_teachers"]
+__all__ = ["TEACHERS", "Teacher", "TeacherSpec", "create_teacher", "list_teachers", "teacher_pool"]
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from clipfed.config import DEVICE_PATTERN, RANDOM_INIT, RANDOM_INIT_NOTE, TEACHERS, teacher_weights_problem
+from clipfed.config import (
+    DEVICE_PATTERN,
+    RANDOM_INIT,
+    RANDOM_INIT_NOTE,
+    TEACHER_POOLS,
+    TEACHERS,
+    teacher_weights_problem,
+)
 
 # A few of CLIP's CIFAR prompt templates (Radford et al. 2021); captions extend them.
 DEFAULT_TEMPLATES = (
@@ -49,9 +56,12 @@ class TeacherSpec(BaseModel):
             the CPU. The reference teacher always runs on the CPU. Part of ``spec_hash`` (and so
             of the server dataset's id): floats computed elsewhere may differ in the last bits.
         reference_model: reference: the registry model (``clipfed.models``) used as backbone.
-        reference_epochs: reference: SGD epochs over the public pool.
+        reference_epochs: reference: SGD epochs over its pool; None: ``epochs`` decides by the pool.
         reference_lr: reference: initial SGD learning rate (cosine-decayed to 0).
         reference_scale: reference: the fixed logit scale (cosine similarity multiplier).
+        reference_pool: reference: what it trains on, ``public`` (the public pool: a weak teacher)
+            or ``train-split`` (the whole clean train split: a strong one that has seen images
+            like the clients', which a real CLIP has not); ``teacher_pool`` gives the images.
 
     Raises:
         ValueError: (pydantic's ``ValidationError``) at construction, for an openclip spec that
@@ -71,9 +81,10 @@ class TeacherSpec(BaseModel):
     device: str = Field("auto", pattern=DEVICE_PATTERN)
     # reference
     reference_model: str = "cnn"
-    reference_epochs: int = Field(30, ge=1)
+    reference_epochs: int | None = Field(None, ge=1)
     reference_lr: float = Field(0.05, gt=0)
     reference_scale: float = Field(16.0, gt=0)
+    reference_pool: Literal[TEACHER_POOLS] = "public"  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _openclip_weights_named(self) -> TeacherSpec:
@@ -83,9 +94,20 @@ class TeacherSpec(BaseModel):
             raise ValueError(problem)
         return self
 
+    @property
+    def epochs(self) -> int:
+        """The reference teacher's SGD epochs: ``reference_epochs``, else 30 over the public pool
+        (5,000 images by default) and 10 over the train split (45,000): 3x the weak teacher's steps,
+        enough for the CNN to approach its ceiling, while 30 would take an hour on 2 CPU cores."""
+        if self.reference_epochs is not None:
+            return self.reference_epochs
+        return 10 if self.reference_pool == "train-split" else 30
+
     def spec_hash(self) -> str:
-        """The first 16 hex digits of the sha256 of every field, as sorted JSON."""
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+        """The first 16 hex digits of the sha256 of every field not at its default, as sorted JSON
+        (a field added later leaves earlier specs' hashes, cache files and ids as they were)."""
+        dump = self.model_dump(mode="json", exclude_defaults=True)
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Teacher(ABC):

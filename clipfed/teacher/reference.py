@@ -1,7 +1,8 @@
 """The ``reference`` teacher: an offline stand-in for CLIP where no pretrained weights exist.
 
 A cosine classifier (a registry model's features, L2-normalised, against L2-normalised class
-weights, times a fixed scale) trained on the server's public pool, which no client holds. Its
+weights, times a fixed scale) trained on the server's public pool, which no client holds (or, as
+the strong stand-in, ``reference_pool='train-split'``, on the whole clean train split). Its
 normalised class weights play the text prototypes, so ``zero_shot_logits`` are exactly its own
 logits. It cannot read text: a caption's embedding is its class's prototype. It is trained once
 per (pool, spec) and cached. Every result made with it is labelled as a reference-teacher result.
@@ -55,11 +56,11 @@ def train_reference(pool: ImageSet, spec: TeacherSpec, seed: int = 0) -> CosineC
     x = to_tensor(np.asarray(pool.images))
     y = torch.from_numpy(np.asarray(pool.labels, dtype=np.int64))
     batch = 64
-    steps = spec.reference_epochs * ((len(y) + batch - 1) // batch)
+    steps = spec.epochs * ((len(y) + batch - 1) // batch)
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.reference_lr, momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     model.train()
-    for _ in range(spec.reference_epochs):
+    for _ in range(spec.epochs):
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(y), batch):
             idx = order[start : start + batch]
@@ -169,5 +170,7 @@ def reference_teacher(spec: TeacherSpec, pool: ImageSet | None = None) -> Teache
         return load_reference_checkpoint(spec, len(pool.classes) if pool is not None else 10)
     if pool is None:
         raise ValueError("the reference teacher is trained on the public pool; pass pool=")
+    if spec.reference_pool == "train-split":
+        return load_or_train_reference(spec, pool, name="reference-train-split", source="train-split")
     return load_or_train_reference(spec, pool)
 

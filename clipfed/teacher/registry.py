@@ -35,14 +35,23 @@ def list_teachers(pattern: str = "*") -> list[str]:
     return TEACHERS.names(pattern)
 
 
+def teacher_pool(spec: TeacherSpec, public_pool: ImageSet, train_split: ImageSet) -> ImageSet | None:
+    """The ``pool`` that ``create_teacher(spec, pool)`` takes: None for ``openclip`` (and a
+    reference checkpoint), the public pool for ``reference``, the whole clean train split with
+    ``reference_pool='train-split'`` (the strong stand-in; it has seen the images the clients'
+    shards are drawn from, which a real CLIP has not)."""
+    if spec.backend != "reference":
+        return None
+    return train_split if spec.reference_pool == "train-split" else public_pool
+
+
 def create_teacher(spec: TeacherSpec, pool: ImageSet | None = None) -> Teacher:
     """The teacher ``spec`` describes, built by the factory registered as ``spec.backend``.
 
     Args:
         spec: Which backend, model and weights.
-        pool: The labelled public pool, uint8 images (N, 32, 32, 3): what the reference teacher
-            trains on (once per pool and spec, then cached); ``openclip`` ignores it. The server
-            dataset pipeline passes it only when ``spec.backend == "reference"``.
+        pool: What the reference teacher trains on (once per pool and spec, then cached), uint8
+            images (N, 32, 32, 3) with labels: ``teacher_pool`` picks it; ``openclip`` ignores it.
 
     Returns:
         A frozen ``Teacher``.
