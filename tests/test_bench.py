@@ -92,6 +92,7 @@ def test_suite_runs_warm_started_writes_outputs_and_skips_finished_runs(
     more = plan(Suite(**{**TINY.__dict__, "defenses": ("fedavg", "median", "krum")}))
     found, missing = existing_runs(more, tmp_path)
     assert [c.name for c in missing] == ["iid--krum--badnets--s0"] and len(found) == len(runs)
+    assert plan(TINY, variants=[]) == cells, "TINY has no variant rows"
 
     stamps = {d: (d / "result.json").stat().st_mtime_ns for _, d in runs}
     again = run_suite(TINY, tmp_path, cells, threads=1)

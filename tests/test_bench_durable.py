@@ -377,3 +377,19 @@ def test_plots_shade_the_window_and_name_teacher_seeds_status_classes(tmp_path: 
     assert "bulyan [completed, NEVER AGGREGATED]" in curves["legends"]
     assert len(set(curves["lines"])) == len(curves["lines"]) == 5, "rlr and median coincide but differ in look"
     assert figures["per-class-iid-badnets.png"]["ticks"][:3] == ["airplane", "automobile", "bird"]
+
+
+def test_variant_rows_are_selected_by_name_and_the_strong_teacher_rows_set_the_teacher_pool() -> None:
+    from clipfed.errors import UserError
+
+    suite = SUITES["durable"]
+    rows = {c.row for c in plan(suite, attacks=["badnets"]) if not c.pretrain}
+    assert {"clipfed-strong-teacher", "teacher-only-strong-teacher"} <= rows
+    strong = next(c for c in plan(suite, attacks=["badnets"]) if c.row == "clipfed-strong-teacher")
+    cfg = strong.config(suite, Path("/tmp/x"))
+    assert (cfg.defense, cfg.teacher_pool) == ("clipfed", "train-split")
+    assert not {c.row for c in plan(suite, attacks=["badnets"], variants=[])} & set(suite.variants)
+    chosen = {c.row for c in plan(suite, attacks=["badnets"], variants=["teacher-only-strong-teacher"])}
+    assert "teacher-only-strong-teacher" in chosen and "clipfed-strong-teacher" not in chosen
+    with pytest.raises(UserError, match="--variants: nope not a variant of suite 'durable'"):
+        plan(suite, variants=["nope"])

@@ -58,7 +58,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     unknown = set(_csv(args.settings) or []) - set(suite.settings)
     if unknown:
         raise UserError(f"--settings: unknown {sorted(unknown)}; suite {suite.name!r} has {list(suite.settings)}")
-    cells = plan(suite, _csv(args.defenses), _csv(args.attacks), seeds, _csv(args.settings), budget or None)
+    variants = None if args.variants is None else [v for v in _csv(args.variants) or [] if v != "none"]
+    cells = plan(suite, _csv(args.defenses), _csv(args.attacks), seeds, _csv(args.settings), budget or None,
+                 variants)
     started = time.perf_counter()
     coverage = ""
     if args.report_only:
@@ -199,7 +201,9 @@ def cmd_bench_device(args: argparse.Namespace) -> int:
 
 
 def add_bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    suites = "\n".join(textwrap.fill(f"{name}: {suite.description}", width=100, subsequent_indent="    ")
+    suites = "\n".join(textwrap.fill(f"{name}: {suite.description}"
+                                     + (f" (variant rows: {', '.join(suite.variants)})" if suite.variants else ""),
+                                     width=100, subsequent_indent="    ")
                        for name, suite in SUITES.items())
     bench = sub.add_parser("bench", help="run a suite of attack x defense runs; tables, plots, report",
                            epilog=f"suites:\n{suites}", formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -208,6 +212,8 @@ def add_bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     bench.add_argument("--attacks", help="comma list (default: the suite's)")
     bench.add_argument("--seeds", help="comma list (default: the suite's)")
     bench.add_argument("--settings", help="comma list of the suite's data settings (default: all)")
+    bench.add_argument("--variants", help="comma list of the suite's variant rows, or none (default: all; "
+                                          "`clipfed bench --help` lists each suite's)")
     bench.add_argument("--budget", help="the attackers' budget, for a suite that has several (durable: "
                                         "backfed-3x, the default, or equal)")
     bench.add_argument("--out-dir", help="suite folder (default runs/bench-<suite>); finished runs are skipped")

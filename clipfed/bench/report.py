@@ -530,6 +530,8 @@ def cache_line(results: list[dict[str, Any]]) -> str:
 def run_commits_line(results: list[dict[str, Any]]) -> str:
     """The commits the runs were made at: a report regenerated later (finished runs are skipped)
     is written at a newer commit than its numbers."""
+    if not results:
+        return "- runs made at commit: no run yet"
     commits: dict[str, int] = defaultdict(int)
     for result in results:
         commits[str(result.get("versions", {}).get("git_commit", "unknown"))[:12]] += 1

@@ -101,16 +101,22 @@ def single_shot_round(values: dict[str, Any], attackers: int, last: int) -> int:
 
 def plan(suite: Suite, defenses: Iterable[str] | None = None, attacks: Iterable[str] | None = None,
          seeds: Iterable[int] | None = None, settings: Iterable[str] | None = None,
-         budget: str | None = None) -> list[Cell]:
+         budget: str | None = None, variants: Iterable[str] | None = None) -> list[Cell]:
     """The warm-start pretrainings first (one per setting, as the field keeps one clean checkpoint
     per dataset, or per setting and seed), then seed by seed (so a suite stopped early has whole
     seeds), per setting and attack column: the controls, the defenses, the variants. Attackers
     get ``budget``'s keys (FedAvg without attack has none, so every budget shares it).
+    ``variants``: the suite's variant rows to run (None: all of them; empty: none).
 
     Raises:
-        UserError: an attack no registry declares (yet), an unknown budget, or a single-shot
-            column whose round cannot be found: before anything runs, not late in the suite.
+        UserError: an attack no registry declares (yet), an unknown budget or variant, or a
+            single-shot column whose round cannot be found: before anything runs, not late in the
+            suite.
     """
+    variants = tuple(suite.variants if variants is None else variants)
+    if unknown_variants := [v for v in variants if v not in suite.variants]:
+        raise UserError(f"--variants: {', '.join(unknown_variants)} not a variant of suite {suite.name!r}; "
+                        f"allowed: {', '.join(suite.variants) or 'none (it has no variant rows)'}, or none")
     defenses = tuple(defenses or suite.defenses)
     attacks = tuple(attacks or suite.attacks)
     seeds = tuple(seeds if seeds is not None else suite.seeds)
@@ -140,7 +146,7 @@ def plan(suite: Suite, defenses: Iterable[str] | None = None, attacks: Iterable[
                                   {**keys, "defense": "fedavg", "num-malicious": 0}))
                 cells.append(Cell(setting, "teacher-only", attack, seed, {**attacked, "defense": "teacher-only"}))
                 cells += [Cell(setting, d, attack, seed, {**attacked, "defense": d}) for d in defenses]
-                cells += [Cell(setting, name, attack, seed, {**attacked, **v}) for name, v in suite.variants.items()]
+                cells += [Cell(setting, name, attack, seed, {**attacked, **suite.variants[name]}) for name in variants]
     return cells
 
 
