@@ -229,6 +229,16 @@ def test_supernode_command_refuses_a_missing_ca_or_key(tmp_path: Path, monkeypat
         args.func(args)
 
 
+@pytest.mark.parametrize(("flags", "match"), [
+    (["--nodes", "2", "--malicious", "3"], "--malicious 3: not a partition id"), (["--nodes", "0"], "--nodes 0")])
+def test_deploy_local_refuses_attackers_outside_its_nodes_before_starting_anything(
+        tmp_path: Path, flags: list[str], match: str) -> None:
+    args = build_parser().parse_args(["deploy", "local", "--dir", str(tmp_path / "cluster"), *flags])
+    with pytest.raises(DeployError, match=match):
+        args.func(args)
+    assert not (tmp_path / "cluster").exists(), "nothing started"
+
+
 @pytest.mark.deploy
 @pytest.mark.timeout(180)
 def test_deploy_local_starts_registered_nodes_and_stop_ends_them(tmp_path: Path) -> None:

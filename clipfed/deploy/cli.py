@@ -145,6 +145,11 @@ def cmd_local(args: argparse.Namespace) -> int:
     from clipfed.engines.launch import flower_env, free_port, wait_healthy
 
     folder = Path(args.dir).resolve()
+    if args.nodes < 1:
+        raise DeployError(f"--nodes {args.nodes}: allowed: 1 or more")
+    if outside := sorted({pid for pid in args.malicious if not 0 <= pid < args.nodes}):
+        raise DeployError(f"--malicious {' '.join(map(str, outside))}: not a partition id of --nodes {args.nodes}; "
+                          f"allowed: ids 0..{args.nodes - 1} (or --malicious alone for no attacker)")
     if (folder / "logs" / "pids.json").exists():
         raise DeployError(f"deploy local: {folder}/logs/pids.json exists (a cluster is running?); "
                           f"run `clipfed deploy stop {folder}` first")
@@ -233,7 +238,8 @@ def add_deploy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     node.add_argument("--role", choices=("benign", "malicious"), default="benign")
     node.add_argument("--malicious-rank", type=int,
                       help="this attacker's rank: which DBA part it stamps (default: its partition id)")
-    node.add_argument("--data-dir", help="CIFAR-10 on this host (else CLIPFED_DATA_DIR)")
+    node.add_argument("--data-dir",
+                      help="CIFAR-10 on this host (else the run config's data-dir, else CLIPFED_DATA_DIR)")
     node.add_argument("--threads", type=int, default=1, help="torch threads for local training")
     node.add_argument("--port", type=int, default=9094, help="this node's Runtime API port")
     node.add_argument("--root-certificates", help="the CA (TLS)")
