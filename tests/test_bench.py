@@ -128,7 +128,7 @@ def test_bench_cost_measures_aggregation_for_each_size(fake_data_dir: Path, tmp_
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(2400)  # a hang guard: ~10 min on 2 idle cores, 24 with a benchmark beside it
 def test_quick_suite_completes_and_writes_well_formed_outputs(tmp_path: Path) -> None:
     if not (SHARED_ASSETS / "cifar10").exists():
         pytest.skip(f"the quick suite runs on real CIFAR-10; none at {SHARED_ASSETS}")
