@@ -79,6 +79,12 @@ def node_identity_problems(node: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def teacher_pool_unused(backend: str, pool: str, checkpoint: str) -> bool:
+    """Whether a ``teacher-pool`` other than the default is set where nothing is trained on it:
+    only a reference teacher without a checkpoint trains (the run key's and the flags' rule)."""
+    return pool != "public" and (backend != "reference" or bool(checkpoint))
+
+
 def teacher_weights_problem(backend: str, pretrained: str, checkpoint: str) -> str | None:
     """Why these teacher keys cannot be used, or None. An openclip teacher must name its weights:
     without them open_clip builds a random-init model whose results would look like real ones."""
@@ -299,7 +305,7 @@ class RunConfig(BaseModel):
         # running a random-init teacher
         if problem := teacher_weights_problem(self.teacher, self.teacher_pretrained, self.teacher_checkpoint):
             problems.append(problem)
-        if self.teacher_pool != "public" and (self.teacher != "reference" or self.teacher_checkpoint):
+        if teacher_pool_unused(self.teacher, self.teacher_pool, self.teacher_checkpoint):
             problems.append(f"teacher-pool={self.teacher_pool!r} says what the reference teacher trains on; "
                             f"teacher={self.teacher!r}"
                             + (f" with teacher-checkpoint={self.teacher_checkpoint!r}" if self.teacher_checkpoint

@@ -70,3 +70,17 @@ def test_each_strength_trains_on_its_own_pool(fake_data_dir: Path, tmp_path: Pat
     cached = sorted(p.name.startswith("reference-train-split-") for p in (tmp_path / "teachers").iterdir())
     assert cached == [False, True]  # one cache file per strength
     assert np.isfinite(teacher.encode_images(np.asarray(train.images[:4])).numpy()).all()
+
+
+def test_the_teacher_pool_flag_with_a_teacher_that_trains_nothing_is_refused_naming_the_flag() -> None:
+    import argparse
+
+    from clipfed.errors import UserError
+    from clipfed.guard.cli import teacher_spec
+
+    args = argparse.Namespace(teacher="openclip", teacher_model="ViT-B-32", teacher_pretrained="laion2b_s34b_b79k",
+                              teacher_checkpoint="", teacher_pool="train-split")
+    with pytest.raises(UserError, match="--teacher-pool train-split"):
+        teacher_spec(args)
+    args.teacher, args.teacher_pretrained = "reference", ""
+    assert teacher_spec(args).reference_pool == "train-split"

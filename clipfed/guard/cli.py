@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipfed.checks import load_run_config
-from clipfed.config import ORACLES, TEACHER_POOLS, TEACHERS, RunConfig
+from clipfed.config import ORACLES, TEACHER_POOLS, TEACHERS, RunConfig, teacher_pool_unused
 from clipfed.errors import UserError
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def teacher_spec(args: argparse.Namespace) -> TeacherSpec:
 
     from clipfed.teacher import TeacherSpec
 
-    if args.teacher_pool != "public" and (args.teacher != "reference" or args.teacher_checkpoint):
+    if teacher_pool_unused(args.teacher, args.teacher_pool, args.teacher_checkpoint):
         raise UserError(f"--teacher-pool {args.teacher_pool}: only a reference teacher without --teacher-checkpoint "
                         "is trained here; allowed: --teacher-pool public")
     if args.teacher_checkpoint and not Path(args.teacher_checkpoint).is_file():
