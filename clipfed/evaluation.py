@@ -35,6 +35,7 @@ import torch
 
 from clipfed.attacks import Attack
 from clipfed.attacks.base import AttackContext
+from clipfed.config import INFERENCE_BATCH
 from clipfed.data import FederatedSplit, ImageSet
 from clipfed.devices import autocast, place
 from clipfed.streams import Stream, stream_rng
@@ -111,7 +112,7 @@ class BackdoorEvaluator:
         seed: the run's seed, for the re-derivation's stream.
     """
 
-    def __init__(self, test: ImageSet, attack: Attack | None, batch_size: int = 1000,
+    def __init__(self, test: ImageSet, attack: Attack | None, batch_size: int = INFERENCE_BATCH,
                  device: torch.device | None = None, amp: bool = False,
                  trigger_pool: ImageSet | None = None, seed: int = 0) -> None:
         self.test = test

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipfed import devices
-from clipfed.config import RunConfig
+from clipfed.config import INFERENCE_BATCH, RunConfig
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -222,7 +222,7 @@ def predictions(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
     """Predicted class of every row of the already-normalised, non-empty tensor ``x`` (on the
     model's device; the (N,) result stays there); raises NonFiniteLogits for a diverged model.
     Logits are compared in float32 even under bf16 autocast."""
