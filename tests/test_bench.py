@@ -24,7 +24,7 @@ from clipfed.bench.report import (
     write_csv,
 )
 from clipfed.bench.runner import existing_runs, plan, run_suite
-from clipfed.bench.suites import SUITES, Suite
+from clipfed.bench.suites import SUITES, Suite, control_of
 from clipfed.cli import main
 from clipfed.defense import list_defenses
 from clipfed.errors import UserError
@@ -230,3 +230,39 @@ def test_the_paper_suite_is_the_field_setting_and_fits_its_stated_gpu_hours() ->
     assert (cfg.model, cfg.num_clients, cfg.clients_per_round, cfg.partition, cfg.dirichlet_alpha) == (
         "resnet18", 100, 10, "dirichlet", 0.5)
     assert (cfg.local_epochs, cfg.batch_size, cfg.augment, cfg.device) == (2, 64, True, "auto")
+
+
+def test_columns_that_stamp_one_trigger_share_their_control_runs(fake_data_dir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no attacker (FedAvg without attack) or no client training (teacher only), a column
+    only decides the trigger ASR is measured with: pgd's control rows are BadNets' runs, made once.
+    A learned trigger (re-derived with the column's keys) or a window of its own keeps its own."""
+    assert control_of("pgd", {"attack": "pgd", "pgd-eps": 0.5}) == ("badnets", {"attack": "badnets"})
+    assert control_of("constrain-scale", {}) == control_of("clipfed-aware", {}) == ("badnets", {"attack": "badnets"})
+    assert control_of("pgd", {"attack-data": "blended"}) == ("blended", {"attack": "blended"})
+    a3fl = {"attack": "a3fl", "a3fl-outer-epochs": 20}
+    assert control_of("a3fl", a3fl) == ("a3fl", a3fl) and control_of("f3ba", {}) == ("f3ba", {})
+    shot = {"attack": "badnets", "attack-start-round": 3, "attack-end-round": 3}
+    assert control_of("single-shot", shot) == ("single-shot", shot)
+
+    durable = SUITES["durable"]
+    names = {(c.row, c.attack): c.config(durable, Path("/x"), "/w").run_name for c in plan(durable) if not c.pretrain}
+    for row in ("fedavg-no-attack", "teacher-only", "teacher-only-strong-teacher"):
+        assert names[(row, "pgd")] == names[(row, "badnets")] == names[(row, "clipfed-aware")], row
+        assert len({names[(row, a)] for a in ("badnets", "a3fl", "f3ba", "single-shot")}) == 4, row
+    assert names[("clipfed", "pgd")] != names[("clipfed", "badnets")]
+
+    monkeypatch.setenv("CLIPFED_DATA_DIR", str(fake_data_dir))
+    suite = Suite(**{**TINY.__dict__, "defenses": ("fedavg",), "attacks": ("badnets", "pgd")})
+    cells = plan(suite)
+    runs = run_suite(suite, tmp_path, cells, threads=1, workers=2)
+    folders = dict(((cell.row, cell.attack), run_dir) for cell, run_dir in runs)
+    assert folders[("fedavg-no-attack", "pgd")] == folders[("fedavg-no-attack", "badnets")]
+    assert folders[("teacher-only", "pgd")] == folders[("teacher-only", "badnets")]
+    assert folders[("fedavg", "pgd")] != folders[("fedavg", "badnets")]
+    assert len(list((tmp_path / "runs").iterdir())) == 5, "pretrain, 2 shared controls, 2 FedAvg runs"
+    rows = collect(runs)
+    assert [(r.row, r.attack) for r in rows if r.attack == "pgd"] == [
+        ("fedavg-no-attack", "pgd"), ("teacher-only", "pgd"), ("fedavg", "pgd")]
+    found, missing = existing_runs(cells, tmp_path)
+    assert found == runs and missing == []

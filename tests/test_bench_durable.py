@@ -121,7 +121,8 @@ def test_durable_suites_bound_pgd_near_a_benign_update_and_make_a3fl_feasible_st
     assert "would take about 44 hours (these: 1.6)" in SUITES["durable"].description
     assert f"about {DURABLE_CPU_HOURS:.0f} hours of rounds and A3FL trigger searches" in SUITES["durable"].description
     rows = 10  # 6 defenses, 2 controls, 2 strong-teacher rows
-    base = rows * 7 * DURABLE_CPU_WINDOW.rounds * (12 * 450 / 1_500 + 19_000 / 3_800 + 2.5 + 1) / 3600
+    runs = rows * 7 - 3 * 3  # pgd, constrain-scale and clipfed-aware share BadNets' 3 control runs
+    base = runs * DURABLE_CPU_WINDOW.rounds * (12 * 450 / 1_500 + 19_000 / 3_800 + 2.5 + 1) / 3600
     searches = 20 * (rows + rows - 1) * 50 * 450 / 1_500 / 3600  # server + 1 expected attacker, 9 attacked rows
     assert pytest.approx(base + searches) == DURABLE_CPU_HOURS
 

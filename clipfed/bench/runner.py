@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from clipfed import __version__
 from clipfed.attacks import list_attacks
-from clipfed.bench.suites import Plateau, Suite
+from clipfed.bench.suites import Plateau, Suite, control_of
 from clipfed.checks import load_run_config
 from clipfed.config import ConfigError, RunConfig
 from clipfed.data import malicious_clients
@@ -43,6 +43,7 @@ class Cell:
     seed: int
     overrides: dict[str, Any]
     pretrain: bool = False
+    run_label: str = ""  # the attack its run folder is named by, where not ``attack`` (a shared control)
 
     def config(self, suite: Suite, out: Path, init_model: str = "") -> RunConfig:
         window = suite.window.keys() if suite.window is not None and not self.pretrain else {}
@@ -54,7 +55,7 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.setting}--{self.row}--{self.attack}--s{self.seed}"
+        return f"{self.setting}--{self.row}--{self.run_label or self.attack}--s{self.seed}"
 
     def warm_key(self, suite: Suite) -> tuple[str, int | None]:
         """Which warm start this cell uses (or, for a pretraining cell, is)."""
@@ -142,11 +143,19 @@ def plan(suite: Suite, defenses: Iterable[str] | None = None, attacks: Iterable[
                     shot = single_shot_round(values, column.single_shot, suite.window.attack_rounds)
                     keys |= suite.window.keys(first=shot, last=shot)
                 attacked = {**keys, **attacker_keys}
+                label, control = control_of(attack, keys)
+                shared = "" if label == attack else label
+                teacher_alone = {**control, **attacker_keys}  # no client trains: the attackers' keys do nothing
                 cells.append(Cell(setting, "fedavg-no-attack", attack, seed,
-                                  {**keys, "defense": "fedavg", "num-malicious": 0}))
-                cells.append(Cell(setting, "teacher-only", attack, seed, {**attacked, "defense": "teacher-only"}))
+                                  {**control, "defense": "fedavg", "num-malicious": 0}, run_label=shared))
+                cells.append(Cell(setting, "teacher-only", attack, seed, {**teacher_alone, "defense": "teacher-only"},
+                                  run_label=shared))
                 cells += [Cell(setting, d, attack, seed, {**attacked, "defense": d}) for d in defenses]
-                cells += [Cell(setting, name, attack, seed, {**attacked, **suite.variants[name]}) for name in variants]
+                for name in variants:
+                    alone = suite.variants[name].get("defense") == "teacher-only"
+                    cells.append(Cell(setting, name, attack, seed,
+                                      {**(teacher_alone if alone else attacked), **suite.variants[name]},
+                                      run_label=shared if alone else ""))
     return cells
 
 
@@ -255,8 +264,9 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
               workers: int = 1) -> list[tuple[Cell, Path]]:
     """Run every cell in ``workers`` processes of ``threads`` torch threads each (small models run
     faster as parallel single-threaded runs than as one multi-threaded one), the pretraining before
-    the cells it warm-starts and alongside it each server dataset (per setting, seed and teacher); returns
-    (cell, run folder) in plan order. A progress bar counts rounds run, so its ETA comes from real
+    the cells it warm-starts and alongside it each server dataset (per setting, seed and teacher); cells
+    of one config (a control shared by columns, ``control_of``) run once; returns (cell, run folder)
+    in plan order. A progress bar counts rounds run, so its ETA comes from real
     work; finished runs are skipped and leave the total. A failed run (its exception) is reported
     and the suite goes on: its ``result.json`` says ``failed`` (or it has none) and the tables
     mark its row; a failed warm start stops the suite, as every run after it would start from it."""
@@ -269,8 +279,13 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
           ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool):
         for number, phase in enumerate(phases):
             configs = {i: cells[i].config(suite, out, warm.get(cells[i].warm_key(suite), "")) for i in phase}
+            first: dict[str, int] = {}  # run name -> the first cell of the phase with it: a shared control runs once
+            for i in phase:
+                first.setdefault(configs[i].run_name, i)
+            shared = {i: first[configs[i].run_name] for i in phase if first[configs[i].run_name] != i}
+            bar.total -= sum(configs[i].num_server_rounds for i in shared)
             futures = {(pool.submit(run_pretrain, configs[i], suite.plateau, threads) if cells[i].pretrain
-                        else pool.submit(run_cell, configs[i], threads)): i for i in phase}
+                        else pool.submit(run_cell, configs[i], threads)): i for i in phase if i not in shared}
             prepared = {pool.submit(prepare_server_data, cells[i].config(suite, out), threads): cells[i].name
                         for i in (_server_data_cells(suite, out, cells) if number == 0 else [])}
             try:
@@ -306,5 +321,6 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)  # runs under way finish; none start
                 raise
+            run_dirs |= {i: run_dirs[j] for i, j in shared.items()}
             warm = {cells[i].warm_key(suite): str(run_dirs[i]) for i in phases[0]}
     return [(cell, run_dirs[i]) for i, cell in enumerate(cells)]

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any
 
+from clipfed.attacks.registry import resolve_parts
+from clipfed.checks import LEARNED_TRIGGERS
 from clipfed.config import RunConfig
 
 CONTROL_DEFENSES = ("fedavg-no-attack", "teacher-only")
@@ -81,6 +83,40 @@ class AttackVariant:
 
     keys: dict[str, Any]
     single_shot: int = 0
+
+
+def control_of(column: str, keys: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The attack name and keys of a column's control runs: FedAvg without attack and teacher only.
+
+    With no attacker (or, for teacher only, no client trained) an attack only decides the trigger
+    ASR is measured with. A fixed trigger is
+    its data part's (``attack-data`` or the shorthand's; every data part is a shorthand of its
+    own), so the columns that stamp the same one (BadNets' patch: badnets, pgd, constrain-scale,
+    clipfed-aware) share one control run, named by that part. A learned trigger (``checks.
+    LEARNED_TRIGGERS``: the server re-derives it with the column's keys) and a column with its own
+    window (single-shot) keep the column's name and keys.
+
+    Args:
+        column: The attack column (a shorthand or a suite's attack variant).
+        keys: The column's own run-config keys (its variant's and window's).
+
+    Returns:
+        (the name the controls' run folders carry, their attack keys).
+    """
+    attack = str(keys.get("attack", column))
+    data = resolve_parts(attack, str(keys.get("attack-data", "")))[0]
+    if data in LEARNED_TRIGGERS or any(k in keys for k in ("attack-start-round", "attack-end-round")):
+        return column, keys
+    return data, {"attack": data}
+
+
+def shared_control_columns(attacks: tuple[str, ...], variants: dict[str, AttackVariant]) -> int:
+    """How many of ``attacks``' columns reuse another column's control runs (``control_of``; a
+    single-shot column has a window of its own, so never)."""
+    labels = [a if (v := variants.get(a)) is not None and v.single_shot
+              else control_of(a, dict(v.keys) if v is not None else {})[0] for a in attacks]
+    return len(labels) - len(set(labels))
+
 
 
 @dataclass(frozen=True)
@@ -229,13 +265,19 @@ def _a3fl_hours(window: Window, rows: int, train_rate: float, keys: dict[str, An
 # about 15 s, 19,000 evaluated in about 5 s); A3FL's searches at the training rate.
 DURABLE_CPU_WINDOW = Window(attack_rounds=20, clean_rounds=30)
 _DURABLE_CPU_ROWS = len(DURABLE_DEFENSES) + len(CONTROL_DEFENSES) + len(STRONG_TEACHER_VARIANTS)
-DURABLE_CPU_HOURS = (_hours(_DURABLE_CPU_ROWS * len(DURABLE_ATTACKS) * DURABLE_CPU_WINDOW.rounds,
+# The runs of a seed: every row of every column, less the control runs (FedAvg without attack and
+# both teacher-only rows) of the columns that share BadNets' patch with another (`control_of`).
+_DURABLE_RUNS = (_DURABLE_CPU_ROWS * len(DURABLE_ATTACKS)
+                 - shared_control_columns(DURABLE_ATTACKS, _durable_variants(PGD_EPS_CNN))
+                 * (len(CONTROL_DEFENSES)
+                    + sum(v["defense"] == "teacher-only" for v in STRONG_TEACHER_VARIANTS.values())))
+DURABLE_CPU_HOURS = (_hours(_DURABLE_RUNS * DURABLE_CPU_WINDOW.rounds,
                             9 * _SHARD + 3 * _SHARD, 1_500, 3_800, 2.5)
                      + _a3fl_hours(DURABLE_CPU_WINDOW, _DURABLE_CPU_ROWS, 1_500))
 # GPU (one H100-class): `paper`'s ResNet-18 setting (2 local epochs at batch 64, crop+flip); W = D =
 # 100; BackFed's attackers train 6 epochs at lr 0.05. Rates as `paper`'s estimate (not measured).
 DURABLE_GPU_WINDOW = Window(attack_rounds=100, clean_rounds=100)
-DURABLE_GPU_HOURS = (_hours(_DURABLE_CPU_ROWS * len(DURABLE_ATTACKS) * DURABLE_GPU_WINDOW.rounds,
+DURABLE_GPU_HOURS = (_hours(_DURABLE_RUNS * DURABLE_GPU_WINDOW.rounds,
                             9 * 2 * _SHARD + 6 * _SHARD, _PAPER_TRAIN_RATE, _PAPER_EVAL_RATE, _PAPER_SERVER_SECONDS)
                      + _a3fl_hours(DURABLE_GPU_WINDOW, _DURABLE_CPU_ROWS, _PAPER_TRAIN_RATE))
 
