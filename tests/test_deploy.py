@@ -222,7 +222,11 @@ def test_supernode_command_refuses_a_missing_ca_or_key(tmp_path: Path, monkeypat
     with pytest.raises(DeployError, match="--root-certificates"):
         args.func(args)
     args = build_parser().parse_args([*base, "--key", str(tmp_path / "node0")])
-    with pytest.raises(DeployError, match="--key"):
+    with pytest.raises(DeployError, match="--key .*node authentication needs TLS; give --root-certificates"):
+        args.func(args)
+    ca = make_tls(tmp_path / "certs", ["127.0.0.1"]).ca_cert
+    args = build_parser().parse_args([*base, "--root-certificates", str(ca), "--key", str(tmp_path / "node0")])
+    with pytest.raises(DeployError, match="--key .*no such file"):
         args.func(args)
     args = build_parser().parse_args([*base, "--malicious-rank", "-1"])
     with pytest.raises(DeployError, match="--malicious-rank"):

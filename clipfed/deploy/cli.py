@@ -114,6 +114,9 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     if problems := node_config_problems(node):
         raise DeployError("--node-config: " + "; ".join(problems))
     ca = check_ca_file(args.root_certificates) if args.root_certificates else None
+    if args.key and ca is None:  # flower-supernode would run --insecure and the SuperLink refuse the node
+        raise DeployError(f"--key {args.key}: node authentication needs TLS; give --root-certificates (the "
+                          "SuperLink's CA, from `clipfed deploy certs`) too")
     if args.key and not Path(args.key).is_file():
         raise DeployError(f"--key {args.key}: no such file (this node's private key from "
                           "`clipfed deploy keys`)")
@@ -243,7 +246,7 @@ def add_deploy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     node.add_argument("--threads", type=int, default=1, help="torch threads for local training")
     node.add_argument("--port", type=int, default=9094, help="this node's Runtime API port")
     node.add_argument("--root-certificates", help="the CA (TLS)")
-    node.add_argument("--key", help="this node's private key (node auth)")
+    node.add_argument("--key", help="this node's private key (node auth; needs --root-certificates)")
     node.add_argument("--isolation", choices=("subprocess", "process"), default="subprocess")
     node.add_argument("--node-config", nargs="*", help="extra k=v (TOML values), e.g. the attack: \"attack='blended'\"")
     node.set_defaults(func=cmd_supernode)
