@@ -330,6 +330,12 @@ def test_tables_name_teacher_seeds_and_status_and_mark_rows_in_the_table() -> No
         "rlr's seed 0 has a value: the failed seed is counted, not shown as the row's value"
     assert "0.970 (1/2 seeds n/a)" in durable
 
+    # read mid-suite: a row whose run is still running shows its rounds so far, marked as such
+    running = _result(BACKDOOR[:7], malicious=ATTACKERS, detection=DETECTION, status="running")
+    partial = durable_table([_rows()[0], Row("iid", "badnets", "fedavg", [running])])
+    assert "| **running** | 0.970 (partial: running) | 0.970 (partial: running) | n/a (the run ends at round 6 " \
+           "(running), 2 rounds after the window; +10 is round 14) |" in partial, partial
+
 
 def test_a_run_that_left_no_result_is_a_failed_row(tmp_path: Path) -> None:
     rows = collect([(Cell("iid", "krum", "badnets", 0, {}), tmp_path / "never-started")])
