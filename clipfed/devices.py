@@ -57,6 +57,21 @@ def amp_active(device: torch.device, amp: bool) -> bool:
 
 
 @contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads, then restore the caller's count.
+
+    The count is process-wide and decides the order of float sums (so the last bits of a
+    result): a library call that set it and left it would change what later code in the same
+    process computes (a ServerApp after building its server dataset, one test after another)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def autocast(device: torch.device, amp: bool) -> Iterator[None]:
     """bf16 autocast on CUDA when ``amp``; nothing otherwise (the CPU path is untouched)."""
     if amp_active(device, amp):

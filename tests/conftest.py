@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,13 @@ def server_data(fake_data_dir: Path, tmp_path_factory: pytest.TempPathFactory): 
                       teacher=TeacherSpec(backend="reference", reference_epochs=25),
                       filter=FilterConfig(threshold=0.2), threads=1)
     return build_server_dataset(cfg, tmp_path_factory.mktemp("synth")).dataset
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """The test computes with one torch thread (pinned floats), and the next test gets back the
+    count it had: torch's thread count is process-wide."""
+    from clipfed.devices import torch_threads
+
+    with torch_threads(1):
+        yield

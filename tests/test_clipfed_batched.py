@@ -185,6 +185,28 @@ def test_select_flags_what_the_per_model_computation_flags(fake_data_dir: Path, 
     assert "pre_seconds" in reports[0].details
 
 
+@pytest.mark.usefixtures("server_identity")
+def test_every_signal_is_recorded_and_only_the_configured_ones_combined(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
+    """What choosing other signals would have seen is in every run's result.json: all five are
+    scored and recorded, the combined score (and with it who is excluded) uses clipfed-signals'."""
+    cfg = RunConfig.from_flower({"defense": "clipfed", "num-clients": 7, "num-malicious": 2, "device": "cpu",
+                                 "data-dir": str(fake_data_dir), "clipfed-signals": "geometry",
+                                 "clipfed-probe-size": 40, "clipfed-post": False})
+    global_state, states, updates = client_states("cnn", clients=7, outliers=(1, 4))
+    replies = [train_reply(10 + i, i, {k: v.numpy() for k, v in s.items()}, 50, malicious=i in (1, 4))
+               for i, s in enumerate(states)]
+    reports: list[AggregationReport] = []
+    strategy = create_defense(cfg, server_data=server_data, on_report=reports.append)
+    strategy.global_arrays = arrays_of({k: v.numpy() for k, v in global_state.items()})
+    strategy.aggregate_train(1, replies)
+    details = reports[0].details
+    assert set(details["scores"]) == {"partition", "combined", *SIGNALS} and details["signals"] == ["geometry"]
+    expected = reference_scores(SIGNALS, create_model("cnn", 10), states, global_state, strategy.probe, updates)
+    alone = combine({"geometry": expected["geometry"]})
+    np.testing.assert_allclose(details["scores"]["combined"], alone.numpy(), atol=1e-4)
+    assert set(reports[0].excluded) == flagged(alone)
+
+
 def test_views_of_a_probe_without_trigger_like_copies_are_empty_not_an_error() -> None:
     probe = tiny_probe(torch.device("cpu"), copies=0)
     global_state, states, _ = client_states("cnn", clients=3, outliers=())

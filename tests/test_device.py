@@ -231,3 +231,19 @@ def test_on_cuda_with_amp_a_client_round_an_evaluation_and_a_run(fake_data_dir: 
     result = load_result(run_inprocess(run))
     assert result["status"] == "completed" and result["rounds"][1]["ma"] is not None
     assert result["device"]["server"].startswith("cuda:0 ") and result["device"]["amp"] is True
+
+
+def test_torch_threads_gives_the_caller_its_count_back_even_on_error() -> None:
+    """The thread count is process-wide: a block that changes it must not change what later code
+    in the process computes (a server-dataset build once left its count behind)."""
+    import torch
+
+    from clipfed.devices import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before

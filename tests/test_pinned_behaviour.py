@@ -94,7 +94,7 @@ def pinned() -> dict[str, Any]:
     return json.loads(PINNED.read_text())
 
 
-@pytest.mark.usefixtures("server_identity")
+@pytest.mark.usefixtures("server_identity", "one_torch_thread")
 @pytest.mark.parametrize(("defense", "attack"), CASES)
 def test_a_few_cnn_rounds_compute_what_they_computed_when_pinned(
         defense: str, attack: str, fake_data_dir: Path, server_data: Any, pinned: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
@@ -103,14 +103,12 @@ def test_a_few_cnn_rounds_compute_what_they_computed_when_pinned(
     if DEFENSES.get(defense).needs_server_data and \
             data_digest(server_data.images, server_data.labels) != pinned["server_data_digest"]:
         pytest.skip("this machine's reference teacher made other server data than the pinned one")
-    torch.set_num_threads(1)
     assert run_case(fake_data_dir, defense, attack, server_data) == pinned["cases"][key]
 
 
-@pytest.mark.usefixtures("server_identity")
+@pytest.mark.usefixtures("server_identity", "one_torch_thread")
 @pytest.mark.skipif(not os.environ.get("CLIPFED_WRITE_PINS"), reason="writes the pins: CLIPFED_WRITE_PINS=1")
 def test_write_pins(fake_data_dir: Path, server_data: Any) -> None:  # type: ignore[no-untyped-def]
-    torch.set_num_threads(1)
     cases = {f"{d}/{a}": run_case(fake_data_dir, d, a, server_data) for d, a in CASES}
     PINNED.write_text(json.dumps({
         "written_by": "CLIPFED_WRITE_PINS=1 pytest tests/test_pinned_behaviour.py -k write_pins",

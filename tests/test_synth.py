@@ -92,8 +92,10 @@ def test_augment_mix_and_copies() -> None:
 
 def test_build_is_byte_reproducible_labels_clean_and_cached(
         fake_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = small_config(fake_data_dir)
+    cfg = small_config(fake_data_dir, threads=3)
+    threads = torch.get_num_threads()
     first = build_server_dataset(cfg, tmp_path / "a")
+    assert torch.get_num_threads() == threads, "the build gives the caller back its thread count"
     second = build_server_dataset(cfg, tmp_path / "b")
     assert not first.cache_hit and first.seconds["teacher"] >= 0
     assert first.dataset.path.name == second.dataset.path.name

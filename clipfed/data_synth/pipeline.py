@@ -32,6 +32,7 @@ from clipfed.data_synth.captions import build_captions
 from clipfed.data_synth.config import SynthConfig
 from clipfed.data_synth.frequency import AUGMENTATIONS, amplitude_spectrum, augment
 from clipfed.data_synth.images import build_candidates, input_digest
+from clipfed.devices import torch_threads
 from clipfed.streams import Stream, stream_rng
 from clipfed.teacher import Teacher, create_teacher, teacher_pool
 
@@ -96,8 +97,14 @@ def _versions() -> dict[str, str]:
 
 def build_server_dataset(cfg: SynthConfig, out_root: Path, teacher: Teacher | None = None) -> BuildResult:
     """Build (or find) the artifact for ``cfg`` (with ``teacher``, else the one ``cfg`` names)
-    under ``out_root``; a tampered artifact with the same id raises ArtifactIntegrityError."""
-    torch.set_num_threads(cfg.threads)  # before the reference teacher trains: reproducible floats
+    under ``out_root``; a tampered artifact with the same id raises ArtifactIntegrityError.
+    Runs with ``cfg.threads`` torch threads (reproducible floats for the reference teacher's
+    training) and gives the caller back its own count."""
+    with torch_threads(cfg.threads):
+        return _build_server_dataset(cfg, out_root, teacher)
+
+
+def _build_server_dataset(cfg: SynthConfig, out_root: Path, teacher: Teacher | None) -> BuildResult:
     seconds: dict[str, float] = {}
     with _timed(seconds, "teacher"):
         teacher = teacher or load_teacher(cfg)

@@ -1,7 +1,8 @@
 """CLIP-Fed (Gai et al. 2025): teacher-guided filtering before, and CLIP alignment after, FedAvg.
 
 Pre-aggregation (``select``): score every update on the server dataset with the signals of
-``clipfed.defense.scoring``, combine their robust z-scores, exclude clients above
+``clipfed.defense.scoring`` (all of them are recorded in the round's ``details["scores"]``), combine
+the robust z-scores of the ``clipfed-signals`` ones, exclude clients above
 ``clipfed-z-threshold`` (never more than half), then clip the kept updates to their median norm.
 Post-aggregation (``combine``): fine-tune the aggregate on the server dataset (clean and
 trigger-like copies, all with clean labels) with
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from clipfed.config import SIGNALS
 from clipfed.defense.registry import DEFENSES
 from clipfed.defense.replies import partition_id
 from clipfed.defense.scoring import Probe, combine, pass_size, score_clients, views
@@ -139,12 +141,16 @@ class ClipFedDefense(DefenseStrategy):
         records = [array_record(m.content) for m in replies] + [self.global_arrays]  # the global one last
         outputs = views(self.model, (r.to_torch_state_dict() for r in records), self.probe, self.pass_size,
                         self.cfg.amp)
-        scores = score_clients(self.signals, outputs[:-1], outputs[-1:], self.probe, updates)
-        combined = combine(scores)
+        # Every signal is scored and recorded (they share the passes above, so the unused ones cost
+        # almost nothing) and only the configured ones are combined: each run's result.json then
+        # holds what choosing other signals would have seen (the bench's separability table).
+        scores = score_clients(list(SIGNALS), outputs[:-1], outputs[-1:], self.probe, updates)
+        combined = combine({name: scores[name] for name in self.signals})
         limit = (len(replies) - 1) // 2  # never exclude a majority
         order = torch.argsort(combined, descending=True)
         flagged = {int(i) for i in order[:limit] if combined[i] > self.cfg.clipfed_z_threshold}
         pids = [partition_id(m) for m in replies]
+        self.details["signals"] = list(self.signals)
         self.details["scores"] = {
             "partition": pids,
             "combined": [round(float(v), 4) for v in combined],
