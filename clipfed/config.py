@@ -119,10 +119,11 @@ class ConfigError(ValueError):
         return lines or [text]
 
 
-# Images per inference pass (evaluation, CLIP-Fed's scoring on the CPU). 256 rather than 1000: on
-# this project's 2-core CPU (1 torch thread) the CNN evaluated 10,000 test images in 2.6 s at 256
-# and 4.5 s at 1000, ResNet-20 2,000 in 2.4 s against 3.9 s (the activations of a smaller batch
-# stay in cache), with bit-identical logits (per-image convolutions do not depend on the batch).
+# Images per inference pass (evaluation on every device, CLIP-Fed's scoring on the CPU). 256 rather
+# than 1000: on this project's 2-core CPU (1 torch thread) the CNN evaluated 10,000 test images in
+# 2.6 s at 256 and 4.5 s at 1000, ResNet-20 2,000 in 2.4 s against 3.9 s (the activations of a
+# smaller batch stay in cache), with bit-identical logits at 1 and 2 threads. Not measured on CUDA,
+# where bf16 autocast may round differently with the batch (`eval-batch-size` sets it per run).
 INFERENCE_BATCH = 256
 
 

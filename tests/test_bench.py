@@ -194,6 +194,13 @@ def test_separability_reports_auc_per_signal_and_the_best_recall_at_the_target_p
     ranked_low = [Row("s", "badnets", "clipfed", [{"rounds": [_scored_round([3], [1.0, 2.0, 3.0, 0.5], [0.0] * 4)]}])]
     assert "| 0.00 (no threshold reaches the precision) |" in separability_table(ranked_low)
 
+    # a run resumed across the change that records every signal: `kl` only in its later round,
+    # scored on that round's labels alone (not a length mismatch with every round's)
+    later = _scored_round([1], [4.0, 5.0, 0.0, 0.1], [0.0, 2.0, 1.0, 3.0])
+    later["defense"]["scores"]["kl"] = [0.0, 3.0, 1.0, 2.0]
+    mixed = separability_table([Row("s", "badnets", "clipfed", [{"rounds": [rounds[0], later]}])])
+    assert "combined 1.00, sybil 0.67, kl 1.00 |" in mixed, mixed
+
 
 def test_report_says_which_commits_made_the_runs() -> None:
     results = [{"versions": {"git_commit": "a" * 40}}, {"versions": {"git_commit": "a" * 40}},
@@ -242,6 +249,8 @@ def test_columns_that_stamp_one_trigger_share_their_control_runs(fake_data_dir: 
     assert control_of("pgd", {"attack-data": "blended"}) == ("blended", {"attack": "blended"})
     a3fl = {"attack": "a3fl", "a3fl-outer-epochs": 20}
     assert control_of("a3fl", a3fl) == ("a3fl", a3fl) and control_of("f3ba", {}) == ("f3ba", {})
+    big = {"attack": "badnets", "patch-size": 8, "pgd-eps": 0.5}  # its own trigger: its own controls
+    assert control_of("big-patch", big) == ("big-patch", {"attack": "badnets", "patch-size": 8})
     shot = {"attack": "badnets", "attack-start-round": 3, "attack-end-round": 3}
     assert control_of("single-shot", shot) == ("single-shot", shot)
 
@@ -262,6 +271,7 @@ def test_columns_that_stamp_one_trigger_share_their_control_runs(fake_data_dir: 
     assert folders[("fedavg", "pgd")] != folders[("fedavg", "badnets")]
     assert len(list((tmp_path / "runs").iterdir())) == 5, "pretrain, 2 shared controls, 2 FedAvg runs"
     rows = collect(runs)
+    assert len({r["run_name"] for row in rows for r in row.results}) == 4, "6 rows of 4 runs (+ the warm start)"
     assert [(r.row, r.attack) for r in rows if r.attack == "pgd"] == [
         ("fedavg-no-attack", "pgd"), ("teacher-only", "pgd"), ("fedavg", "pgd")]
     found, missing = existing_runs(cells, tmp_path)

@@ -4,6 +4,7 @@ tables and plots a reader can read (teacher, seeds, status, one colour and marke
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -197,13 +198,16 @@ def _entry(r: int, asr: float, malicious: list[int], det: tuple[int, int, int, i
             "server_seconds": 0.1, "round_seconds": 1.0, "defense": {"skipped": skipped} if skipped else {}}
 
 
+_RUN_NUMBERS = itertools.count()  # every fake run its own folder name, as real runs have
+
+
 def _result(asrs: list[float], end: int = 4, seed: int = 0, malicious: dict[int, list[int]] | None = None,
             detection: dict[int, tuple[int, int, int, int]] | None = None, status: str = "completed",
             teacher: bool = False, skipped: str = "") -> dict:
     malicious, detection = malicious or {}, detection or {}
     rounds = [_entry(r, a, malicious.get(r, []), detection.get(r, (0, 0, 0, 10)), skipped if r else "")
               for r, a in enumerate(asrs)]
-    result = {"run_name": f"run-s{seed}", "seed": seed, "status": status, "rounds": rounds,
+    result = {"run_name": f"run-{next(_RUN_NUMBERS)}-s{seed}", "seed": seed, "status": status, "rounds": rounds,
               "config": {"attack-start-round": 1, "attack-end-round": end}, "final": {
                   k: rounds[-1][k] for k in ("ma", "asr", "racc", "per_class_acc")}}
     if teacher:
@@ -304,7 +308,7 @@ def test_detection_is_pooled_over_the_attacked_rounds_with_its_coverage_and_fpr_
 # -- tables and plots --------------------------------------------------------------------------------
 def _rows() -> list[Row]:
     attacked = [_result(BACKDOOR, malicious=ATTACKERS, detection=DETECTION, seed=s, teacher=True) for s in (0, 1)]
-    return [Row("iid", "badnets", "fedavg-no-attack", [FLOOR, {**FLOOR, "seed": 1}]),
+    return [Row("iid", "badnets", "fedavg-no-attack", [FLOOR, {**FLOOR, "seed": 1, "run_name": "floor-s1"}]),
             Row("iid", "badnets", "clipfed", attacked),
             Row("iid", "badnets", "rlr", [_result(BACKDOOR), _result(BACKDOOR[:3], seed=1, status="failed")]),
             Row("iid", "badnets", "bulyan", [_result([0.0] * 11, skipped="needs 7 updates")]),

@@ -48,7 +48,7 @@ def state_of(arrays) -> dict:  # type: ignore[no-untyped-def]
 def real_setup(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Real CIFAR-10: a server dataset from the seed-0 public pool and a briefly pre-trained model.
 
-    The module's tests that use it compute with 2 torch threads: which of 8 briefly trained clients
+    From its first use on, the module's tests compute with 2 torch threads: which of 8 briefly trained clients
     the scoring flags depends on the float order (at 1 thread the two attackers score 0.93 and 0.59,
     under the threshold; at 2 they are flagged, as when these expectations were written)."""
     if not (SHARED_ASSETS / "cifar10").exists():
@@ -103,8 +103,9 @@ def test_scoring_flags_backdoored_models_among_benign_ones(real_setup) -> None: 
 def test_post_alignment_lowers_the_asr_of_a_backdoored_model(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
     """On the 200-image toy ASR moves by whole classes, so which classes the alignment frees
     depends on the float order: one thread pins it (1 -> 0.22 at one thread; 1 -> 0.67 at two
-    threads, measured). It once depended on the order of the tests, through the thread count a
-    server-dataset build left behind (``devices.torch_threads`` now restores it)."""
+    threads, measured; at lr 0.02, used before, two threads left 1 -> 0.89). It once depended on
+    the order of the tests, through the thread count a server-dataset build left behind
+    (``devices.torch_threads`` now restores it)."""
     cfg = run_cfg(fake_data_dir, **{"clipfed-pre": False, "clipfed-post-steps": 150,
                                     "clipfed-post-lr": 0.05})
     train, test = load_cifar10(str(fake_data_dir))

@@ -213,3 +213,6 @@ def test_views_of_a_probe_without_trigger_like_copies_are_empty_not_an_error() -
     outputs = views(create_model("cnn", 10), [*states, global_state], probe, PassSize(models=2, images=8))
     assert outputs.clean_logits.shape == (4, len(probe.clean_y), 10)
     assert outputs.augmented_logits.shape == (4, 0, 10) and outputs.augmented_features.shape == (4, 0, 192)
+    updates = torch.randn(3, 5)
+    scores = score_clients(["kl", "proto", "trigger", "geometry", "sybil"], outputs[:-1], outputs[-1:], probe, updates)
+    assert all(torch.isfinite(s).all() for s in scores.values()), scores  # recorded every round: never NaN

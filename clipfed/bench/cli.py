@@ -67,9 +67,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runs, missing = existing_runs(cells, out)
         if not runs:
             raise UserError(f"--report-only: no run of this plan in {out / 'runs'}; run the suite first")
-        coverage = (f"- **partial**: {len(runs)} of the {len(cells)} runs planned for this command are in "
-                    f"`{out.name}` (finished or not: see each row's status); not run yet: "
-                    + (", ".join(c.name for c in missing) or "none"))
+        found = {c.name for c, _ in runs}  # a control shared by attack columns is one run
+        coverage = (f"- **partial**: {len(found)} of the {len(found | {c.name for c in missing})} runs planned "
+                    f"for this command are in `{out.name}` (finished or not: see each row's status); not run "
+                    "yet: " + (", ".join(dict.fromkeys(c.name for c in missing)) or "none"))
         return _write_outputs(suite, out, runs, started, budget, coverage)
     problems: list[str] = []
     for cell in cells:  # every config is checked before the first run starts; each problem once

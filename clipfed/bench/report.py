@@ -129,10 +129,12 @@ def collect(runs: list[tuple[Cell, Path]]) -> list[Row]:
 
 
 def caption(rows: list[Row]) -> str:
-    """What every table states above it: the teachers, the seeds and how many runs completed."""
+    """What every table states above it: the teachers, the seeds and how many runs completed (a
+    run that several rows show, a control shared by attack columns, counted once)."""
     teachers = sorted({t for row in rows for r in row.results if (t := teacher_of(r)) != "none"})
     seeds = sorted({str(r.get("seed", "?")) for row in rows for r in row.results})
-    statuses = [run_status(r) for row in rows for r in row.results]
+    distinct = {r.get("run_name") or id(r): r for row in rows for r in row.results}
+    statuses = [run_status(r) for r in distinct.values()]
     return (f"Teacher: {', '.join(teachers) or 'none (no row uses one)'}; seeds: {', '.join(seeds) or 'none'}; "
             f"runs: {_tally(statuses) if statuses else 'none'}.\n")
 
@@ -238,7 +240,7 @@ def _durable_cell(runs: list[tuple[dict[str, Any], DurableMetrics]], key: str) -
         shown += (f" [{sum(int(m.values.get(f'{key}_rounds') or 0) for m in covered)}/"
                   f"{sum(int(m.values.get('attacked_rounds') or 0) for m in covered)}]")
     shown += f" ({len(missing)}/{len(runs)} seeds n/a)" if missing else ""
-    return shown + (" (partial: running)" if partial else "")
+    return shown + (" (partial: running)" if partial and key != "floor" else "")  # a floor is read from a completed run
 
 
 def durable_table(rows: list[Row]) -> str:
@@ -335,29 +337,42 @@ def _best_recall(scores: np.ndarray, positive: np.ndarray, min_precision: float)
     return float(recall[best]), float(thresholds[best])
 
 
+def _auc(signal: str, labels: list[bool], values: list[float]) -> str:
+    """``signal AUC`` over the rounds that recorded it (with their count where not all did), or
+    why there is none (one class only, or a non-finite score)."""
+    from sklearn.metrics import roc_auc_score
+
+    positive = np.array(labels, dtype=bool)
+    if not positive.any() or positive.all():
+        return f"{signal} n/a (attackers or benign clients missing in its rounds)"
+    if not np.isfinite(np.array(values, dtype=float)).all():
+        return f"{signal} n/a (non-finite scores)"
+    return f"{signal} {roc_auc_score(positive, values):.2f}"
+
+
 def separability_table(rows: list[Row], min_precision: float = 0.8) -> str:
     """How well each detection signal ranks the attackers above the benign clients, pooled over the
     attacked rounds of all seeds: AUC per signal, and the best recall any threshold on the combined
     score reaches at the target precision (the configured threshold may sit elsewhere)."""
-    from sklearn.metrics import roc_auc_score
-
     lines = []
     for row in rows:
+        # each signal with the labels of the rounds that recorded it (runs made before every signal
+        # was recorded, or resumed across that change, hold some signals in some rounds only)
         pooled: dict[str, list[float]] = defaultdict(list)
-        labels: list[bool] = []
+        labels: dict[str, list[bool]] = defaultdict(list)
         for entry in (e for r in row.results for e in r["rounds"] if e["round"] >= 1):
             scores = entry.get("defense", {}).get("scores")
             if not scores:
                 continue
-            malicious = set(entry["malicious"])
-            labels += [pid in malicious for pid in scores["partition"]]
+            malicious = [pid in set(entry["malicious"]) for pid in scores["partition"]]
             for signal, values in scores.items():
                 if signal != "partition":
                     pooled[signal] += values
-        positive = np.array(labels, dtype=bool)
+                    labels[signal] += malicious
+        positive = np.array(labels["combined"], dtype=bool)
         if not positive.any() or positive.all():
             continue
-        aucs = ", ".join(f"{signal} {roc_auc_score(positive, values):.2f}" for signal, values in pooled.items())
+        aucs = ", ".join(_auc(signal, labels[signal], values) for signal, values in pooled.items())
         recall, threshold = _best_recall(np.array(pooled["combined"]), positive, min_precision)
         at = "no threshold reaches the precision" if threshold is None else f"score >= {threshold:.2f}"
         lines.append(f"| {row.setting} | {row.attack} | {row.row} | {int(positive.sum())} / {len(positive)} | "

@@ -252,7 +252,9 @@ def proto_signal(views: ModelViews, global_view: ModelViews, probe: Probe) -> to
 
 def trigger_signal(views: ModelViews, probe: Probe) -> torch.Tensor:
     """(M,) the largest rise, over classes, of the share of predictions on trigger-like copies
-    compared with the same copies' clean sources."""
+    compared with the same copies' clean sources (zeros when the probe has no copy)."""
+    if not len(probe.augmented_source):  # no trigger-like copy: nothing collapses
+        return views.clean_logits.new_zeros(views.clean_logits.shape[0])
     on_copies = class_counts(views.augmented_logits.argmax(2), probe.num_classes)
     on_sources = class_counts(views.clean_logits.argmax(2)[:, probe.augmented_source], probe.num_classes)
     return ((on_copies - on_sources) / len(probe.augmented_source)).max(1).values
