@@ -164,11 +164,11 @@ def test_batched_scores_equal_per_model_scores(name: str, device_name: str, size
     assert {2, 5} <= flagged(combine(batched))  # the colluders stand out: the comparison means something
 
 
-@pytest.mark.usefixtures("server_identity")
-def test_select_flags_what_the_per_model_computation_flags(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
-    """Through ``ClipFedDefense.select`` (the run's own probe and pass size): same scores, same exclusions."""
+def select_round(data_dir: Path, server_data, signals: str) -> tuple[AggregationReport, dict[str, torch.Tensor]]:  # type: ignore[no-untyped-def]
+    """One CLIP-Fed round on 7 mock clients (1 and 4 outliers) with ``signals`` configured: its
+    report, and every signal computed one model at a time (``reference_scores``)."""
     cfg = RunConfig.from_flower({"defense": "clipfed", "num-clients": 7, "num-malicious": 2, "device": "cpu",
-                                 "data-dir": str(fake_data_dir), "clipfed-signals": ",".join(SIGNALS),
+                                 "data-dir": str(data_dir), "clipfed-signals": signals,
                                  "clipfed-probe-size": 40, "clipfed-post": False})
     global_state, states, updates = client_states("cnn", clients=7, outliers=(1, 4))
     replies = [train_reply(10 + i, i, {k: v.numpy() for k, v in s.items()}, 50, malicious=i in (1, 4))
@@ -177,34 +177,31 @@ def test_select_flags_what_the_per_model_computation_flags(fake_data_dir: Path, 
     strategy = create_defense(cfg, server_data=server_data, on_report=reports.append)
     strategy.global_arrays = arrays_of({k: v.numpy() for k, v in global_state.items()})
     strategy.aggregate_train(1, replies)
-    scores = reports[0].details["scores"]
-    expected = reference_scores(SIGNALS, create_model("cnn", 10), states, global_state, strategy.probe, updates)
+    return reports[0], reference_scores(SIGNALS, create_model("cnn", 10), states, global_state, strategy.probe,
+                                        updates)
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_select_flags_what_the_per_model_computation_flags(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
+    """Through ``ClipFedDefense.select`` (the run's own probe and pass size): same scores, same exclusions."""
+    report, expected = select_round(fake_data_dir, server_data, ",".join(SIGNALS))
     for signal in SIGNALS:
-        np.testing.assert_allclose(scores[signal], expected[signal].numpy(), rtol=1e-3, atol=2e-4, err_msg=signal)
-    assert set(reports[0].excluded) == flagged(combine(expected)) == {1, 4}
-    assert "pre_seconds" in reports[0].details
+        np.testing.assert_allclose(report.details["scores"][signal], expected[signal].numpy(), rtol=1e-3,
+                                   atol=2e-4, err_msg=signal)
+    assert set(report.excluded) == flagged(combine(expected)) == {1, 4}
+    assert "pre_seconds" in report.details
 
 
 @pytest.mark.usefixtures("server_identity")
 def test_every_signal_is_recorded_and_only_the_configured_ones_combined(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
     """What choosing other signals would have seen is in every run's result.json: all five are
     scored and recorded, the combined score (and with it who is excluded) uses clipfed-signals'."""
-    cfg = RunConfig.from_flower({"defense": "clipfed", "num-clients": 7, "num-malicious": 2, "device": "cpu",
-                                 "data-dir": str(fake_data_dir), "clipfed-signals": "geometry",
-                                 "clipfed-probe-size": 40, "clipfed-post": False})
-    global_state, states, updates = client_states("cnn", clients=7, outliers=(1, 4))
-    replies = [train_reply(10 + i, i, {k: v.numpy() for k, v in s.items()}, 50, malicious=i in (1, 4))
-               for i, s in enumerate(states)]
-    reports: list[AggregationReport] = []
-    strategy = create_defense(cfg, server_data=server_data, on_report=reports.append)
-    strategy.global_arrays = arrays_of({k: v.numpy() for k, v in global_state.items()})
-    strategy.aggregate_train(1, replies)
-    details = reports[0].details
+    report, expected = select_round(fake_data_dir, server_data, "geometry")
+    details = report.details
     assert set(details["scores"]) == {"partition", "combined", *SIGNALS} and details["signals"] == ["geometry"]
-    expected = reference_scores(SIGNALS, create_model("cnn", 10), states, global_state, strategy.probe, updates)
     alone = combine({"geometry": expected["geometry"]})
     np.testing.assert_allclose(details["scores"]["combined"], alone.numpy(), atol=1e-4)
-    assert set(reports[0].excluded) == flagged(alone)
+    assert set(report.excluded) == flagged(alone)
 
 
 def test_views_of_a_probe_without_trigger_like_copies_are_empty_not_an_error() -> None:
