@@ -338,8 +338,8 @@ def _best_recall(scores: np.ndarray, positive: np.ndarray, min_precision: float)
 
 
 def _auc(signal: str, labels: list[bool], values: list[float]) -> str:
-    """``signal AUC`` over the rounds that recorded it (with their count where not all did), or
-    why there is none (one class only, or a non-finite score)."""
+    """``signal AUC`` over the rounds that recorded it, or why there is none (one class only, or
+    a non-finite score)."""
     from sklearn.metrics import roc_auc_score
 
     positive = np.array(labels, dtype=bool)
@@ -364,7 +364,8 @@ def separability_table(rows: list[Row], min_precision: float = 0.8) -> str:
             scores = entry.get("defense", {}).get("scores")
             if not scores:
                 continue
-            malicious = [pid in set(entry["malicious"]) for pid in scores["partition"]]
+            attackers = set(entry["malicious"])
+            malicious = [pid in attackers for pid in scores["partition"]]
             for signal, values in scores.items():
                 if signal != "partition":
                     pooled[signal] += values

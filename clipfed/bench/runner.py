@@ -145,7 +145,9 @@ def plan(suite: Suite, defenses: Iterable[str] | None = None, attacks: Iterable[
                 attacked = {**keys, **attacker_keys}
                 label, control = control_of(attack, keys)
                 shared = "" if label == attack else label
-                teacher_alone = {**control, **attacker_keys}  # no client trains: the attackers' keys do nothing
+                # no client trains, so the attackers' keys change nothing; they stay so that the config
+                # (and its hash) is the one teacher-only runs have always been made with
+                teacher_alone = {**control, **attacker_keys}
                 cells.append(Cell(setting, "fedavg-no-attack", attack, seed,
                                   {**control, "defense": "fedavg", "num-malicious": 0}, run_label=shared))
                 cells.append(Cell(setting, "teacher-only", attack, seed, {**teacher_alone, "defense": "teacher-only"},

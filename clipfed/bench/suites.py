@@ -129,7 +129,6 @@ def shared_control_columns(attacks: tuple[str, ...], variants: dict[str, AttackV
     return len(labels) - len(set(labels))
 
 
-
 @dataclass(frozen=True)
 class Suite:
     name: str
