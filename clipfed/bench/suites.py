@@ -205,6 +205,13 @@ STRONG_TEACHER_VARIANTS: dict[str, dict[str, Any]] = {
     "clipfed-strong-teacher": {"defense": "clipfed", "teacher-pool": "train-split"},
     "teacher-only-strong-teacher": {"defense": "teacher-only", "teacher-pool": "train-split"},
 }
+# The CPU suite's own ablation row (issues 18 and 20): CLIP-Fed's server step cut to the size that
+# keeps it within 20% of a `make demo` round on 2 cores (20 distillation steps instead of 60, a probe of
+# 250 clean images instead of 500: 2.1-2.3 s instead of 5.3-5.8 s), to measure what the smaller step
+# costs in MA, ASR and detection over the durable window (docs/results.md).
+LEAN_SERVER_VARIANT: dict[str, dict[str, Any]] = {
+    "clipfed-lean": {"defense": "clipfed", "clipfed-post-steps": 20, "clipfed-probe-size": 250},
+}
 # The plan refuses, naming them, any attack that is not registered. `_durable_variants` gives the
 # columns with keys of their own (pgd, a3fl, single-shot).
 DURABLE_ATTACKS = ("badnets", "pgd", "constrain-scale", "a3fl", "f3ba", "clipfed-aware", "single-shot")
@@ -274,26 +281,33 @@ def _a3fl_hours(window: Window, rows: int, train_rate: float, keys: dict[str, An
 # at lr 0.05. Rates measured on this 2-core CPU (docs/bench-clipfed: 22,500 training images in
 # about 15 s, 19,000 evaluated in about 5 s); A3FL's searches at the training rate.
 DURABLE_CPU_WINDOW = Window(attack_rounds=20, clean_rounds=30)
-_DURABLE_CPU_ROWS = len(DURABLE_DEFENSES) + len(CONTROL_DEFENSES) + len(STRONG_TEACHER_VARIANTS)
-# The runs of a seed: every row of every column, less the control runs (FedAvg without attack and
-# both teacher-only rows) of the columns that share BadNets' patch with another (`control_of`).
-_DURABLE_RUNS = (_DURABLE_CPU_ROWS * len(DURABLE_ATTACKS)
-                 - shared_control_columns(DURABLE_ATTACKS, _durable_variants(PGD_EPS_CNN))
-                 * (len(CONTROL_DEFENSES)
-                    + sum(v["defense"] == "teacher-only" for v in STRONG_TEACHER_VARIANTS.values())))
-DURABLE_CPU_HOURS = (_hours(_DURABLE_RUNS * DURABLE_CPU_WINDOW.rounds,
+# Rows of a column: the defenses, the controls, the strong-teacher rows and, on the CPU only, the
+# lean server step's ablation row.
+_DURABLE_GPU_ROWS = len(DURABLE_DEFENSES) + len(CONTROL_DEFENSES) + len(STRONG_TEACHER_VARIANTS)
+_DURABLE_CPU_ROWS = _DURABLE_GPU_ROWS + len(LEAN_SERVER_VARIANT)
+
+
+def _durable_runs(rows: int) -> int:
+    """The runs of a seed: every row of every column, less the control runs (FedAvg without attack
+    and both teacher-only rows) of the columns that share BadNets' patch with another (`control_of`)."""
+    return (rows * len(DURABLE_ATTACKS)
+            - shared_control_columns(DURABLE_ATTACKS, _durable_variants(PGD_EPS_CNN))
+            * (len(CONTROL_DEFENSES) + sum(v["defense"] == "teacher-only" for v in STRONG_TEACHER_VARIANTS.values())))
+
+
+DURABLE_CPU_HOURS = (_hours(_durable_runs(_DURABLE_CPU_ROWS) * DURABLE_CPU_WINDOW.rounds,
                             9 * _SHARD + 3 * _SHARD, 1_500, 3_800, 2.5)
                      + _a3fl_hours(DURABLE_CPU_WINDOW, _DURABLE_CPU_ROWS, 1_500))
 # GPU (one H100-class): `paper`'s ResNet-18 setting (2 local epochs at batch 64, crop+flip); W = D =
 # 100; BackFed's attackers train 6 epochs at lr 0.05. Rates as `paper`'s estimate (not measured).
 DURABLE_GPU_WINDOW = Window(attack_rounds=100, clean_rounds=100)
-DURABLE_GPU_HOURS = (_hours(_DURABLE_RUNS * DURABLE_GPU_WINDOW.rounds,
+DURABLE_GPU_HOURS = (_hours(_durable_runs(_DURABLE_GPU_ROWS) * DURABLE_GPU_WINDOW.rounds,
                             9 * 2 * _SHARD + 6 * _SHARD, _PAPER_TRAIN_RATE, _PAPER_EVAL_RATE, _PAPER_SERVER_SECONDS)
-                     + _a3fl_hours(DURABLE_GPU_WINDOW, _DURABLE_CPU_ROWS, _PAPER_TRAIN_RATE))
+                     + _a3fl_hours(DURABLE_GPU_WINDOW, _DURABLE_GPU_ROWS, _PAPER_TRAIN_RATE))
 
 
-def _a3fl_note(window: Window, train_rate: float, unit: str) -> str:
-    official, ours = (_a3fl_hours(window, _DURABLE_CPU_ROWS, train_rate, k) for k in ({}, A3FL_DURABLE_KEYS))
+def _a3fl_note(window: Window, rows: int, train_rate: float, unit: str) -> str:
+    official, ours = (_a3fl_hours(window, rows, train_rate, k) for k in ({}, A3FL_DURABLE_KEYS))
     return (f"a3fl with a3fl-outer-epochs {A3FL_DURABLE_KEYS['a3fl-outer-epochs']} and a3fl-adv-every "
             f"{A3FL_DURABLE_KEYS['a3fl-adv-every']}, a departure from its official defaults (200 and 1), whose "
             f"trigger search of {a3fl_passes({})} passes over a shard instead of {a3fl_passes(A3FL_DURABLE_KEYS)}, "
@@ -378,8 +392,9 @@ SUITES: dict[str, Suite] = {
                         "20-round means, 60 to 300 rounds); attackers' budget --budget backfed-3x (3 local epochs "
                         "at lr 0.05; benign: 1 at 0.02) or equal; single-shot: 5 attackers in one round, model "
                         f"replacement; {_pgd_note(PGD_EPS_CNN, 'about 0.33 on this CNN; 2 is 6x it')}; "
-                        f"{_a3fl_note(DURABLE_CPU_WINDOW, 1_500, 'hours')}; CLIP-Fed and teacher only with "
+                        f"{_a3fl_note(DURABLE_CPU_WINDOW, _DURABLE_CPU_ROWS, 1_500, 'hours')}; CLIP-Fed and teacher only with "
                         "both reference teachers (public pool, and clean train split: the -strong-teacher rows); "
+                        "clipfed-lean: CLIP-Fed with 20 distillation steps and a 250-image probe; "
                         "seed 0; about "
                         f"{DURABLE_CPU_HOURS:.0f} hours of rounds and A3FL trigger searches run by run (estimated)",
             base=_DURABLE_COMMON | {"model": "cnn", "local-epochs": 1},
@@ -391,7 +406,7 @@ SUITES: dict[str, Suite] = {
             pretrain_keys=_DURABLE_PRETRAIN_KEYS,
             pretrain_per_seed=True,
             plateau=Plateau(chunk=20, window=20, min_gain=0.01, max_rounds=300),
-            variants=STRONG_TEACHER_VARIANTS,
+            variants=STRONG_TEACHER_VARIANTS | LEAN_SERVER_VARIANT,
             window=DURABLE_CPU_WINDOW,
             attack_variants=_durable_variants(PGD_EPS_CNN),
             budgets={"backfed-3x": {"attack-epochs": 3, "attack-lr": 0.05}, "equal": {}},
@@ -406,7 +421,7 @@ SUITES: dict[str, Suite] = {
                         "--budget backfed-3x (6 local epochs at lr 0.05; benign: 2 at 0.02) or equal; single-shot: "
                         "5 attackers in one round, model replacement; "
                         f"{_pgd_note(PGD_EPS_RESNET18, 'estimated near 1 for ResNet-18, not measured')}; "
-                        f"{_a3fl_note(DURABLE_GPU_WINDOW, _PAPER_TRAIN_RATE, 'GPU-hours')}; CLIP-Fed and teacher "
+                        f"{_a3fl_note(DURABLE_GPU_WINDOW, _DURABLE_GPU_ROWS, _PAPER_TRAIN_RATE, 'GPU-hours')}; CLIP-Fed and teacher "
                         "only with both reference teachers (the -strong-teacher rows); seed 0; about "
                         f"{DURABLE_GPU_HOURS:.0f} GPU-hours of rounds and A3FL trigger searches run by run "
                         "(estimated from `paper`'s rates)",
