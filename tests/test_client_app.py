@@ -51,6 +51,28 @@ def test_benign_client_trains_and_reports_its_role(fake_data_dir: Path) -> None:
                for k in after), "training changed nothing"
 
 
+def test_a_client_trains_with_its_own_threads_and_leaves_the_process_count_as_it_was(
+        fake_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the in-process engine the ServerApp shares the client's process: a count a client
+    left behind would decide the server's float sums (its evaluation, CLIP-Fed's step)."""
+    import clipfed.app.client_app as client_app
+
+    seen: list[int] = []
+    original = client_app.train_local
+
+    def recording_train_local(*args: object, **kwargs: object) -> float:
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client_app, "train_local", recording_train_local)
+    config = run_config(fake_data_dir, **{"local-steps": 1})
+    previous = torch.get_num_threads()
+    node_threads = 2 if previous == 1 else 1
+    train(train_message(0), context(0, config, **{"num-threads": node_threads}))
+    assert seen == [node_threads], "the client trains with the node's num-threads"
+    assert torch.get_num_threads() == previous, "and restores the process's count"
+
+
 def test_local_steps_caps_the_sgd_steps_of_a_round(fake_data_dir: Path) -> None:
     """90 examples in batches of 16 are 6 steps an epoch; ``local-steps=2`` stops after 2."""
     calls: list[int] = []

@@ -25,7 +25,7 @@ from clipfed.checks import load_node_run_config
 from clipfed.config import LOCAL_DATA_KEY, RunConfig, node_identity_problems
 from clipfed.data import load_federated, malicious_clients
 from clipfed.data.local import load_local_images
-from clipfed.devices import place, resolve_device
+from clipfed.devices import place, resolve_device, torch_threads
 from clipfed.models import create_model
 from clipfed.models.state import buffer_names, to_array_record
 from clipfed.records import array_record, config_record, number
@@ -109,9 +109,16 @@ def node_run_config(context: Context) -> RunConfig:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """One round of local training, benign or malicious, with the CPUs this client was given; the
+    process's thread count is restored afterwards (under the in-process engine the ServerApp shares
+    the process, and its evaluation must not run with a client's count)."""
+    with torch_threads(_threads(context)):
+        return _train(msg, context)
+
+
+def _train(msg: Message, context: Context) -> Message:
     cfg = node_run_config(context)
     role = NodeRole.from_context(context, cfg)
-    torch.set_num_threads(_threads(context))
     server_round = int(number(config_record(msg.content), "server-round"))
 
     if LOCAL_DATA_KEY in context.node_config:  # the node's own folder (checked in node_run_config)
