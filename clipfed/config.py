@@ -236,6 +236,10 @@ class RunConfig(BaseModel):
     clipfed_post: bool = Field(True, alias="clipfed-post")
     clipfed_signals: str = Field("proto,sybil", alias="clipfed-signals")
     clipfed_z_threshold: float = Field(1.5, gt=0.0, alias="clipfed-z-threshold")
+    # Weight of this round's combined score in a client's running score, an exponential moving
+    # average over the rounds it was sampled in, which is what the threshold reads (1: this round's
+    # score alone). Issue 20: a client's history across rounds (FLDetector's idea of consistency).
+    clipfed_history_weight: float = Field(1.0, gt=0.0, le=1.0, alias="clipfed-history-weight")
     clipfed_probe_size: int = Field(500, ge=10, alias="clipfed-probe-size")
     clipfed_clip_norm: bool = Field(True, alias="clipfed-clip-norm")
     clipfed_post_steps: int = Field(60, ge=0, alias="clipfed-post-steps")

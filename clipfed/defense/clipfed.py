@@ -2,8 +2,11 @@
 
 Pre-aggregation (``select``): score every update on the server dataset with the signals of
 ``clipfed.defense.scoring`` (all of them are recorded in the round's ``details["scores"]``), combine
-the robust z-scores of the ``clipfed-signals`` ones, exclude clients above
-``clipfed-z-threshold`` (never more than half), then clip the kept updates to their median norm.
+the robust z-scores of the ``clipfed-signals`` ones, fold each client's combined score into its
+running score (an exponential moving average over the rounds it was sampled in, weight
+``clipfed-history-weight`` on this round; 1: this round alone), exclude clients whose running score
+is above ``clipfed-z-threshold`` (never more than half), then clip the kept updates to their median
+norm.
 Post-aggregation (``combine``): fine-tune the aggregate on the server dataset (clean and
 trigger-like copies, all with clean labels) with
 
@@ -123,14 +126,45 @@ class ClipFedDefense(DefenseStrategy):
         self.prototypes = torch.from_numpy(server_data.arrays["prototypes"]).to(self.device)  # (C, E)
         torch.manual_seed(cfg.seed)
         self.projector = torch.nn.Linear(self.model.feature_dim, self.prototypes.shape[1]).to(self.device)
+        self.history: dict[int, float] = {}  # partition id -> running score after its last round
 
     def state_dict(self) -> dict[str, Any]:
-        """The projector learns across rounds; everything else is rebuilt from the config.
-        Its tensors are CPU copies, so a checkpoint loads on any machine."""
-        return {"projector": {k: v.detach().cpu().clone() for k, v in self.projector.state_dict().items()}}
+        """The projector and the clients' running scores carry across rounds; everything else is
+        rebuilt from the config. Tensors are CPU copies, so a checkpoint loads on any machine."""
+        return {"projector": {k: v.detach().cpu().clone() for k, v in self.projector.state_dict().items()},
+                "history": dict(self.history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.projector.load_state_dict(state["projector"])
+        self.history = {int(k): float(v) for k, v in state.get("history", {}).items()}  # none before it existed
+
+    def running_scores(self, partitions: list[int], combined: torch.Tensor) -> torch.Tensor:
+        """Each client's running score: ``w * combined + (1 - w) * its previous running score``,
+        ``w = clipfed-history-weight``; a client seen for the first time starts at its combined
+        score. Remembers the new scores.
+
+        A client that looked like an attacker when last sampled stays suspect even if this round's
+        score is lower (a backdoor shows more in some rounds than in others), and an honest client's
+        one noisy round is averaged with its calm ones. The price: an attacker that was sampled
+        benign before enters its first attacking round at ``w`` times its score (a factor of 2 at
+        w = 0.5), never less, since combined scores are >= 0.
+
+        Args:
+            partitions: The M clients' partition ids, in the order of ``combined``.
+            combined: (M,) float32 combined scores of this round (``scoring.combine``).
+
+        Returns:
+            (M,) float32 running scores (``combined`` itself when w = 1).
+        """
+        weight = self.cfg.clipfed_history_weight
+        if weight == 1.0:
+            running = combined
+        else:
+            running = torch.tensor([weight * float(c) + (1 - weight) * self.history[p] if p in self.history
+                                    else float(c) for p, c in zip(partitions, combined, strict=True)],
+                                   dtype=combined.dtype)
+        self.history.update(zip(partitions, running.tolist(), strict=True))
+        return running
 
     # -- pre-aggregation -------------------------------------------------------------------
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:
@@ -146,14 +180,16 @@ class ClipFedDefense(DefenseStrategy):
         # holds what choosing other signals would have seen (the bench's separability table).
         scores = score_clients(list(SIGNALS), outputs[:-1], outputs[-1:], self.probe, updates)
         combined = combine({name: scores[name] for name in self.signals})
-        limit = (len(replies) - 1) // 2  # never exclude a majority
-        order = torch.argsort(combined, descending=True)
-        flagged = {int(i) for i in order[:limit] if combined[i] > self.cfg.clipfed_z_threshold}
         pids = [partition_id(m) for m in replies]
+        running = self.running_scores(pids, combined)
+        limit = (len(replies) - 1) // 2  # never exclude a majority
+        order = torch.argsort(running, descending=True)
+        flagged = {int(i) for i in order[:limit] if running[i] > self.cfg.clipfed_z_threshold}
         self.details["signals"] = list(self.signals)
         self.details["scores"] = {
             "partition": pids,
             "combined": [round(float(v), 4) for v in combined],
+            **({"running": [round(float(v), 4) for v in running]} if running is not combined else {}),
             **{name: [round(float(v), 4) for v in values] for name, values in scores.items()},
         }
         self.details["pre_seconds"] = round(time.perf_counter() - started, 4)

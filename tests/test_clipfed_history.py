@@ -1,0 +1,78 @@
+"""CLIP-Fed's running scores: a client's combined score averaged over the rounds it was sampled in
+(``clipfed-history-weight``), read by the exclusion threshold and kept in the checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from flower_mocks import arrays_of, server_identity, train_reply  # noqa: F401  (fixture)
+from test_clipfed_batched import client_states
+
+from clipfed.config import RunConfig
+from clipfed.defense import create_defense
+from clipfed.runs.report import AggregationReport
+
+
+def clipfed(data_dir: Path, server_data, weight: float):  # type: ignore[no-untyped-def]
+    cfg = RunConfig.from_flower({"defense": "clipfed", "num-clients": 7, "num-malicious": 2, "device": "cpu",
+                                 "data-dir": str(data_dir), "clipfed-probe-size": 40, "clipfed-post": False,
+                                 "clipfed-history-weight": weight})
+    reports: list[AggregationReport] = []
+    return create_defense(cfg, server_data=server_data, on_report=reports.append), reports
+
+
+def test_running_scores_average_a_clients_rounds_and_start_at_its_first(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
+    strategy, _ = clipfed(fake_data_dir, server_data, 0.5)
+    first = strategy.running_scores([1, 2], torch.tensor([0.0, 4.0]))
+    assert first.tolist() == [0.0, 4.0], "first appearance: the combined score itself"
+    second = strategy.running_scores([2, 3], torch.tensor([1.0, 1.0]))
+    assert second.tolist() == [2.5, 1.0], "0.5 * 1.0 + 0.5 * 4.0 for the returning client"
+    assert strategy.history == {1: 0.0, 2: 2.5, 3: 1.0}
+
+
+def test_weight_one_is_this_round_alone(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
+    strategy, _ = clipfed(fake_data_dir, server_data, 1.0)
+    strategy.running_scores([1], torch.tensor([9.0]))
+    combined = torch.tensor([0.5])
+    assert strategy.running_scores([1], combined) is combined
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_a_client_flagged_before_stays_flagged_on_a_quiet_round_only_with_history(fake_data_dir: Path,
+                                                                                   server_data) -> None:  # type: ignore[no-untyped-def]
+    """Round 1: clients 1 and 5 collude (one shared large direction) and are excluded. Round 2: all
+    seven are alike but for noise, which puts client 4 above the threshold. With weight 0.5, 1 and 5
+    stay excluded and 4's one noisy round is averaged with its calm one; with weight 1 the round is
+    judged alone, as before this key existed."""
+    excluded = {}
+    for weight in (0.5, 1.0):
+        strategy, reports = clipfed(fake_data_dir, server_data, weight)
+        for server_round, outliers in ((1, (1, 5)), (2, ())):
+            global_state, states, _ = client_states("cnn", clients=7, outliers=outliers)
+            replies = [train_reply(10 + i, i, {k: v.numpy() for k, v in s.items()}, 50) for i, s in enumerate(states)]
+            strategy.global_arrays = arrays_of({k: v.numpy() for k, v in global_state.items()})
+            strategy.aggregate_train(server_round, replies)
+        first, second = reports
+        assert set(first.excluded) == {1, 5}
+        scores = second.details["scores"]
+        if weight < 1:
+            previous = first.details["scores"]["running"]
+            for pid in (1, 4, 5):
+                assert scores["running"][pid] == pytest.approx(0.5 * scores["combined"][pid] + 0.5 * previous[pid],
+                                                               abs=1e-3)
+        else:
+            assert "running" not in scores, "nothing new recorded when the key is off"
+        excluded[weight] = set(second.excluded)
+    assert excluded == {0.5: {1, 5}, 1.0: {4}}
+
+
+def test_running_scores_survive_a_checkpoint_and_old_checkpoints_load(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
+    strategy, _ = clipfed(fake_data_dir, server_data, 0.5)
+    strategy.running_scores([3, 8], torch.tensor([2.0, 0.25]))
+    restored, _ = clipfed(fake_data_dir, server_data, 0.5)
+    restored.load_state_dict(strategy.state_dict())
+    assert restored.history == {3: 2.0, 8: 0.25}
+    restored.load_state_dict({"projector": strategy.state_dict()["projector"]})  # saved before the key existed
+    assert restored.history == {}
