@@ -402,7 +402,7 @@ def test_variant_rows_are_selected_by_name_and_the_strong_teacher_rows_set_the_t
     configs = {c.row: c.config(suite, Path("/tmp/x")) for c in plan(suite, attacks=["badnets"])}
     lean, history = configs["clipfed-lean"], configs["clipfed-history"]
     assert (lean.defense, lean.clipfed_post_steps, lean.clipfed_probe_size) == ("clipfed", 20, 250)
-    assert (history.clipfed_history_weight, history.clipfed_z_threshold) == (0.5, 2.0)
+    assert (history.clipfed_history_weight, history.clipfed_z_threshold) == (0.5, 2.5)
     assert not {"clipfed-lean", "clipfed-history"} & set(SUITES["durable-gpu"].variants), "CPU-only ablation rows"
     assert not {c.row for c in plan(suite, attacks=["badnets"], variants=[])} & set(suite.variants)
     chosen = {c.row for c in plan(suite, attacks=["badnets"], variants=["teacher-only-strong-teacher"])}

@@ -210,11 +210,12 @@ STRONG_TEACHER_VARIANTS: dict[str, dict[str, Any]] = {
 #   round on 2 cores (20 distillation steps instead of 60, a probe of 250 clean images instead of
 #   500: 2.1-2.3 s instead of 5.3-5.8 s), to measure what the smaller step costs over the window;
 # - clipfed-history: each client's running score over the rounds it was sampled in
-#   (`clipfed-history-weight` 0.5) read at threshold 2.0, the setting that replaying the BadNets
-#   run's recorded scores chose (docs/results.md), to measure it where it decides the exclusions.
+#   (`clipfed-history-weight` 0.5) read at threshold 2.5, the setting that replaying the `clipfed`
+#   BadNets run's recorded scores chose (`clipfed detection-replay`, docs/results.md), to measure it
+#   where it decides the exclusions (and so the rounds that follow).
 DURABLE_CPU_ABLATION: dict[str, dict[str, Any]] = {
     "clipfed-lean": {"defense": "clipfed", "clipfed-post-steps": 20, "clipfed-probe-size": 250},
-    "clipfed-history": {"defense": "clipfed", "clipfed-history-weight": 0.5, "clipfed-z-threshold": 2.0},
+    "clipfed-history": {"defense": "clipfed", "clipfed-history-weight": 0.5, "clipfed-z-threshold": 2.5},
 }
 # The plan refuses, naming them, any attack that is not registered. `_durable_variants` gives the
 # columns with keys of their own (pgd, a3fl, single-shot).
@@ -400,7 +401,7 @@ SUITES: dict[str, Suite] = {
                         "CLIP-Fed and teacher only with "
                         "both reference teachers (public pool, and clean train split: the -strong-teacher rows); "
                         "clipfed-lean: CLIP-Fed with 20 distillation steps and a 250-image probe; clipfed-history: "
-                        "running scores over a client's rounds (weight 0.5) at threshold 2; "
+                        "running scores over a client's rounds (weight 0.5) at threshold 2.5; "
                         "seed 0; about "
                         f"{DURABLE_CPU_HOURS:.0f} hours of rounds and A3FL trigger searches run by run (estimated)",
             base=_DURABLE_COMMON | {"model": "cnn", "local-epochs": 1},
