@@ -1,4 +1,4 @@
-"""``clipfed bench``, ``clipfed bench-cost`` and ``clipfed bench-device``."""
+"""``clipfed bench``, ``clipfed bench-cost``, ``clipfed bench-device`` and ``clipfed bench-replay``."""
 
 from __future__ import annotations
 
@@ -201,6 +201,43 @@ def cmd_bench_device(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(option: str, text: str, low: float, high: float) -> list[float]:
+    """A comma list of numbers in (low, high]; ``UserError`` naming the option."""
+    values = []
+    for item in _csv(text) or []:
+        try:
+            value = float(item)
+        except ValueError:
+            value = float("nan")
+        if not low < value <= high:
+            raise UserError(f"{option} {text}: {item} is not a number in ({low:g}, {high:g}]")
+        values.append(value)
+    return values
+
+
+def cmd_bench_replay(args: argparse.Namespace) -> int:
+    from itertools import product
+
+    from clipfed.bench.replay import Rule, replay, replay_table
+    from clipfed.config import SIGNALS, RunConfig
+    from clipfed.runs.results import load_result
+
+    weights = _floats("--weights", args.weights, 0.0, 1.0)
+    for run_dir in args.run_dirs:
+        result = load_result(Path(run_dir))
+        cfg = RunConfig.from_flower(result["config"])
+        signal_sets = [tuple(_csv(s) or []) for s in (args.signals or [cfg.clipfed_signals])]
+        for signals in signal_sets:
+            if not signals or (unknown := set(signals) - set(SIGNALS)):
+                raise UserError(f"--signals {','.join(signals)}: unknown {sorted(unknown) if signals else 'empty'}; "
+                                f"allowed: a comma list of {', '.join(SIGNALS)}")
+        thresholds = (_floats("--thresholds", args.thresholds, 0.0, float("inf")) if args.thresholds
+                      else [cfg.clipfed_z_threshold])
+        rules = [Rule(s, w, t) for s, w, t in product(signal_sets, weights, thresholds)]
+        print(replay_table(result.get("run_name", str(run_dir)), [replay(result, r) for r in rules]) + "\n")
+    return 0
+
+
 def add_bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     suites = "\n".join(textwrap.fill(f"{name}: {suite.description}"
                                      + (f" (variant rows: {', '.join(suite.variants)})" if suite.variants else ""),
@@ -251,3 +288,13 @@ def add_bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="smallest sizes (seconds on a CPU; for tests): a smoke test, not a measurement")
     device.add_argument("--out-dir", default="runs/bench-device", help="folder for bench-device.json and .md")
     device.set_defaults(func=cmd_bench_device)
+    replay_parser = sub.add_parser(
+        "bench-replay", help="CLIP-Fed's exclusion rule replayed on a run's recorded scores: what other "
+                             "signals, history weights and thresholds would have excluded (precision, recall, FPR)")
+    replay_parser.add_argument("run_dirs", nargs="+", help="CLIP-Fed run folders (each with its result.json)")
+    replay_parser.add_argument("--signals", action="append",
+                               help="a comma list of kl, proto, trigger, geometry, sybil; repeat for several "
+                                    "(default: the run's clipfed-signals)")
+    replay_parser.add_argument("--weights", default="1", help="clipfed-history-weight values, comma list in (0, 1]")
+    replay_parser.add_argument("--thresholds", help="clipfed-z-threshold values, comma list (default: the run's)")
+    replay_parser.set_defaults(func=cmd_bench_replay)

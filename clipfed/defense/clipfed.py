@@ -41,7 +41,7 @@ from flwr.serverapp import Grid
 from clipfed.config import SIGNALS
 from clipfed.defense.registry import DEFENSES
 from clipfed.defense.replies import partition_id
-from clipfed.defense.scoring import Probe, combine, pass_size, score_clients, views
+from clipfed.defense.scoring import Probe, combine, pass_size, running_scores, score_clients, views
 from clipfed.defense.strategy import DefenseStrategy
 from clipfed.defense.updates import clip_to_norm
 from clipfed.devices import autocast, place
@@ -139,32 +139,8 @@ class ClipFedDefense(DefenseStrategy):
         self.history = {int(k): float(v) for k, v in state.get("history", {}).items()}  # none before it existed
 
     def running_scores(self, partitions: list[int], combined: torch.Tensor) -> torch.Tensor:
-        """Each client's running score: ``w * combined + (1 - w) * its previous running score``,
-        ``w = clipfed-history-weight``; a client seen for the first time starts at its combined
-        score. Remembers the new scores.
-
-        A client that looked like an attacker when last sampled stays suspect even if this round's
-        score is lower (a backdoor shows more in some rounds than in others), and an honest client's
-        one noisy round is averaged with its calm ones. The price: an attacker that was sampled
-        benign before enters its first attacking round at ``w`` times its score (a factor of 2 at
-        w = 0.5), never less, since combined scores are >= 0.
-
-        Args:
-            partitions: The M clients' partition ids, in the order of ``combined``.
-            combined: (M,) float32 combined scores of this round (``scoring.combine``).
-
-        Returns:
-            (M,) float32 running scores (``combined`` itself when w = 1).
-        """
-        weight = self.cfg.clipfed_history_weight
-        if weight == 1.0:
-            running = combined
-        else:
-            running = torch.tensor([weight * float(c) + (1 - weight) * self.history[p] if p in self.history
-                                    else float(c) for p, c in zip(partitions, combined, strict=True)],
-                                   dtype=combined.dtype)
-        self.history.update(zip(partitions, running.tolist(), strict=True))
-        return running
+        """``scoring.running_scores`` with this run's ``clipfed-history-weight`` and memory."""
+        return running_scores(self.history, partitions, combined, self.cfg.clipfed_history_weight)
 
     # -- pre-aggregation -------------------------------------------------------------------
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:

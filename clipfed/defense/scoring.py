@@ -14,7 +14,8 @@ trigger-like copies), all models stacked along a leading clients dimension (``Mo
 - ``sybil``: the highest cosine to any other update (colluding attackers share a direction).
 
 Signals are combined as the mean of their robust (median/MAD) z-scores across clients, each
-clipped at zero from below.
+clipped at zero from below; ``running_scores`` averages a client's combined scores over the rounds
+it was sampled in, and the exclusion threshold reads that.
 
 The forward passes (``views``) run on the probe's device, ``PassSize.models`` models at a time:
 on CUDA several models in one pass (their parameters and buffers stacked along a new leading
@@ -300,3 +301,34 @@ def combine(scores: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean over signals of each client's robust z-score, negative z counted as 0: being unusually
     unremarkable on one signal (a lone attacker has no sybil partner) must not cancel another."""
     return torch.stack([robust_z(s).clamp_min(0) for s in scores.values()]).mean(0)
+
+
+def running_scores(history: dict[int, float], partitions: list[int], combined: torch.Tensor,
+                   weight: float) -> torch.Tensor:
+    """Each client's running score, ``weight * combined + (1 - weight) * its previous running
+    score``: an exponential moving average over the rounds the client was sampled in (FLDetector,
+    Zhang et al. KDD 2022, judges a client by its consistency across rounds; this keeps only a mean).
+    A client seen for the first time starts at its combined score. ``history`` is updated in place.
+
+    A client that looked like an attacker when last sampled stays suspect even if this round's
+    score is lower (a backdoor shows more in some rounds than in others), and an honest client's
+    one noisy round is averaged with its calm ones. The price: an attacker that was sampled benign
+    before enters its first attacking round at ``weight`` times its score (half at 0.5), never
+    less, since combined scores are >= 0.
+
+    Args:
+        history: Partition id -> running score after the client's last round (updated here).
+        partitions: The M clients' partition ids, in the order of ``combined``.
+        combined: (M,) float32 combined scores of this round (``combine``).
+        weight: In (0, 1]; 1 returns ``combined`` itself (this round alone).
+
+    Returns:
+        (M,) running scores, ``combined``'s dtype.
+    """
+    if weight == 1.0:
+        running = combined
+    else:
+        running = torch.tensor([weight * float(c) + (1 - weight) * history[p] if p in history else float(c)
+                                for p, c in zip(partitions, combined, strict=True)], dtype=combined.dtype)
+    history.update(zip(partitions, running.tolist(), strict=True))
+    return running

@@ -1,0 +1,121 @@
+"""Replay CLIP-Fed's exclusion rule on the scores a run recorded: what other signals, history
+weights and thresholds would have excluded, round by round, with the run's own detection metrics.
+
+Every CLIP-Fed round records all five signals per client (``details["scores"]`` in result.json),
+so another rule's exclusions can be recomputed without training anything, with the strategy's own
+``combine`` and ``running_scores``. What a replay cannot show is the rounds after a different
+exclusion: the run's later models came from its own exclusions, so a replayed rule is judged on
+the run's trajectory, not its own. A rule chosen by replay is then measured in a run of its own.
+
+Detection is pooled as in ``clipfed.bench.durable``: precision, recall and F1 over the rounds in
+which a sampled client attacked; the false-positive rate over the benign clients of the attack-free
+rounds. ``same`` counts the rounds whose replayed exclusions equal the run's (the run's own
+settings must give every round: that checks the replay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from clipfed.defense.scoring import combine, running_scores
+from clipfed.errors import UserError
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An exclusion rule: the signals combined, the history weight, the threshold."""
+
+    signals: tuple[str, ...]
+    weight: float
+    threshold: float
+
+
+@dataclass(frozen=True)
+class Replay:
+    """One rule replayed on one run: pooled counts and how many rounds matched the run's."""
+
+    rule: Rule
+    tp: int
+    fp: int
+    fn: int
+    clean_fp: int
+    clean_benign: int
+    rounds: int
+    same: int
+
+    @property
+    def precision(self) -> float | None:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else None
+
+    @property
+    def f1(self) -> float | None:
+        return 2 * self.tp / (2 * self.tp + self.fp + self.fn) if self.tp + self.fp + self.fn else None
+
+    @property
+    def fpr(self) -> float | None:
+        return self.clean_fp / self.clean_benign if self.clean_benign else None
+
+
+def scored_rounds(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rounds >= 1 of a result that recorded CLIP-Fed scores, in order."""
+    return [e for e in result.get("rounds", []) if e.get("round", 0) >= 1
+            and isinstance(e.get("defense"), dict) and "scores" in e["defense"]]
+
+
+def replay(result: dict[str, Any], rule: Rule) -> Replay:
+    """``rule`` applied to every scored round of ``result`` (a result.json's dict).
+
+    Raises:
+        UserError: No round recorded CLIP-Fed scores, or a round lacks one of ``rule.signals``
+            (runs made before every signal was recorded have ``proto`` and ``sybil`` only).
+    """
+    rounds = scored_rounds(result)
+    if not rounds:
+        raise UserError(f"{result.get('run_name', 'this run')}: no round recorded CLIP-Fed scores "
+                        "(defense clipfed, clipfed-pre on); nothing to replay")
+    history: dict[int, float] = {}
+    tp = fp = fn = clean_fp = clean_benign = same = 0
+    for entry in rounds:
+        scores = entry["defense"]["scores"]
+        if missing := [s for s in rule.signals if s not in scores]:
+            recorded = ", ".join(k for k in scores if k not in ("partition", "combined", "running"))
+            raise UserError(f"{result.get('run_name', 'this run')} round {entry['round']}: no {', '.join(missing)} "
+                            f"scores recorded; it has {recorded}")
+        partitions = [int(p) for p in scores["partition"]]
+        combined = combine({s: torch.tensor(scores[s], dtype=torch.float32) for s in rule.signals})
+        running = running_scores(history, partitions, combined, rule.weight)
+        order = torch.argsort(running, descending=True)
+        flagged = {partitions[int(i)] for i in order[: (len(partitions) - 1) // 2] if running[i] > rule.threshold}
+        same += flagged == set(entry.get("excluded", []))
+        malicious = set(entry.get("malicious", []))
+        if malicious:
+            tp += len(flagged & malicious)
+            fp += len(flagged - malicious)
+            fn += len((malicious & set(partitions)) - flagged)
+        else:
+            clean_fp += len(flagged)
+            clean_benign += len(partitions)
+    return Replay(rule, tp, fp, fn, clean_fp, clean_benign, len(rounds), same)
+
+
+def replay_table(run_name: str, replays: list[Replay]) -> str:
+    """A markdown table of replays of one run, a row per rule."""
+    def cell(value: float | None, digits: int = 2) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = [f"**{run_name}**", "",
+             "| signals | history weight | threshold | precision | recall | F1 | FPR (attack-free) | tp | fp | fn "
+             "| same exclusions as the run |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in replays:
+        lines.append(f"| {','.join(r.rule.signals)} | {r.rule.weight:g} | {r.rule.threshold:g} | {cell(r.precision)} "
+                     f"| {cell(r.recall)} | {cell(r.f1)} | {cell(r.fpr, 3)} | {r.tp} | {r.fp} | {r.fn} "
+                     f"| {r.same} of {r.rounds} |")
+    return "\n".join(lines)
