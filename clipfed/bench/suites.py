@@ -211,7 +211,7 @@ STRONG_TEACHER_VARIANTS: dict[str, dict[str, Any]] = {
 #   500: 2.1-2.3 s instead of 5.3-5.8 s), to measure what the smaller step costs over the window;
 # - clipfed-history: each client's running score over the rounds it was sampled in
 #   (`clipfed-history-weight` 0.5) read at threshold 2.5, the setting that replaying the `clipfed`
-#   BadNets run's recorded scores chose (`clipfed detection-replay`, docs/results.md), to measure it
+#   BadNets run's recorded scores chose (`clipfed bench-replay`, docs/results.md), to measure it
 #   where it decides the exclusions (and so the rounds that follow).
 DURABLE_CPU_ABLATION: dict[str, dict[str, Any]] = {
     "clipfed-lean": {"defense": "clipfed", "clipfed-post-steps": 20, "clipfed-probe-size": 250},
