@@ -189,7 +189,7 @@ def test_separability_reports_auc_per_signal_and_the_best_recall_at_the_target_p
     table = separability_table(rows)
     assert table.count("\n") == 3, "a row without scores (FedAvg) is left out"
     # combined: attackers {5.0, 4.0} vs benign {0.1,0.2,0.3,4.0,0.0,0.1}: 11.5 of 12 pairs
-    assert "| s | badnets | clipfed | 2 / 8 | combined 0.96, sybil 0.67 | 0.50 (score >= 5.00) |" in table
+    assert "| s | badnets | clipfed | 2 / 8 | combined 0.96, sybil 0.67 | 0.50 (combined >= 5.00) |" in table
     assert separability_table(rows[1:]) == ""
     ranked_low = [Row("s", "badnets", "clipfed", [{"rounds": [_scored_round([3], [1.0, 2.0, 3.0, 0.5], [0.0] * 4)]}])]
     assert "| 0.00 (no threshold reaches the precision) |" in separability_table(ranked_low)
@@ -200,6 +200,12 @@ def test_separability_reports_auc_per_signal_and_the_best_recall_at_the_target_p
     later["defense"]["scores"]["kl"] = [0.0, 3.0, 1.0, 2.0]
     mixed = separability_table([Row("s", "badnets", "clipfed", [{"rounds": [rounds[0], later]}])])
     assert "combined 1.00, sybil 0.67, kl 1.00 |" in mixed, mixed
+
+    # a run with history: the best recall reads the running score, which the exclusion reads
+    for entry, running in zip(rounds, ([0.1, 0.2, 0.3, 5.0], [2.0, 4.5, 0.0, 0.1]), strict=True):
+        entry["defense"]["scores"]["running"] = running
+    history = separability_table([Row("s", "badnets", "clipfed", [{"rounds": rounds}])])
+    assert "running 1.00 | 1.00 (running >= 4.50) |" in history, history
 
 
 def test_report_says_which_commits_made_the_runs() -> None:

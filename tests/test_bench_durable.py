@@ -21,6 +21,7 @@ from clipfed.bench.suites import (
     A3FL_DURABLE_KEYS,
     DURABLE_CPU_HOURS,
     DURABLE_CPU_WINDOW,
+    DURABLE_GPU_HOURS,
     SUITES,
     AttackVariant,
     Plateau,
@@ -124,8 +125,13 @@ def test_durable_suites_bound_pgd_near_a_benign_update_and_make_a3fl_feasible_st
     rows = 12  # 6 defenses, 2 controls, 2 strong-teacher rows, 2 ablation rows (clipfed-lean, clipfed-history)
     runs = rows * 7 - 3 * 3  # pgd, constrain-scale and clipfed-aware share BadNets' 3 control runs
     base = runs * DURABLE_CPU_WINDOW.rounds * (12 * 450 / 1_500 + 19_000 / 3_800 + 2.5 + 1) / 3600
-    searches = 20 * (rows + rows - 1) * 50 * 450 / 1_500 / 3600  # server + 1 expected attacker, 9 attacked rows
+    searches = 20 * (rows + rows - 1) * 50 * 450 / 1_500 / 3600  # server + 1 expected attacker, 11 attacked rows
     assert pytest.approx(base + searches) == DURABLE_CPU_HOURS
+    rows = 10  # the GPU suite has no ablation rows
+    runs = rows * 7 - 3 * 3
+    base = runs * 200 * (24 * 450 / 5_000 + 19_000 / 20_000 + 3.0 + 1) / 3600  # `paper`'s rates
+    searches = 100 * (rows + rows - 1) * 50 * 450 / 5_000 / 3600
+    assert pytest.approx(base + searches) == DURABLE_GPU_HOURS
 
 
 def test_a3fl_passes_counts_the_passes_its_search_makes() -> None:

@@ -57,7 +57,21 @@ def test_the_command_prints_one_row_per_rule(tmp_path: Path, capsys: pytest.Capt
     assert main(["bench-replay", str(tmp_path), "--weights", "1,0.5", "--thresholds", "1.5,3"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| proto,sybil")]
     assert len(rows) == 4 and rows[0].endswith("| 3 of 3 |")
-    assert main(["bench-replay", str(tmp_path), "--weights", "0"]) == 2
-    assert "--weights 0: 0 is not a number in (0, 1]" in capsys.readouterr().err
-    assert main(["bench-replay", str(tmp_path), "--signals", "proto,nope"]) == 2
-    assert "unknown ['nope']" in capsys.readouterr().err
+    assert main(["bench-replay", str(tmp_path), "--signals", "proto,sybil", "--signals", "kl"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]  # after the header
+    assert rows[0].startswith("| proto,sybil | 1 | 1.5 |"), "weight and threshold default to the run's"
+    assert rows[1].startswith("| kl | 1 | 1.5 | n/a: not recorded in every round |")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--weights", "0"], "--weights 0: 0 is not a number in (0, 1]"),
+    (["--weights", ""], "--weights '': empty"),
+    (["--thresholds", "x"], "--thresholds x: x is not a number"),
+    (["--signals", "proto,nope"], "--signals 'proto,nope': unknown ['nope']"),
+    (["--signals", ","], "--signals ',': empty"),
+])
+def test_bad_options_are_refused_naming_them(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             options: list[str], message: str) -> None:
+    (tmp_path / "result.json").write_text(json.dumps(result()))
+    assert main(["bench-replay", str(tmp_path), *options]) == 2
+    assert message in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from flower_mocks import arrays_of, server_identity, train_reply  # noqa: F401  (fixture)
@@ -12,15 +13,19 @@ from test_clipfed_batched import client_states
 
 from clipfed.config import RunConfig
 from clipfed.defense import create_defense
+from clipfed.defense.clipfed import ClipFedDefense
+from clipfed.runs.checkpoint import Checkpoint, snapshot
 from clipfed.runs.report import AggregationReport
 
 
-def clipfed(data_dir: Path, server_data, weight: float):  # type: ignore[no-untyped-def]
+def clipfed(data_dir: Path, server_data, weight: float) -> tuple[ClipFedDefense, list[AggregationReport]]:  # type: ignore[no-untyped-def]
     cfg = RunConfig.from_flower({"defense": "clipfed", "num-clients": 7, "num-malicious": 2, "device": "cpu",
                                  "data-dir": str(data_dir), "clipfed-probe-size": 40, "clipfed-post": False,
                                  "clipfed-history-weight": weight})
     reports: list[AggregationReport] = []
-    return create_defense(cfg, server_data=server_data, on_report=reports.append), reports
+    strategy = create_defense(cfg, server_data=server_data, on_report=reports.append)
+    assert isinstance(strategy, ClipFedDefense)
+    return strategy, reports
 
 
 def test_running_scores_average_a_clients_rounds_and_start_at_its_first(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
@@ -56,23 +61,25 @@ def test_a_client_flagged_before_stays_flagged_on_a_quiet_round_only_with_histor
             strategy.aggregate_train(server_round, replies)
         first, second = reports
         assert set(first.excluded) == {1, 5}
-        scores = second.details["scores"]
+        scores, before = second.details["scores"], first.details["scores"]
         if weight < 1:
-            previous = first.details["scores"]["running"]
             for pid in (1, 4, 5):
-                assert scores["running"][pid] == pytest.approx(0.5 * scores["combined"][pid] + 0.5 * previous[pid],
-                                                               abs=1e-3)
+                now, then = scores["partition"].index(pid), before["partition"].index(pid)
+                assert scores["running"][now] == pytest.approx(
+                    0.5 * scores["combined"][now] + 0.5 * before["running"][then], abs=1e-3)
         else:
             assert "running" not in scores, "nothing new recorded when the key is off"
         excluded[weight] = set(second.excluded)
     assert excluded == {0.5: {1, 5}, 1.0: {4}}
 
 
-def test_running_scores_survive_a_checkpoint_and_old_checkpoints_load(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
+def test_running_scores_survive_a_checkpoint_and_old_checkpoints_load(fake_data_dir: Path, server_data,  # type: ignore[no-untyped-def]
+                                                                      tmp_path: Path) -> None:
     strategy, _ = clipfed(fake_data_dir, server_data, 0.5)
     strategy.running_scores([3, 8], torch.tensor([2.0, 0.25]))
+    snapshot(4, arrays_of({"w": np.zeros(2, dtype=np.float32)}), strategy.state_dict(), strategy.cfg).save(tmp_path)
     restored, _ = clipfed(fake_data_dir, server_data, 0.5)
-    restored.load_state_dict(strategy.state_dict())
+    restored.load_state_dict(Checkpoint.load(tmp_path).strategy_state)
     assert restored.history == {3: 2.0, 8: 0.25}
     restored.load_state_dict({"projector": strategy.state_dict()["projector"]})  # saved before the key existed
     assert restored.history == {}

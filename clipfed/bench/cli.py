@@ -202,7 +202,7 @@ def cmd_bench_device(args: argparse.Namespace) -> int:
 
 
 def _floats(option: str, text: str, low: float, high: float) -> list[float]:
-    """A comma list of numbers in (low, high]; ``UserError`` naming the option."""
+    """A non-empty comma list of numbers in (low, high]; ``UserError`` naming the option."""
     values = []
     for item in _csv(text) or []:
         try:
@@ -212,29 +212,34 @@ def _floats(option: str, text: str, low: float, high: float) -> list[float]:
         if not low < value <= high:
             raise UserError(f"{option} {text}: {item} is not a number in ({low:g}, {high:g}]")
         values.append(value)
+    if not values:
+        raise UserError(f"{option} {text!r}: empty; allowed: a comma list of numbers in ({low:g}, {high:g}]")
     return values
 
 
 def cmd_bench_replay(args: argparse.Namespace) -> int:
     from itertools import product
 
-    from clipfed.bench.replay import Rule, replay, replay_table
+    from clipfed.bench.replay import Rule, recorded, replay, replay_table
     from clipfed.config import SIGNALS, RunConfig
     from clipfed.runs.results import load_result
 
-    weights = _floats("--weights", args.weights, 0.0, 1.0)
+    for text in args.signals or []:
+        signals = _csv(text) or []
+        if not signals or (unknown := set(signals) - set(SIGNALS)):
+            raise UserError(f"--signals {text!r}: {'unknown ' + str(sorted(unknown)) if signals else 'empty'}; "
+                            f"allowed: a comma list of {', '.join(SIGNALS)}")
+    weights = _floats("--weights", args.weights, 0.0, 1.0) if args.weights is not None else None
+    thresholds = _floats("--thresholds", args.thresholds, 0.0, float("inf")) if args.thresholds is not None else None
     for run_dir in args.run_dirs:
         result = load_result(Path(run_dir))
-        cfg = RunConfig.from_flower(result["config"])
+        cfg = RunConfig.from_flower(result["config"])  # what the run used: the default of each option
         signal_sets = [tuple(_csv(s) or []) for s in (args.signals or [cfg.clipfed_signals])]
-        for signals in signal_sets:
-            if not signals or (unknown := set(signals) - set(SIGNALS)):
-                raise UserError(f"--signals {','.join(signals)}: unknown {sorted(unknown) if signals else 'empty'}; "
-                                f"allowed: a comma list of {', '.join(SIGNALS)}")
-        thresholds = (_floats("--thresholds", args.thresholds, 0.0, float("inf")) if args.thresholds
-                      else [cfg.clipfed_z_threshold])
-        rules = [Rule(s, w, t) for s, w, t in product(signal_sets, weights, thresholds)]
-        print(replay_table(result.get("run_name", str(run_dir)), [replay(result, r) for r in rules]) + "\n")
+        rules = [Rule(s, w, t) for s, w, t in product(signal_sets, weights or [cfg.clipfed_history_weight],
+                                                      thresholds or [cfg.clipfed_z_threshold])]
+        replays = [replay(result, r) for r in rules if recorded(result, r.signals)]
+        print(replay_table(result.get("run_name", str(run_dir)), replays,
+                           [r for r in rules if not recorded(result, r.signals)]) + "\n")
     return 0
 
 
@@ -295,6 +300,7 @@ def add_bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     replay_parser.add_argument("--signals", action="append",
                                help="a comma list of kl, proto, trigger, geometry, sybil; repeat for several "
                                     "(default: the run's clipfed-signals)")
-    replay_parser.add_argument("--weights", default="1", help="clipfed-history-weight values, comma list in (0, 1]")
+    replay_parser.add_argument("--weights", help="clipfed-history-weight values, comma list in (0, 1] "
+                                                 "(default: the run's)")
     replay_parser.add_argument("--thresholds", help="clipfed-z-threshold values, comma list (default: the run's)")
     replay_parser.set_defaults(func=cmd_bench_replay)

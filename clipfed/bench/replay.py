@@ -9,12 +9,15 @@ the run's trajectory, not its own. A rule chosen by replay is then measured in a
 
 Detection is pooled as in ``clipfed.bench.durable``: precision, recall and F1 over the rounds in
 which a sampled client attacked; the false-positive rate over the benign clients of the attack-free
-rounds. ``same`` counts the rounds whose replayed exclusions equal the run's (the run's own
-settings must give every round: that checks the replay).
+rounds; only the rounds that were scored count (``durable`` also counts a round with fewer than 3
+replies, which CLIP-Fed does not score and in which it excludes no one). ``same`` counts the rounds
+whose replayed exclusions equal the run's: the run's own settings give every round, but for a
+combined score within the recorded 4 decimals of the threshold (that checks the replay).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,8 +108,14 @@ def replay(result: dict[str, Any], rule: Rule) -> Replay:
     return Replay(rule, tp, fp, fn, clean_fp, clean_benign, len(rounds), same)
 
 
-def replay_table(run_name: str, replays: list[Replay]) -> str:
-    """A markdown table of replays of one run, a row per rule."""
+def recorded(result: dict[str, Any], signals: tuple[str, ...]) -> bool:
+    """Whether every scored round of ``result`` recorded every one of ``signals``."""
+    return all(all(s in e["defense"]["scores"] for s in signals) for e in scored_rounds(result))
+
+
+def replay_table(run_name: str, replays: list[Replay], unrecorded: Sequence[Rule] = ()) -> str:
+    """A markdown table of replays of one run, a row per rule; ``unrecorded`` rules (a signal the
+    run did not record in every round) get a row that says so."""
     def cell(value: float | None, digits: int = 2) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -118,4 +127,7 @@ def replay_table(run_name: str, replays: list[Replay]) -> str:
         lines.append(f"| {','.join(r.rule.signals)} | {r.rule.weight:g} | {r.rule.threshold:g} | {cell(r.precision)} "
                      f"| {cell(r.recall)} | {cell(r.f1)} | {cell(r.fpr, 3)} | {r.tp} | {r.fp} | {r.fn} "
                      f"| {r.same} of {r.rounds} |")
+    for rule in unrecorded:
+        lines.append(f"| {','.join(rule.signals)} | {rule.weight:g} | {rule.threshold:g} | "
+                     "n/a: not recorded in every round |" + " |" * 7)
     return "\n".join(lines)

@@ -352,8 +352,9 @@ def _auc(signal: str, labels: list[bool], values: list[float]) -> str:
 
 def separability_table(rows: list[Row], min_precision: float = 0.8) -> str:
     """How well each detection signal ranks the attackers above the benign clients, pooled over the
-    attacked rounds of all seeds: AUC per signal, and the best recall any threshold on the combined
-    score reaches at the target precision (the configured threshold may sit elsewhere)."""
+    attacked rounds of all seeds: AUC per signal and of the combined and running scores, and the best
+    recall any threshold on the score the exclusion reads (``running`` where the run kept history,
+    else ``combined``) reaches at the target precision (the configured threshold may sit elsewhere)."""
     lines = []
     for row in rows:
         # each signal with the labels of the rounds that recorded it (runs made before every signal
@@ -374,13 +375,14 @@ def separability_table(rows: list[Row], min_precision: float = 0.8) -> str:
         if not positive.any() or positive.all():
             continue
         aucs = ", ".join(_auc(signal, labels[signal], values) for signal, values in pooled.items())
-        recall, threshold = _best_recall(np.array(pooled["combined"]), positive, min_precision)
-        at = "no threshold reaches the precision" if threshold is None else f"score >= {threshold:.2f}"
+        read = "running" if len(pooled.get("running", [])) == len(positive) else "combined"
+        recall, threshold = _best_recall(np.array(pooled[read]), positive, min_precision)
+        at = "no threshold reaches the precision" if threshold is None else f"{read} >= {threshold:.2f}"
         lines.append(f"| {row.setting} | {row.attack} | {row.row} | {int(positive.sum())} / {len(positive)} | "
                      f"{aucs} | {recall:.2f} ({at}) |")
     if not lines:
         return ""
-    return ("| setting | attack | row | attackers / scored | AUC per signal | best recall at precision "
+    return ("| setting | attack | row | attackers / scored | AUC per score | best recall at precision "
             f">= {min_precision} |\n|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
 
 
