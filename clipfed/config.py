@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -240,6 +241,11 @@ class RunConfig(BaseModel):
     # average over the rounds it was sampled in, which is what the threshold reads (1: this round's
     # score alone). Issue 20: a client's history across rounds (FLDetector's idea of consistency).
     clipfed_history_weight: float = Field(1.0, gt=0.0, le=1.0, alias="clipfed-history-weight")
+    # Signals whose unusually *low* values are suspicious too, read at their own threshold ("": off):
+    # an attacker that holds its model closer to the global one than honest training moves it
+    # (clipfed-aware, pgd) is as atypical as one that moves it far. Issue 20.
+    clipfed_low_signals: str = Field("", alias="clipfed-low-signals")
+    clipfed_low_threshold: float = Field(2.0, gt=0.0, alias="clipfed-low-threshold")
     clipfed_probe_size: int = Field(500, ge=10, alias="clipfed-probe-size")
     clipfed_clip_norm: bool = Field(True, alias="clipfed-clip-norm")
     clipfed_post_steps: int = Field(60, ge=0, alias="clipfed-post-steps")
@@ -276,14 +282,15 @@ class RunConfig(BaseModel):
     eval_batch_size: int = Field(INFERENCE_BATCH, ge=1, alias="eval-batch-size")
     eval_samples: int = Field(0, ge=0, alias="eval-samples")  # fixed class-balanced test subset; 0: all
 
-    @field_validator("clipfed_signals")
+    @field_validator("clipfed_signals", "clipfed_low_signals")
     @classmethod
-    def _known_signals(cls, value: str) -> str:
+    def _known_signals(cls, value: str, info: ValidationInfo) -> str:
         names = [v.strip() for v in value.split(",") if v.strip()]
         unknown = [n for n in names if n not in SIGNALS]
-        if unknown or not names:
+        required = info.field_name == "clipfed_signals"  # the low side may be off
+        if unknown or (not names and required):
             raise ValueError(f"unknown signal(s) {unknown or value!r}; allowed: a comma list of "
-                             f"{', '.join(SIGNALS)}")
+                             f"{', '.join(SIGNALS)}" + ("" if required else ' (or "": off)'))
         return ",".join(names)
 
     @field_validator("device")

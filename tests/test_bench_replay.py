@@ -59,8 +59,8 @@ def test_the_command_prints_one_row_per_rule(tmp_path: Path, capsys: pytest.Capt
     assert len(rows) == 4 and rows[0].endswith("| 3 of 3 |")
     assert main(["bench-replay", str(tmp_path), "--signals", "proto,sybil", "--signals", "kl"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]  # after the header
-    assert rows[0].startswith("| proto,sybil | 1 | 1.5 |"), "weight and threshold default to the run's"
-    assert rows[1].startswith("| kl | 1 | 1.5 | n/a: not recorded in every round |")
+    assert rows[0].startswith("| proto,sybil | 1 | 1.5 | off |"), "every option defaults to the run's"
+    assert rows[1] == "| kl | 1 | 1.5 | off | n/a: not recorded in every round |" + " |" * 7
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -75,3 +75,19 @@ def test_bad_options_are_refused_naming_them(tmp_path: Path, capsys: pytest.Capt
     (tmp_path / "result.json").write_text(json.dumps(result()))
     assert main(["bench-replay", str(tmp_path), *options]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_low_side_finds_an_attacker_that_moved_too_little(capsys: pytest.CaptureFixture[str],
+                                                               tmp_path: Path) -> None:
+    quiet = {"run_name": "quiet", "config": result()["config"],
+             "rounds": [scored(1, [1, 2, 3, 4, 5, 6, 7], [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, -5.0], [7], [])]}
+    one_sided = replay(quiet, Rule(("proto", "sybil"), 1.0, 1.5))
+    assert (one_sided.fn, one_sided.same) == (1, 1)
+    two_sided = replay(quiet, Rule(("proto", "sybil"), 1.0, 1.5, ("proto",), 2.0))
+    assert (two_sided.tp, two_sided.fp, two_sided.fn) == (1, 0, 0)
+    (tmp_path / "result.json").write_text(json.dumps(quiet))
+    assert main(["bench-replay", str(tmp_path), "--low-signals", "", "--low-signals", "proto"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| proto,sybil")]
+    assert [r.split(" | ")[3] for r in rows] == ["off", "proto > 2"]
+    assert main(["bench-replay", str(tmp_path), "--low-signals", "nope"]) == 2
+    assert "--low-signals 'nope': unknown ['nope']" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from test_clipfed_batched import client_states
 from clipfed.config import RunConfig
 from clipfed.defense import create_defense
 from clipfed.defense.clipfed import ClipFedDefense
+from clipfed.defense.scoring import flagged
 from clipfed.runs.checkpoint import Checkpoint, snapshot
 from clipfed.runs.report import AggregationReport
 
@@ -83,3 +84,35 @@ def test_running_scores_survive_a_checkpoint_and_old_checkpoints_load(fake_data_
     assert restored.history == {3: 2.0, 8: 0.25}
     restored.load_state_dict({"projector": strategy.state_dict()["projector"]})  # saved before the key existed
     assert restored.history == {}
+
+
+def test_flagged_reads_the_low_side_only_when_given() -> None:
+    running = torch.tensor([0.0, 0.2, 3.0, 0.1, 0.0, 0.3, 0.1])
+    low = torch.tensor([0.0, 0.0, 0.0, 0.0, 5.0, 0.0, 1.9])
+    assert flagged(running, 1.5) == {2}, "one-sided: exactly the rule before the low side existed"
+    assert flagged(running, 1.5, low, 2.0) == {2, 4}, "client 4 is far too quiet; 6 is under its threshold"
+    assert flagged(torch.full((7,), 9.0), 1.5, torch.full((7,), 9.0), 2.0) == {0, 1, 2}, "never a majority"
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_a_client_that_moved_far_less_than_honest_training_is_excluded_with_low_signals(
+        fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
+    """Client 3 sends the global model back unchanged (as an update held at the global model
+    would look): the lowest proto shift and the lowest KL change of the round. Only with
+    ``clipfed-low-signals`` is that suspicious."""
+    excluded, recorded = {}, {}
+    for low_signals in ("", "proto"):
+        cfg = RunConfig.from_flower({"defense": "clipfed", "num-clients": 7, "num-malicious": 2, "device": "cpu",
+                                     "data-dir": str(fake_data_dir), "clipfed-probe-size": 40,
+                                     "clipfed-post": False, "clipfed-low-signals": low_signals})
+        reports: list[AggregationReport] = []
+        strategy = create_defense(cfg, server_data=server_data, on_report=reports.append)
+        global_state, states, _ = client_states("cnn", clients=7, outliers=())
+        states[3] = {k: v.clone() for k, v in global_state.items()}
+        replies = [train_reply(10 + i, i, {k: v.numpy() for k, v in s.items()}, 50) for i, s in enumerate(states)]
+        strategy.global_arrays = arrays_of({k: v.numpy() for k, v in global_state.items()})
+        strategy.aggregate_train(1, replies)
+        excluded[low_signals] = set(reports[0].excluded)
+        recorded[low_signals] = reports[0].details["scores"]
+    assert 3 in excluded["proto"] and 3 not in excluded[""]
+    assert "low" not in recorded[""] and max(recorded["proto"]["low"]) == recorded["proto"]["low"][3] > 2.0

@@ -199,3 +199,10 @@ def test_an_unlucky_dirichlet_split_names_min_partition_size_not_only_alpha() ->
     with pytest.raises(ConfigError) as info:
         split_train(CIFAR10_LABELS, cfg)
     assert "min-partition-size=2000" in str(info.value) and "dirichlet-alpha=0.5" in str(info.value)
+
+
+def test_low_signals_are_known_signals_or_off() -> None:
+    assert RunConfig.from_flower({"clipfed-low-signals": "proto, kl"}).clipfed_low_signals == "proto,kl"
+    assert RunConfig.from_flower({}).clipfed_low_signals == ""
+    with pytest.raises(ConfigError, match="clipfed-low-signals"):
+        RunConfig.from_flower({"clipfed-low-signals": "proto,nope"})

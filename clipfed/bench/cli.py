@@ -224,19 +224,27 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
     from clipfed.config import SIGNALS, RunConfig
     from clipfed.runs.results import load_result
 
-    for text in args.signals or []:
-        signals = _csv(text) or []
-        if not signals or (unknown := set(signals) - set(SIGNALS)):
-            raise UserError(f"--signals {text!r}: {'unknown ' + str(sorted(unknown)) if signals else 'empty'}; "
-                            f"allowed: a comma list of {', '.join(SIGNALS)}")
+    for option, texts in (("--signals", args.signals or []), ("--low-signals", args.low_signals or [])):
+        for text in texts:
+            signals = _csv(text) or []
+            if (not signals and option == "--signals") or (unknown := set(signals) - set(SIGNALS)):
+                raise UserError(f"{option} {text!r}: {'unknown ' + str(sorted(unknown)) if signals else 'empty'}; "
+                                f"allowed: a comma list of {', '.join(SIGNALS)}"
+                                + ("" if option == "--signals" else ' (or "": off)'))
     weights = _floats("--weights", args.weights, 0.0, 1.0) if args.weights is not None else None
     thresholds = _floats("--thresholds", args.thresholds, 0.0, float("inf")) if args.thresholds is not None else None
+    low_thresholds = (_floats("--low-thresholds", args.low_thresholds, 0.0, float("inf"))
+                      if args.low_thresholds is not None else None)
     for run_dir in args.run_dirs:
         result = load_result(Path(run_dir))
         cfg = RunConfig.from_flower(result["config"])  # what the run used: the default of each option
         signal_sets = [tuple(_csv(s) or []) for s in (args.signals or [cfg.clipfed_signals])]
-        rules = [Rule(s, w, t) for s, w, t in product(signal_sets, weights or [cfg.clipfed_history_weight],
-                                                      thresholds or [cfg.clipfed_z_threshold])]
+        low_sets = [tuple(_csv(s) or []) for s in (args.low_signals or [cfg.clipfed_low_signals])]
+        rules = [Rule(s, w, t, low, lt) for s, w, t, low, lt in product(
+            signal_sets, weights or [cfg.clipfed_history_weight], thresholds or [cfg.clipfed_z_threshold],
+            low_sets, low_thresholds or [cfg.clipfed_low_threshold])]
+        rules = list(dict.fromkeys(Rule(r.signals, r.weight, r.threshold, r.low_signals,
+                                        r.low_threshold if r.low_signals else 2.0) for r in rules))
         replays = [replay(result, r) for r in rules if recorded(result, r.signals)]
         print(replay_table(result.get("run_name", str(run_dir)), replays,
                            [r for r in rules if not recorded(result, r.signals)]) + "\n")
@@ -303,4 +311,8 @@ def add_bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     replay_parser.add_argument("--weights", help="clipfed-history-weight values, comma list in (0, 1] "
                                                  "(default: the run's)")
     replay_parser.add_argument("--thresholds", help="clipfed-z-threshold values, comma list (default: the run's)")
+    replay_parser.add_argument("--low-signals", action="append",
+                               help="clipfed-low-signals: a comma list, or \"\" for off; repeat for several "
+                                    "(default: the run's)")
+    replay_parser.add_argument("--low-thresholds", help="clipfed-low-threshold values, comma list (default: the run's)")
     replay_parser.set_defaults(func=cmd_bench_replay)

@@ -23,17 +23,25 @@ from typing import Any
 
 import torch
 
-from clipfed.defense.scoring import combine, running_scores
+from clipfed.defense.scoring import combine, flagged, running_scores
 from clipfed.errors import UserError
 
 
 @dataclass(frozen=True)
 class Rule:
-    """An exclusion rule: the signals combined, the history weight, the threshold."""
+    """An exclusion rule: the signals combined, the history weight, the threshold, and the signals
+    whose lowness is read at ``low_threshold`` (none: one-sided)."""
 
     signals: tuple[str, ...]
     weight: float
     threshold: float
+    low_signals: tuple[str, ...] = ()
+    low_threshold: float = 2.0
+
+    def label(self) -> str:
+        """Its cells of a table row: signals, history weight, threshold, low side."""
+        low = f"{','.join(self.low_signals)} > {self.low_threshold:g}" if self.low_signals else "off"
+        return f"{','.join(self.signals)} | {self.weight:g} | {self.threshold:g} | {low}"
 
 
 @dataclass(frozen=True)
@@ -84,26 +92,30 @@ def replay(result: dict[str, Any], rule: Rule) -> Replay:
         raise UserError(f"{result.get('run_name', 'this run')}: no round recorded CLIP-Fed scores "
                         "(defense clipfed, clipfed-pre on); nothing to replay")
     history: dict[int, float] = {}
+    low_history: dict[int, float] = {}
     tp = fp = fn = clean_fp = clean_benign = same = 0
     for entry in rounds:
         scores = entry["defense"]["scores"]
-        if missing := [s for s in rule.signals if s not in scores]:
+        if missing := [s for s in rule.signals + rule.low_signals if s not in scores]:
             recorded = ", ".join(k for k in scores if k not in ("partition", "combined", "running"))
             raise UserError(f"{result.get('run_name', 'this run')} round {entry['round']}: no {', '.join(missing)} "
                             f"scores recorded; it has {recorded}")
         partitions = [int(p) for p in scores["partition"]]
         combined = combine({s: torch.tensor(scores[s], dtype=torch.float32) for s in rule.signals})
         running = running_scores(history, partitions, combined, rule.weight)
-        order = torch.argsort(running, descending=True)
-        flagged = {partitions[int(i)] for i in order[: (len(partitions) - 1) // 2] if running[i] > rule.threshold}
-        same += flagged == set(entry.get("excluded", []))
+        low = None
+        if rule.low_signals:
+            negated = {s: -torch.tensor(scores[s], dtype=torch.float32) for s in rule.low_signals}
+            low = running_scores(low_history, partitions, combine(negated), rule.weight)
+        excluded = {partitions[i] for i in flagged(running, rule.threshold, low, rule.low_threshold)}
+        same += excluded == set(entry.get("excluded", []))
         malicious = set(entry.get("malicious", []))
         if malicious:
-            tp += len(flagged & malicious)
-            fp += len(flagged - malicious)
-            fn += len((malicious & set(partitions)) - flagged)
+            tp += len(excluded & malicious)
+            fp += len(excluded - malicious)
+            fn += len((malicious & set(partitions)) - excluded)
         else:
-            clean_fp += len(flagged)
+            clean_fp += len(excluded)
             clean_benign += len(partitions)
     return Replay(rule, tp, fp, fn, clean_fp, clean_benign, len(rounds), same)
 
@@ -120,14 +132,12 @@ def replay_table(run_name: str, replays: list[Replay], unrecorded: Sequence[Rule
         return "n/a" if value is None else f"{value:.{digits}f}"
 
     lines = [f"**{run_name}**", "",
-             "| signals | history weight | threshold | precision | recall | F1 | FPR (attack-free) | tp | fp | fn "
-             "| same exclusions as the run |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| signals | history weight | threshold | low side | precision | recall | F1 | FPR (attack-free) "
+             "| tp | fp | fn | same exclusions as the run |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in replays:
-        lines.append(f"| {','.join(r.rule.signals)} | {r.rule.weight:g} | {r.rule.threshold:g} | {cell(r.precision)} "
-                     f"| {cell(r.recall)} | {cell(r.f1)} | {cell(r.fpr, 3)} | {r.tp} | {r.fp} | {r.fn} "
-                     f"| {r.same} of {r.rounds} |")
+        lines.append(f"| {r.rule.label()} | {cell(r.precision)} | {cell(r.recall)} | {cell(r.f1)} "
+                     f"| {cell(r.fpr, 3)} | {r.tp} | {r.fp} | {r.fn} | {r.same} of {r.rounds} |")
     for rule in unrecorded:
-        lines.append(f"| {','.join(rule.signals)} | {rule.weight:g} | {rule.threshold:g} | "
-                     "n/a: not recorded in every round |" + " |" * 7)
+        lines.append(f"| {rule.label()} | n/a: not recorded in every round |" + " |" * 7)
     return "\n".join(lines)

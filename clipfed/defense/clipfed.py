@@ -5,8 +5,9 @@ Pre-aggregation (``select``): score every update on the server dataset with the 
 the robust z-scores of the ``clipfed-signals`` ones, fold each client's combined score into its
 running score (an exponential moving average over the rounds it was sampled in, weight
 ``clipfed-history-weight`` on this round; 1: this round alone), exclude clients whose running score
-is above ``clipfed-z-threshold`` (never more than half), then clip the kept updates to their median
-norm.
+is above ``clipfed-z-threshold`` or, with ``clipfed-low-signals``, whose running score of lowness on
+those signals is above ``clipfed-low-threshold`` (never more than half), then clip the kept updates
+to their median norm.
 Post-aggregation (``combine``): fine-tune the aggregate on the server dataset (clean and
 trigger-like copies, all with clean labels) with
 
@@ -41,7 +42,7 @@ from flwr.serverapp import Grid
 from clipfed.config import SIGNALS
 from clipfed.defense.registry import DEFENSES
 from clipfed.defense.replies import partition_id
-from clipfed.defense.scoring import Probe, combine, pass_size, running_scores, score_clients, views
+from clipfed.defense.scoring import Probe, combine, flagged, pass_size, running_scores, score_clients, views
 from clipfed.defense.strategy import DefenseStrategy
 from clipfed.defense.updates import clip_to_norm
 from clipfed.devices import autocast, place
@@ -126,17 +127,21 @@ class ClipFedDefense(DefenseStrategy):
         self.prototypes = torch.from_numpy(server_data.arrays["prototypes"]).to(self.device)  # (C, E)
         torch.manual_seed(cfg.seed)
         self.projector = torch.nn.Linear(self.model.feature_dim, self.prototypes.shape[1]).to(self.device)
+        self.low_signals = [n for n in cfg.clipfed_low_signals.split(",") if n]
         self.history: dict[int, float] = {}  # partition id -> running score after its last round
+        self.low_history: dict[int, float] = {}  # the same for the low side (clipfed-low-signals)
 
     def state_dict(self) -> dict[str, Any]:
         """The projector and the clients' running scores carry across rounds; everything else is
         rebuilt from the config. Tensors are CPU copies, so a checkpoint loads on any machine."""
         return {"projector": {k: v.detach().cpu().clone() for k, v in self.projector.state_dict().items()},
-                "history": dict(self.history)}
+                "history": dict(self.history), "low_history": dict(self.low_history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.projector.load_state_dict(state["projector"])
-        self.history = {int(k): float(v) for k, v in state.get("history", {}).items()}  # none before it existed
+        # none in checkpoints written before they existed
+        self.history = {int(k): float(v) for k, v in state.get("history", {}).items()}
+        self.low_history = {int(k): float(v) for k, v in state.get("low_history", {}).items()}
 
     def running_scores(self, partitions: list[int], combined: torch.Tensor) -> torch.Tensor:
         """``scoring.running_scores`` with this run's ``clipfed-history-weight`` and memory."""
@@ -158,18 +163,21 @@ class ClipFedDefense(DefenseStrategy):
         combined = combine({name: scores[name] for name in self.signals})
         pids = [partition_id(m) for m in replies]
         running = self.running_scores(pids, combined)
-        limit = (len(replies) - 1) // 2  # never exclude a majority
-        order = torch.argsort(running, descending=True)
-        flagged = {int(i) for i in order[:limit] if running[i] > self.cfg.clipfed_z_threshold}
+        low = None
+        if self.low_signals:  # lowness: the negated signals' robust z, with the same history
+            low = running_scores(self.low_history, pids, combine({n: -scores[n] for n in self.low_signals}),
+                                 self.cfg.clipfed_history_weight)
+        excluded = flagged(running, self.cfg.clipfed_z_threshold, low, self.cfg.clipfed_low_threshold)
         self.details["signals"] = list(self.signals)
         self.details["scores"] = {
             "partition": pids,
             "combined": [round(float(v), 4) for v in combined],
             **({"running": [round(float(v), 4) for v in running]} if running is not combined else {}),
+            **({"low": [round(float(v), 4) for v in low]} if low is not None else {}),
             **{name: [round(float(v), 4) for v in values] for name, values in scores.items()},
         }
         self.details["pre_seconds"] = round(time.perf_counter() - started, 4)
-        return [m for i, m in enumerate(replies) if i not in flagged]
+        return [m for i, m in enumerate(replies) if i not in excluded]
 
     # -- aggregation + post-aggregation -----------------------------------------------------
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord:

@@ -332,3 +332,28 @@ def running_scores(history: dict[int, float], partitions: list[int], combined: t
                                 for p, c in zip(partitions, combined, strict=True)], dtype=combined.dtype)
     history.update(zip(partitions, running.tolist(), strict=True))
     return running
+
+
+def flagged(running: torch.Tensor, threshold: float, low: torch.Tensor | None = None,
+            low_threshold: float = float("inf")) -> set[int]:
+    """The clients to exclude: at most (M - 1) // 2 (never a majority), the most suspicious first,
+    among those whose running score is above ``threshold`` or, with ``low``, whose low score is
+    above ``low_threshold`` (suspicion = the larger of each score over its threshold).
+
+    Args:
+        running: (M,) running scores (``running_scores``).
+        threshold: ``clipfed-z-threshold``.
+        low: (M,) running scores of the low side (``combine`` of the negated ``clipfed-low-signals``),
+            or None (off: exactly the one-sided rule).
+        low_threshold: ``clipfed-low-threshold``.
+
+    Returns:
+        Row indices into ``running``.
+    """
+    limit = (len(running) - 1) // 2
+    if low is None:
+        order = torch.argsort(running, descending=True)
+        return {int(i) for i in order[:limit] if running[i] > threshold}
+    over = torch.maximum(running / threshold, low / low_threshold)
+    order = torch.argsort(over, descending=True)
+    return {int(i) for i in order[:limit] if over[i] > 1}
