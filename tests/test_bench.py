@@ -206,6 +206,10 @@ def test_separability_reports_auc_per_signal_and_the_best_recall_at_the_target_p
         entry["defense"]["scores"]["running"] = running
     history = separability_table([Row("s", "badnets", "clipfed", [{"rounds": rounds}])])
     assert "running 1.00 | 1.00 (running >= 4.50) |" in history, history
+    rounds[0]["defense"]["scores"]["low"] = [0.0, 0.0, 0.0, 0.0]
+    rounds[1]["defense"]["scores"]["low"] = [0.0, 0.0, 0.0, 0.0]
+    two_sided = separability_table([Row("s", "badnets", "clipfed", [{"rounds": rounds}])])
+    assert "| n/a (a two-sided rule: `clipfed bench-replay` sweeps both thresholds) |" in two_sided, two_sided
 
 
 def test_report_says_which_commits_made_the_runs() -> None:

@@ -375,11 +375,15 @@ def separability_table(rows: list[Row], min_precision: float = 0.8) -> str:
         if not positive.any() or positive.all():
             continue
         aucs = ", ".join(_auc(signal, labels[signal], values) for signal, values in pooled.items())
-        read = "running" if len(pooled.get("running", [])) == len(positive) else "combined"
-        recall, threshold = _best_recall(np.array(pooled[read]), positive, min_precision)
-        at = "no threshold reaches the precision" if threshold is None else f"{read} >= {threshold:.2f}"
+        if "low" in pooled:  # two thresholds on two scores: no single one to sweep
+            best = "n/a (a two-sided rule: `clipfed bench-replay` sweeps both thresholds)"
+        else:
+            read = "running" if len(pooled.get("running", [])) == len(positive) else "combined"
+            recall, threshold = _best_recall(np.array(pooled[read]), positive, min_precision)
+            at = "no threshold reaches the precision" if threshold is None else f"{read} >= {threshold:.2f}"
+            best = f"{recall:.2f} ({at})"
         lines.append(f"| {row.setting} | {row.attack} | {row.row} | {int(positive.sum())} / {len(positive)} | "
-                     f"{aucs} | {recall:.2f} ({at}) |")
+                     f"{aucs} | {best} |")
     if not lines:
         return ""
     return ("| setting | attack | row | attackers / scored | AUC per score | best recall at precision "
