@@ -61,6 +61,8 @@ def test_the_command_prints_one_row_per_rule(tmp_path: Path, capsys: pytest.Capt
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]  # after the header
     assert rows[0].startswith("| proto,sybil | 1 | 1.5 | off |"), "every option defaults to the run's"
     assert rows[1] == "| kl | 1 | 1.5 | off | n/a: not recorded in every round |" + " |" * 7
+    assert main(["bench-replay", str(tmp_path), "--low-signals", "kl"]) == 0, "the low side's signals too"
+    assert "| proto,sybil | 1 | 1.5 | kl > 2 | n/a: not recorded in every round |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("options", "message"), [

@@ -240,14 +240,13 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
         cfg = RunConfig.from_flower(result["config"])  # what the run used: the default of each option
         signal_sets = [tuple(_csv(s) or []) for s in (args.signals or [cfg.clipfed_signals])]
         low_sets = [tuple(_csv(s) or []) for s in (args.low_signals or [cfg.clipfed_low_signals])]
-        rules = [Rule(s, w, t, low, lt) for s, w, t, low, lt in product(
-            signal_sets, weights or [cfg.clipfed_history_weight], thresholds or [cfg.clipfed_z_threshold],
-            low_sets, low_thresholds or [cfg.clipfed_low_threshold])]
-        rules = list(dict.fromkeys(Rule(r.signals, r.weight, r.threshold, r.low_signals,
-                                        r.low_threshold if r.low_signals else 2.0) for r in rules))
-        replays = [replay(result, r) for r in rules if recorded(result, r.signals)]
-        print(replay_table(result.get("run_name", str(run_dir)), replays,
-                           [r for r in rules if not recorded(result, r.signals)]) + "\n")
+        # with the low side off its threshold means nothing: one rule, not one per low threshold
+        grid = product(signal_sets, weights or [cfg.clipfed_history_weight], thresholds or [cfg.clipfed_z_threshold],
+                       low_sets, low_thresholds or [cfg.clipfed_low_threshold])
+        rules = list(dict.fromkeys(Rule(s, w, t, low, lt if low else Rule.low_threshold) for s, w, t, low, lt in grid))
+        present = [r for r in rules if recorded(result, r.signals + r.low_signals)]
+        print(replay_table(result.get("run_name", str(run_dir)), [replay(result, r) for r in present],
+                           [r for r in rules if r not in present]) + "\n")
     return 0
 
 

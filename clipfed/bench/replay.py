@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from clipfed.defense.scoring import combine, flagged, running_scores
+from clipfed.defense.scoring import combine, combine_low, flagged, running_scores
 from clipfed.errors import UserError
 
 
@@ -105,8 +105,8 @@ def replay(result: dict[str, Any], rule: Rule) -> Replay:
         running = running_scores(history, partitions, combined, rule.weight)
         low = None
         if rule.low_signals:
-            negated = {s: -torch.tensor(scores[s], dtype=torch.float32) for s in rule.low_signals}
-            low = running_scores(low_history, partitions, combine(negated), rule.weight)
+            lowness = combine_low({s: torch.tensor(scores[s], dtype=torch.float32) for s in rule.low_signals})
+            low = running_scores(low_history, partitions, lowness, rule.weight)
         excluded = {partitions[i] for i in flagged(running, rule.threshold, low, rule.low_threshold)}
         same += excluded == set(entry.get("excluded", []))
         malicious = set(entry.get("malicious", []))

@@ -42,7 +42,16 @@ from flwr.serverapp import Grid
 from clipfed.config import SIGNALS
 from clipfed.defense.registry import DEFENSES
 from clipfed.defense.replies import partition_id
-from clipfed.defense.scoring import Probe, combine, flagged, pass_size, running_scores, score_clients, views
+from clipfed.defense.scoring import (
+    Probe,
+    combine,
+    combine_low,
+    flagged,
+    pass_size,
+    running_scores,
+    score_clients,
+    views,
+)
 from clipfed.defense.strategy import DefenseStrategy
 from clipfed.defense.updates import clip_to_norm
 from clipfed.devices import autocast, place
@@ -165,7 +174,7 @@ class ClipFedDefense(DefenseStrategy):
         running = self.running_scores(pids, combined)
         low = None
         if self.low_signals:  # lowness: the negated signals' robust z, with the same history
-            low = running_scores(self.low_history, pids, combine({n: -scores[n] for n in self.low_signals}),
+            low = running_scores(self.low_history, pids, combine_low({n: scores[n] for n in self.low_signals}),
                                  self.cfg.clipfed_history_weight)
         excluded = flagged(running, self.cfg.clipfed_z_threshold, low, self.cfg.clipfed_low_threshold)
         self.details["signals"] = list(self.signals)

@@ -303,6 +303,12 @@ def combine(scores: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([robust_z(s).clamp_min(0) for s in scores.values()]).mean(0)
 
 
+def combine_low(scores: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``combine`` of the negated signals: how unusually *low* each client scores (the low side of
+    the exclusion rule, ``clipfed-low-signals``)."""
+    return combine({name: -values for name, values in scores.items()})
+
+
 def running_scores(history: dict[int, float], partitions: list[int], combined: torch.Tensor,
                    weight: float) -> torch.Tensor:
     """Each client's running score, ``weight * combined + (1 - weight) * its previous running
