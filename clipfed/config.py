@@ -86,10 +86,28 @@ def teacher_pool_unused(backend: str, pool: str, checkpoint: str) -> bool:
     return pool != "public" and (backend != "reference" or bool(checkpoint))
 
 
-def teacher_weights_problem(backend: str, pretrained: str, checkpoint: str) -> str | None:
+# open_clip model names that carry their own weights (open_clip's factory ignores ``pretrained``).
+WEIGHTS_SCHEMAS = ("hf-hub:", "local-dir:")
+
+
+def brings_own_weights(model: str) -> bool:
+    """Whether ``teacher-model`` names a Hugging Face Hub repository or a local folder, from which
+    open_clip reads the architecture and the weights together."""
+    return model.startswith(WEIGHTS_SCHEMAS)
+
+
+def teacher_weights_problem(backend: str, model: str, pretrained: str, checkpoint: str) -> str | None:
     """Why these teacher keys cannot be used, or None. An openclip teacher must name its weights:
-    without them open_clip builds a random-init model whose results would look like real ones."""
+    without them open_clip builds a random-init model whose results would look like real ones.
+    An ``hf-hub:``/``local-dir:`` model names them itself, and open_clip would silently ignore a
+    ``teacher-pretrained`` beside it, so one is refused (a checkpoint is loaded over them)."""
     if backend != "openclip":
+        return None
+    if brings_own_weights(model):
+        if pretrained:
+            return (f"teacher-pretrained={pretrained!r} has no effect with teacher-model={model!r}: open_clip "
+                    "reads the weights from that repository or folder and ignores the tag; allowed: "
+                    "teacher-pretrained='' (or teacher-checkpoint, loaded over those weights)")
         return None
     if not pretrained and not checkpoint:
         return ("teacher='openclip' needs its weights: set teacher-pretrained (teacher.pretrained in a "
@@ -322,7 +340,8 @@ class RunConfig(BaseModel):
                             f"{self.freq_band_high}; allowed: freq-band-low < freq-band-high")
         # teacher='openclip' names its weights: refused here, before any round, rather than silently
         # running a random-init teacher
-        if problem := teacher_weights_problem(self.teacher, self.teacher_pretrained, self.teacher_checkpoint):
+        if problem := teacher_weights_problem(self.teacher, self.teacher_model, self.teacher_pretrained,
+                                              self.teacher_checkpoint):
             problems.append(problem)
         if teacher_pool_unused(self.teacher, self.teacher_pool, self.teacher_checkpoint):
             problems.append(f"teacher-pool={self.teacher_pool!r} says what the reference teacher trains on; "

@@ -153,6 +153,35 @@ def test_openclip_loads_a_local_checkpoint(tiny_clip: str, tmp_path: Path) -> No
         create_teacher(TeacherSpec(backend="openclip", model=tiny_clip, checkpoint=str(tmp_path / "no.pt")))
 
 
+def test_a_local_dir_model_brings_its_own_weights(tiny_clip: str, tmp_path: Path) -> None:
+    """``local-dir:`` (like ``hf-hub:``) carries config and weights: no tag is asked for, a tag
+    (which open_clip would ignore) is refused naming the key, and a checkpoint (the guard's repair)
+    is loaded over the folder's weights rather than silently ignored."""
+    folder = tmp_path / "my-clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": open_clip.get_model_config(tiny_clip),
+                                                              "preprocess_cfg": {}}))
+    write_tiny_clip_checkpoint(folder / "open_clip_pytorch_model.bin", seed=5)
+    model = f"local-dir:{folder}"
+    assert RunConfig.from_flower({"teacher": "openclip", "teacher-model": model}).teacher_model == model
+    with pytest.raises(ValueError, match="teacher-pretrained='hub' has no effect"):
+        RunConfig.from_flower({"teacher": "openclip", "teacher-model": model, "teacher-pretrained": "hub"})
+    with pytest.raises(ValidationError, match="teacher-pretrained='random' has no effect"):
+        TeacherSpec(backend="openclip", model=model, pretrained="random")
+    own = create_teacher(TeacherSpec(backend="openclip", model=model, device="cpu"))
+    same_file = create_teacher(TeacherSpec(backend="openclip", model=tiny_clip,
+                                           checkpoint=str(folder / "open_clip_pytorch_model.bin"), device="cpu"))
+    assert not own.is_random_init and "RANDOM" not in own.label
+    assert own.weights_digest == same_file.weights_digest, "the folder's weights were not the ones loaded"
+    assert own.id == f"openclip:{model}:sha-{own.weights_digest[:12]}"
+    repair = write_tiny_clip_checkpoint(tmp_path / "repaired.pt", seed=6)
+    repaired = create_teacher(TeacherSpec(backend="openclip", model=model, device="cpu").model_copy(
+        update={"checkpoint": str(repair)}))
+    expected = create_teacher(TeacherSpec(backend="openclip", model=tiny_clip, checkpoint=str(repair), device="cpu"))
+    assert repaired.weights_digest == expected.weights_digest != own.weights_digest
+    assert repaired.id.startswith(f"openclip:{model}:ckpt-")
+
+
 def test_reference_teacher_trains_once_and_is_labelled(fake_data_dir: Path) -> None:
     train, test = load_cifar10(str(fake_data_dir))
     pool = train.subset(np.arange(200))

@@ -89,7 +89,7 @@ class TeacherSpec(BaseModel):
     @model_validator(mode="after")
     def _openclip_weights_named(self) -> TeacherSpec:
         """An openclip teacher without named weights would be a silent random init: refused."""
-        problem = teacher_weights_problem(self.backend, self.pretrained, self.checkpoint)
+        problem = teacher_weights_problem(self.backend, self.model, self.pretrained, self.checkpoint)
         if problem:
             raise ValueError(problem)
         return self

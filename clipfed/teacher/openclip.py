@@ -1,7 +1,9 @@
 """The ``openclip`` teacher: any open_clip model by name, with a pretrained tag or a checkpoint.
 
 Real use downloads weights by tag (``pretrained="laion2b_s34b_b79k"``); ``checkpoint`` loads a
-local file through open_clip's own loader. ``pretrained="random"`` gives a random-init model (no
+local file through open_clip's own loader. ``hf-hub:ORG/REPO`` and ``local-dir:PATH`` models bring
+their architecture and weights together (open_clip's schemas; a checkpoint, such as the teacher
+guard's repair, is loaded over them). ``pretrained="random"`` gives a random-init model (no
 download; seeded, so the same every time), only when asked for by name, and its label says it
 has no knowledge. CIFAR's 32 px images go through open_clip's own eval transform for the model's
 preprocess config (size, resize mode, interpolation, mean/std), run batched on tensors.
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from clipfed.config import RANDOM_INIT
+from clipfed.config import RANDOM_INIT, brings_own_weights
 from clipfed.data import ImageSet
 from clipfed.data.cifar import sha256_file
 from clipfed.devices import resolve_device
@@ -92,16 +94,25 @@ class OpenClipTeacher(Teacher):
         if spec.checkpoint and not Path(spec.checkpoint).is_file():
             raise FileNotFoundError(f"teacher-checkpoint {spec.checkpoint} does not exist")
         # a checkpoint wins: model_copy (the teacher guard's repair) adds one without re-validating
-        self.is_random_init = not spec.checkpoint and spec.pretrained == RANDOM_INIT
+        own_weights = brings_own_weights(spec.model)
+        self.is_random_init = not own_weights and not spec.checkpoint and spec.pretrained == RANDOM_INIT
         if self.is_random_init:
             with torch.random.fork_rng(devices=[]):  # the same random weights every time
                 torch.manual_seed(RANDOM_INIT_SEED)
                 self.model = open_clip.create_model(spec.model, pretrained=None, device="cpu").to(self.device)
             weights_id = "random-init"
+        elif own_weights:  # open_clip would ignore a checkpoint passed as `pretrained`: loaded after
+            self.model = open_clip.create_model(spec.model, device=self.device, require_pretrained=True)
+            if spec.checkpoint:
+                open_clip.load_checkpoint(self.model, spec.checkpoint, device=self.device)
+            weights_id = ""  # the weights' own digest, below: a hub repository can change under its name
         else:  # TeacherSpec refuses neither pretrained nor checkpoint: never a silent random init
             self.model = open_clip.create_model(spec.model, pretrained=spec.checkpoint or spec.pretrained,
                                                 device=self.device, require_pretrained=True)
-            weights_id = f"ckpt-{sha256_file(Path(spec.checkpoint))[:12]}" if spec.checkpoint else spec.pretrained
+            weights_id = spec.pretrained
+        if spec.checkpoint:
+            weights_id = f"ckpt-{sha256_file(Path(spec.checkpoint))[:12]}"
+        weights_id = weights_id or f"sha-{self.weights_digest[:12]}"
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(spec.model)
         self._id = f"openclip:{spec.model}:{weights_id}"
