@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clipfed.bench.replay import Rule, replay
+from clipfed.bench.replay import Rule, pooled, replay
 from clipfed.cli import main
 from clipfed.config import RunConfig
 from clipfed.errors import UserError
@@ -93,3 +93,20 @@ def test_the_low_side_finds_an_attacker_that_moved_too_little(capsys: pytest.Cap
     assert [r.split(" | ")[3] for r in rows] == ["off", "proto > 2"]
     assert main(["bench-replay", str(tmp_path), "--low-signals", "nope"]) == 2
     assert "--low-signals 'nope': unknown ['nope']" in capsys.readouterr().err
+
+
+def test_pooled_sums_each_rules_counts_over_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rule = Rule(("proto", "sybil"), 1.0, 1.5)
+    one = replay(result(), rule)
+    (total,) = pooled([one, one])
+    assert (total.tp, total.fp, total.fn, total.clean_benign, total.rounds, total.same) == (2, 2, 2, 14, 6, 6)
+    assert total.precision == one.precision and total.fpr == one.fpr
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps(result()))
+    assert main(["bench-replay", str(tmp_path / "a"), str(tmp_path / "b"), "--pooled", "--weights", "1,0.5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("**pooled over 2 runs (0 run-rule pairs not recorded, left out)**") and "toy" not in out
+    rows = [line for line in out.splitlines() if line.startswith("| proto,sybil")]
+    assert rows == ["| proto,sybil | 1 | 1.5 | off | 0.50 | 0.50 | 0.50 | 0.000 | 2 | 2 | 2 | 6 of 6 |",
+                    "| proto,sybil | 0.5 | 1.5 | off | 1.00 | 1.00 | 1.00 | 0.000 | 4 | 0 | 0 | 4 of 6 |"]

@@ -220,7 +220,7 @@ def _floats(option: str, text: str, low: float, high: float) -> list[float]:
 def cmd_bench_replay(args: argparse.Namespace) -> int:
     from itertools import product
 
-    from clipfed.bench.replay import Rule, recorded, replay, replay_table
+    from clipfed.bench.replay import Replay, Rule, pooled, recorded, replay, replay_table
     from clipfed.config import SIGNALS, RunConfig
     from clipfed.runs.results import load_result
 
@@ -235,6 +235,8 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
     thresholds = _floats("--thresholds", args.thresholds, 0.0, float("inf")) if args.thresholds is not None else None
     low_thresholds = (_floats("--low-thresholds", args.low_thresholds, 0.0, float("inf"))
                       if args.low_thresholds is not None else None)
+    everything: list[Replay] = []
+    unrecorded: list[Rule] = []
     for run_dir in args.run_dirs:
         result = load_result(Path(run_dir))
         cfg = RunConfig.from_flower(result["config"])  # what the run used: the default of each option
@@ -245,8 +247,17 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
                        low_sets, low_thresholds or [cfg.clipfed_low_threshold])
         rules = list(dict.fromkeys(Rule(s, w, t, low, lt if low else Rule.low_threshold) for s, w, t, low, lt in grid))
         present = [r for r in rules if recorded(result, r.signals + r.low_signals)]
-        print(replay_table(result.get("run_name", str(run_dir)), [replay(result, r) for r in present],
-                           [r for r in rules if r not in present]) + "\n")
+        replays = [replay(result, r) for r in present]
+        everything.extend(replays)
+        unrecorded.extend(r for r in rules if r not in present)
+        if not args.pooled:
+            print(replay_table(result.get("run_name", str(run_dir)), replays,
+                               [r for r in rules if r not in present]) + "\n")
+    if args.pooled:
+        rules_pooled = pooled(everything)
+        missing = [r for r in dict.fromkeys(unrecorded) if r not in {p.rule for p in rules_pooled}]
+        print(replay_table(f"pooled over {len(args.run_dirs)} runs ({len(unrecorded)} run-rule pairs "
+                           "not recorded, left out)", rules_pooled, missing) + "\n")
     return 0
 
 
@@ -314,4 +325,7 @@ def add_bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                                help="clipfed-low-signals: a comma list, or \"\" for off; repeat for several "
                                     "(default: the run's)")
     replay_parser.add_argument("--low-thresholds", help="clipfed-low-threshold values, comma list (default: the run's)")
+    replay_parser.add_argument("--pooled", action="store_true",
+                               help="one table summing each rule's counts over every run given (a suite's "
+                                    "detection), instead of a table per run")
     replay_parser.set_defaults(func=cmd_bench_replay)

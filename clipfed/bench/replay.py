@@ -120,6 +120,18 @@ def replay(result: dict[str, Any], rule: Rule) -> Replay:
     return Replay(rule, tp, fp, fn, clean_fp, clean_benign, len(rounds), same)
 
 
+def pooled(replays: Sequence[Replay]) -> list[Replay]:
+    """Replays of one rule on several runs summed into one (counts and rounds), a replay per rule
+    in first-seen order: a suite's detection for each rule, as ``durable`` pools a run's rounds."""
+    by_rule: dict[Rule, Replay] = {}
+    for r in replays:
+        if (seen := by_rule.get(r.rule)) is not None:
+            r = Replay(r.rule, seen.tp + r.tp, seen.fp + r.fp, seen.fn + r.fn, seen.clean_fp + r.clean_fp,
+                       seen.clean_benign + r.clean_benign, seen.rounds + r.rounds, seen.same + r.same)
+        by_rule[r.rule] = r
+    return list(by_rule.values())
+
+
 def recorded(result: dict[str, Any], signals: tuple[str, ...]) -> bool:
     """Whether every scored round of ``result`` recorded every one of ``signals``."""
     return all(all(s in e["defense"]["scores"] for s in signals) for e in scored_rounds(result))
