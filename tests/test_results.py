@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,25 @@ def test_clipfed_table_marks_failed_runs_and_defenses_that_never_aggregated() ->
     assert "| completed, NEVER AGGREGATED |" in never
     no_teacher = {k: v for k, v in _run(0, 0.5, 0.2).items() if k != "server_data"}
     assert "| 4 | none | 0 |" in results_table([no_teacher])
+
+
+def test_the_commit_is_the_one_of_the_code_that_runs(tmp_path: Path) -> None:
+    """Code imported from another checkout (PYTHONPATH) records that checkout's HEAD, not the
+    editable install's (a bench run from a fixed work tree while the main one moves on)."""
+    import shutil
+    import subprocess
+    import sys
+
+    tree = tmp_path / "tree"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "clipfed", tree / "clipfed",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run([sys.executable, "-c", "import clipfed.runs.results as r; print(r.__file__); "
+                          "print(r.versions()['git_commit'])"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(tree)}, check=True)
+    imported, commit = out.stdout.split()
+    assert imported.startswith(str(tree)) and commit == head

@@ -40,22 +40,28 @@ class NotARunError(UserError, FileNotFoundError):
     """A folder given as a run folder holds no readable clipfed ``result.json``."""
 
 
-def _git_commit() -> str | None:
-    """The commit of the clipfed checkout, found through the installed package's source folder."""
-    source = Path(__file__).resolve().parent.parent
+def _head(folder: Path) -> str | None:
+    """HEAD of the git work tree ``folder`` is in, or None."""
     try:
-        dist = metadata.distribution("clipfed")
-        direct = json.loads(dist.read_text("direct_url.json") or "{}")
-        if direct.get("url", "").startswith("file://"):
-            source = Path(direct["url"].removeprefix("file://"))
-    except metadata.PackageNotFoundError:
-        pass
-    try:
-        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"],
+        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"],
                              capture_output=True, text=True, timeout=10, check=True)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _git_commit() -> str | None:
+    """The commit of the code that runs: the checkout this module was imported from (an editable
+    install, or another work tree on ``PYTHONPATH``), else the one a regular install was made from
+    (its ``direct_url.json``; it may have moved on since)."""
+    if commit := _head(Path(__file__).resolve().parent.parent):
+        return commit
+    try:
+        direct = json.loads(metadata.distribution("clipfed").read_text("direct_url.json") or "{}")
+    except metadata.PackageNotFoundError:
+        return None
+    url = direct.get("url", "")
+    return _head(Path(url.removeprefix("file://"))) if url.startswith("file://") else None
 
 
 def versions() -> dict[str, str | None]:
