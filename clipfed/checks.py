@@ -35,6 +35,42 @@ SERVER_KEYS = ("defense",)
 # so that checking imports no part: the server re-derives them on the public pool.
 LEARNED_TRIGGERS = ("a3fl", "f3ba")
 _FLOWER_KEY = {name: field.alias for name, field in RunConfig.model_fields.items() if field.alias}
+_FIELD = {field.alias or name: name for name, field in RunConfig.model_fields.items()}
+
+_PATCH = ("patch-position", "patch-pattern")
+_CLIPPED = ("defense:normclip", "defense:weakdp", "defense:crfl")
+_CLIPFED = ("defense:clipfed", "defense:teacher-only")
+# Run-config keys that only some attack parts or defenses read -> those components, as
+# "<part key>:<name>" or "defense:<name>". Set away from its default where none of them runs, such a
+# key changes nothing (a forgotten attack-training, the wrong defense): ``unused_keys`` says so.
+# Components are counted by module: a key one class of a module reads counts for every component
+# the module registers (krum's multikrum-m), which only ever lets a key through.
+# tests/test_key_effect.py derives this table from the modules' sources and compares.
+READERS: dict[str, tuple[str, ...]] = {
+    "patch-size": ("attack-data:badnets", "attack-data:dba", "attack-data:f3ba"),
+    **dict.fromkeys(_PATCH, ("attack-data:a3fl", "attack-data:badnets", "attack-data:dba", "attack-data:f3ba")),
+    **dict.fromkeys(("blend-alpha", "blend-pattern"), ("attack-data:blended",)),
+    "dba-parts": ("attack-data:dba",),
+    **dict.fromkeys(("freq-psnr", "freq-band-low", "freq-band-high"), ("attack-data:frequency",)),
+    "flip-source": ("attack-data:labelflip",),
+    **dict.fromkeys(("a3fl-trigger-size", "a3fl-trigger-lr", "a3fl-outer-epochs", "a3fl-adv-epochs",
+                     "a3fl-adv-every", "a3fl-adv-weight"), ("attack-data:a3fl",)),
+    "f3ba-share": ("attack-data:f3ba",),
+    **dict.fromkeys(("pgd-eps", "pgd-every"), ("attack-training:pgd",)),
+    "neurotoxin-keep": ("attack-training:neurotoxin", "attack-update:neurotoxin"),
+    "constrain-alpha": ("attack-training:constrain",),
+    "aware-lambda": ("attack-training:clipfed-aware",),
+    "boost-factor": ("attack-update:scaling",),
+    "krum-f": ("defense:bulyan", "defense:krum", "defense:multikrum"),
+    "multikrum-m": ("defense:krum", "defense:multikrum"),
+    "trim-beta": ("defense:trimmedmean",),
+    "flame-noise": ("defense:flame",),
+    "fltrust-root-size": ("defense:fltrust",),
+    "rlr-threshold": ("defense:rlr",),
+    **dict.fromkeys(("clip-norm", "dp-noise", "crfl-clip", "crfl-noise"), _CLIPPED),
+    **dict.fromkeys((k for k in _FIELD if k.startswith("clipfed-") and k != "clipfed-probe-size"), _CLIPFED),
+    "clipfed-probe-size": ("attack-training:clipfed-aware", *_CLIPFED),
+}
 _DEFAULT_DATASET: str = RunConfig.model_fields["dataset"].default
 
 
@@ -89,6 +125,31 @@ def _attack_problems(cfg: RunConfig) -> list[str]:
         problems.append(f"dba-parts={cfg.dba_parts} exceeds the {pixels} pixels of a patch-size="
                         f"{cfg.patch_size} patch (every part needs one); allowed: 1..{pixels}")
     return problems
+
+
+def unused_keys(cfg: RunConfig) -> list[str]:
+    """Keys set away from their default that no part or defense of this run reads (``READERS``),
+    each as ``"key=value: read by ...; this run has ..."``.
+
+    They are reported (the ServerApp logs them and writes them to result.json as ``unused_keys``;
+    ``clipfed run`` prints them), not refused: one config file commonly holds the settings of
+    several attacks and defenses, of which a run uses some. Such a key changes nothing in this run,
+    and its config hash still counts it.
+    """
+    if cfg.attack == "none":
+        chosen, attack = {f"defense:{cfg.defense}"}, "attack='none'"
+    else:
+        parts = resolve_parts(cfg.attack, cfg.attack_data, cfg.attack_training, cfg.attack_update)
+        chosen = {f"{key}:{name}" for key, name in zip(PARTS, parts, strict=True)} | {f"defense:{cfg.defense}"}
+        attack = f"attack={cfg.attack!r} (parts {'+'.join(parts)})"
+    unused = []
+    for key, readers in READERS.items():
+        value = getattr(cfg, _FIELD[key])
+        if value == RunConfig.model_fields[_FIELD[key]].default or chosen.intersection(readers):
+            continue
+        this_run = attack if readers[0].startswith("attack") else f"defense={cfg.defense!r}"
+        unused.append(f"{key}={value!r}: read by {', '.join(readers)}; this run has {this_run}")
+    return unused
 
 
 def _split_problems(cfg: RunConfig) -> list[str]:

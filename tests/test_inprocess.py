@@ -18,9 +18,11 @@ def config(data_dir: Path, out: Path, **overrides: object) -> RunConfig:
 
 
 def test_a_run_completes_and_records_every_round(fake_data_dir: Path, tmp_path: Path) -> None:
-    result = load_result(run_inprocess(config(fake_data_dir, tmp_path)))
+    result = load_result(run_inprocess(config(fake_data_dir, tmp_path, **{"pgd-eps": 0.3})))
     assert result["status"] == "completed" and [r["round"] for r in result["rounds"]] == [0, 1]
     assert result["rounds"][1]["participants"] == [0, 1, 2]
+    assert result["unused_keys"] == ["pgd-eps=0.3: read by attack-training:pgd; this run has attack='badnets' "
+                                     "(parts badnets+sgd+none)"], "a key no part of the run reads is recorded"
 
 
 def test_a_failure_before_training_leaves_a_failed_result(fake_data_dir: Path, tmp_path: Path) -> None:

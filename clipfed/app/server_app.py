@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import random
 import time
+from logging import WARNING
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from clipfed.attacks import create_attack
-from clipfed.checks import load_run_config
+from clipfed.checks import load_run_config, unused_keys
 from clipfed.config import RunConfig
 from clipfed.data import load_federated
 from clipfed.defense import DEFENSES, create_defense
@@ -50,6 +52,9 @@ def main(grid: Grid, context: Context) -> None:
     train, test, split = load_federated(cfg)
     device = resolve_device(cfg.device)  # before the run folder: an absent GPU stops the run here
     recorder = RunRecorder.create(cfg, resumed=previous)
+    recorder.payload["unused_keys"] = unused_keys(cfg)  # set, but read by no part of this run
+    for note in recorder.payload["unused_keys"]:
+        log(WARNING, "[clipfed] %s: it changes nothing in this run", note)
     recorder.note_device(device, cfg.amp)
     evaluator = BackdoorEvaluator(eval_subset(test, cfg.eval_samples), create_attack(cfg), cfg.eval_batch_size,
                                   device, cfg.amp, trigger_pool(train, split, cfg.seed), cfg.seed)
