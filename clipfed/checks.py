@@ -128,8 +128,9 @@ def _attack_problems(cfg: RunConfig) -> list[str]:
 
 
 def unused_keys(cfg: RunConfig) -> list[str]:
-    """Keys set away from their default that no part or defense of this run reads (``READERS``),
-    each as ``"key=value: read by ...; this run has ..."``.
+    """Keys that only some attack parts or defenses read (``READERS``), set away from their default
+    where none of those runs, each as ``"key=value: read by ...; this run has ..."``. Keys every
+    attack reads (``poison-rate`` under ``attack='none'``) or the run itself reads are not covered.
 
     They are reported (the ServerApp logs them and writes them to result.json as ``unused_keys``;
     ``clipfed run`` prints them), not refused: one config file commonly holds the settings of
@@ -147,7 +148,8 @@ def unused_keys(cfg: RunConfig) -> list[str]:
         value = getattr(cfg, _FIELD[key])
         if value == RunConfig.model_fields[_FIELD[key]].default or chosen.intersection(readers):
             continue
-        this_run = attack if readers[0].startswith("attack") else f"defense={cfg.defense!r}"
+        this_run = ", ".join([*([attack] if any(r.startswith("attack") for r in readers) else []),
+                              *([f"defense={cfg.defense!r}"] if any(r.startswith("defense") for r in readers) else [])])
         unused.append(f"{key}={value!r}: read by {', '.join(readers)}; this run has {this_run}")
     return unused
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clipfed.bench.cli import add_bench_parsers
-from clipfed.config import ConfigError, RunConfig, parse_config_text
+from clipfed.config import LOCAL_DIR, ConfigError, RunConfig, parse_config_text
 from clipfed.deploy.cli import add_deploy_parser
 from clipfed.errors import UserError
 from clipfed.guard.cli import add_guard_parsers, add_teacher_arguments, teacher_spec
@@ -70,6 +70,9 @@ def resolved_config(overrides: dict[str, Any], base: dict[str, Any] | None = Non
                 "synth_config"):
         if value := getattr(cfg, key):
             updates[key] = str(Path(value).expanduser().resolve())
+    if cfg.teacher_model.startswith(LOCAL_DIR):  # open_clip reads it as given, from where the ServerApp runs
+        folder = Path(cfg.teacher_model.removeprefix(LOCAL_DIR)).expanduser().resolve()
+        updates["teacher_model"] = f"{LOCAL_DIR}{folder}"
     return cfg.model_copy(update=updates)
 
 

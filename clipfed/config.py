@@ -87,7 +87,8 @@ def teacher_pool_unused(backend: str, pool: str, checkpoint: str) -> bool:
 
 
 # open_clip model names that carry their own weights (open_clip's factory ignores ``pretrained``).
-WEIGHTS_SCHEMAS = ("hf-hub:", "local-dir:")
+HF_HUB, LOCAL_DIR = "hf-hub:", "local-dir:"
+WEIGHTS_SCHEMAS = (HF_HUB, LOCAL_DIR)
 
 
 def brings_own_weights(model: str) -> bool:

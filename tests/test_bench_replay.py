@@ -99,14 +99,19 @@ def test_pooled_sums_each_rules_counts_over_runs(tmp_path: Path, capsys: pytest.
     rule = Rule(("proto", "sybil"), 1.0, 1.5)
     one = replay(result(), rule)
     (total,) = pooled([one, one])
-    assert (total.tp, total.fp, total.fn, total.clean_benign, total.rounds, total.same) == (2, 2, 2, 14, 6, 6)
+    assert (total.tp, total.fp, total.fn, total.clean_benign, total.rounds, total.same, total.runs) == \
+        (2, 2, 2, 14, 6, 6, 2)
     assert total.precision == one.precision and total.fpr == one.fpr
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "result.json").write_text(json.dumps(result()))
-    assert main(["bench-replay", str(tmp_path / "a"), str(tmp_path / "b"), "--pooled", "--weights", "1,0.5"]) == 0
+    (tmp_path / "fedavg").mkdir()  # a suite's FedAvg row: no scores, left out and counted
+    (tmp_path / "fedavg" / "result.json").write_text(json.dumps({"run_name": "fedavg", "config": {},
+                                                                  "rounds": [{"round": 1}]}))
+    assert main(["bench-replay", str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "fedavg"), "--pooled",
+                 "--weights", "1,0.5"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("**pooled over 2 runs (0 run-rule pairs not recorded, left out)**") and "toy" not in out
+    assert out.startswith("**pooled over 2 runs (left out: 1 runs without CLIP-Fed scores)**") and "toy" not in out
     rows = [line for line in out.splitlines() if line.startswith("| proto,sybil")]
-    assert rows == ["| proto,sybil | 1 | 1.5 | off | 0.50 | 0.50 | 0.50 | 0.000 | 2 | 2 | 2 | 6 of 6 |",
-                    "| proto,sybil | 0.5 | 1.5 | off | 1.00 | 1.00 | 1.00 | 0.000 | 4 | 0 | 0 | 4 of 6 |"]
+    assert rows == ["| proto,sybil | 1 | 1.5 | off | 0.50 | 0.50 | 0.50 | 0.000 | 2 | 2 | 2 | 6 of 6 (2 runs) |",
+                    "| proto,sybil | 0.5 | 1.5 | off | 1.00 | 1.00 | 1.00 | 0.000 | 4 | 0 | 0 | 4 of 6 (2 runs) |"]

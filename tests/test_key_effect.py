@@ -1,4 +1,4 @@
-"""Keys that no chosen attack part or defense reads are refused, naming them (``checks.READERS``)."""
+"""Keys that no chosen attack part or defense reads are named, not refused (``checks.unused_keys``)."""
 
 from __future__ import annotations
 
@@ -64,8 +64,9 @@ def test_the_table_is_what_the_modules_read() -> None:
     # component of its kind reads (attack-lr: every training part) or that modules outside the
     # attacks and defenses read too (the run's own keys) is not
     elsewhere = set()
-    for path in Path("clipfed").rglob("*.py"):
-        module = ".".join(path.with_suffix("").parts)
+    root = Path(__file__).resolve().parents[1]
+    for path in (root / "clipfed").rglob("*.py"):
+        module = ".".join(path.relative_to(root).with_suffix("").parts)
         if not module.startswith(("clipfed.attacks.", "clipfed.defense.")):
             elsewhere |= _own_reads(ast.parse(path.read_text()))
     kinds = {kind: {c for c in COMPONENT_MODULES if c.startswith(f"{kind}:")} for kind in REGISTRIES}
@@ -85,6 +86,9 @@ def test_the_table_is_what_the_modules_read() -> None:
                                               "has defense='fedavg'"),
     ({"defense": "flame", "clipfed-z-threshold": 2.5}, "clipfed-z-threshold=2.5: read by defense:clipfed, "
                                                        "defense:teacher-only; this run has defense='flame'"),
+    ({"clipfed-probe-size": 100}, "clipfed-probe-size=100: read by attack-training:clipfed-aware, defense:clipfed, "
+                                  "defense:teacher-only; this run has attack='badnets' (parts badnets+sgd+none), "
+                                  "defense='fedavg'"),
 ])
 def test_a_key_nothing_chosen_reads_is_named_and_still_accepted(keys: dict, note: str) -> None:
     """Reported, not refused: one config file holds the settings of several attacks and defenses."""

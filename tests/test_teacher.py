@@ -182,6 +182,24 @@ def test_a_local_dir_model_brings_its_own_weights(tiny_clip: str, tmp_path: Path
     assert repaired.id.startswith(f"openclip:{model}:ckpt-")
 
 
+def test_a_local_dir_path_is_checked_and_made_absolute(fake_data_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_clip reads the folder as given, from wherever the ServerApp runs: `~` and relative
+    paths are resolved first, and a folder open_clip cannot read is refused before the run."""
+    from clipfed.cli import resolved_config
+    from clipfed.config import ConfigError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "my-clip").mkdir()
+    keys = {"teacher": "openclip", "teacher-model": "local-dir:~/my-clip", "data-dir": str(fake_data_dir)}
+    with pytest.raises(ConfigError, match="teacher-model='local-dir:~/my-clip': no open_clip_config.json"):
+        resolved_config(keys)
+    (tmp_path / "my-clip" / "open_clip_config.json").write_text("{}")
+    assert resolved_config(keys).teacher_model == f"local-dir:{tmp_path / 'my-clip'}"
+    with pytest.raises(ConfigError, match="no such folder"):
+        resolved_config({**keys, "teacher-model": "local-dir:~/nothing"})
+
+
 def test_reference_teacher_trains_once_and_is_labelled(fake_data_dir: Path) -> None:
     train, test = load_cifar10(str(fake_data_dir))
     pool = train.subset(np.arange(200))

@@ -220,7 +220,7 @@ def _floats(option: str, text: str, low: float, high: float) -> list[float]:
 def cmd_bench_replay(args: argparse.Namespace) -> int:
     from itertools import product
 
-    from clipfed.bench.replay import Replay, Rule, pooled, recorded, replay, replay_table
+    from clipfed.bench.replay import Replay, Rule, pooled, recorded, replay, replay_table, scored_rounds
     from clipfed.config import SIGNALS, RunConfig
     from clipfed.runs.results import load_result
 
@@ -237,8 +237,12 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
                       if args.low_thresholds is not None else None)
     everything: list[Replay] = []
     unrecorded: list[Rule] = []
+    unscored: list[str] = []
     for run_dir in args.run_dirs:
         result = load_result(Path(run_dir))
+        if args.pooled and not scored_rounds(result):  # a suite's other rows: nothing to replay
+            unscored.append(result.get("run_name", str(run_dir)))
+            continue
         cfg = RunConfig.from_flower(result["config"])  # what the run used: the default of each option
         signal_sets = [tuple(_csv(s) or []) for s in (args.signals or [cfg.clipfed_signals])]
         low_sets = [tuple(_csv(s) or []) for s in (args.low_signals or [cfg.clipfed_low_signals])]
@@ -256,8 +260,11 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
     if args.pooled:
         rules_pooled = pooled(everything)
         missing = [r for r in dict.fromkeys(unrecorded) if r not in {p.rule for p in rules_pooled}]
-        print(replay_table(f"pooled over {len(args.run_dirs)} runs ({len(unrecorded)} run-rule pairs "
-                           "not recorded, left out)", rules_pooled, missing) + "\n")
+        left_out = [f"{len(unscored)} runs without CLIP-Fed scores"] if unscored else []
+        left_out += [f"{len(unrecorded)} run-rule pairs not recorded"] if unrecorded else []
+        print(replay_table(f"pooled over {len(args.run_dirs) - len(unscored)} runs"
+                           + (f" (left out: {'; '.join(left_out)})" if left_out else ""), rules_pooled, missing)
+              + "\n")
     return 0
 
 

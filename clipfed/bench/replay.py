@@ -56,6 +56,7 @@ class Replay:
     clean_benign: int
     rounds: int
     same: int
+    runs: int = 1
 
     @property
     def precision(self) -> float | None:
@@ -127,7 +128,8 @@ def pooled(replays: Sequence[Replay]) -> list[Replay]:
     for r in replays:
         if (seen := by_rule.get(r.rule)) is not None:
             r = Replay(r.rule, seen.tp + r.tp, seen.fp + r.fp, seen.fn + r.fn, seen.clean_fp + r.clean_fp,
-                       seen.clean_benign + r.clean_benign, seen.rounds + r.rounds, seen.same + r.same)
+                       seen.clean_benign + r.clean_benign, seen.rounds + r.rounds, seen.same + r.same,
+                       seen.runs + r.runs)
         by_rule[r.rule] = r
     return list(by_rule.values())
 
@@ -148,8 +150,9 @@ def replay_table(run_name: str, replays: list[Replay], unrecorded: Sequence[Rule
              "| tp | fp | fn | same exclusions as the run |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in replays:
+        runs = f" ({r.runs} runs)" if r.runs > 1 else ""
         lines.append(f"| {r.rule.label()} | {cell(r.precision)} | {cell(r.recall)} | {cell(r.f1)} "
-                     f"| {cell(r.fpr, 3)} | {r.tp} | {r.fp} | {r.fn} | {r.same} of {r.rounds} |")
+                     f"| {cell(r.fpr, 3)} | {r.tp} | {r.fp} | {r.fn} | {r.same} of {r.rounds}{runs} |")
     for rule in unrecorded:
         lines.append(f"| {rule.label()} | n/a: not recorded in every round |" + " |" * 7)
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clipfed.checks import load_run_config
-from clipfed.config import RANDOM_INIT, ConfigError, RunConfig
+from clipfed.config import HF_HUB, LOCAL_DIR, RANDOM_INIT, ConfigError, RunConfig
 from clipfed.data.cifar import (
     DATA_DIR_ENV,
     NPZ_NAME,
@@ -59,11 +59,16 @@ def teacher_problems(run_config: Mapping[str, Any]) -> list[str]:
         return []
     if _value(run_config, "teacher") != "openclip" and model == _FIELDS["teacher-model"].default:
         return []
-    if model.startswith("hf-hub:"):
+    if model.startswith(HF_HUB):
         return []  # a Hugging Face repo: only a download can tell
-    if model.startswith("local-dir:"):
-        folder = model.removeprefix("local-dir:")
-        return [] if Path(folder).expanduser().is_dir() else [f"teacher-model={model!r}: no such folder"]
+    if model.startswith(LOCAL_DIR):
+        folder = Path(model.removeprefix(LOCAL_DIR)).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            return [f"teacher-model={model!r}: " + ("no open_clip_config.json in that folder" if folder.is_dir()
+                                                      else "no such folder")
+                    + "; allowed: a folder as open_clip's push_to_hf_hub writes one (open_clip_config.json "
+                      "and the weights)"]
+        return []
     import open_clip
 
     known = open_clip.list_models()

@@ -41,20 +41,24 @@ class NotARunError(UserError, FileNotFoundError):
 
 
 def _head(folder: Path) -> str | None:
-    """HEAD of the git work tree ``folder`` is in, or None."""
+    """HEAD of the git work tree whose top is ``folder`` (not of one it merely lies in, such as a
+    project holding a virtual environment), or None."""
     try:
-        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"],
+        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel", "HEAD"],
                              capture_output=True, text=True, timeout=10, check=True)
-        return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+    top, _, head = out.stdout.strip().partition("\n")
+    if Path(top).resolve() != folder.resolve():
+        return None
+    return head.strip() or None
 
 
 def _git_commit() -> str | None:
     """The commit of the code that runs: the checkout this module was imported from (an editable
     install, or another work tree on ``PYTHONPATH``), else the one a regular install was made from
     (its ``direct_url.json``; it may have moved on since)."""
-    if commit := _head(Path(__file__).resolve().parent.parent):
+    if commit := _head(Path(__file__).resolve().parents[2]):  # the folder holding the clipfed package
         return commit
     try:
         direct = json.loads(metadata.distribution("clipfed").read_text("direct_url.json") or "{}")

@@ -44,8 +44,10 @@ class TeacherSpec(BaseModel):
     Attributes:
         backend: A ``clipfed.teacher.registry.TEACHERS`` name; a new backend is added to
             ``clipfed.config.TEACHERS`` as well as to the catalogue.
-        model: openclip: an open_clip model name (``open_clip.list_models()``).
-        pretrained: openclip: a pretrained tag, or ``"random"`` for deliberate random weights.
+        model: openclip: an open_clip model name (``open_clip.list_models()``), or
+            ``hf-hub:ORG/REPO`` / ``local-dir:PATH``, which bring their own weights.
+        pretrained: openclip: a pretrained tag, or ``"random"`` for deliberate random weights;
+            empty with an ``hf-hub:``/``local-dir:`` model.
         checkpoint: A local weights file: open_clip's loader for ``openclip``; a state dict of
             the cosine classifier for ``reference``. It wins over ``pretrained``.
         templates: openclip: prompt templates with one ``{}`` for the class name; a class's
@@ -65,7 +67,8 @@ class TeacherSpec(BaseModel):
 
     Raises:
         ValueError: (pydantic's ``ValidationError``) at construction, for an openclip spec that
-            names no weights or both ``"random"`` and a checkpoint (``teacher_weights_problem``).
+            names no weights, both ``"random"`` and a checkpoint, or a tag beside an
+            ``hf-hub:``/``local-dir:`` model (``teacher_weights_problem``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -101,10 +101,11 @@ class OpenClipTeacher(Teacher):
                 torch.manual_seed(RANDOM_INIT_SEED)
                 self.model = open_clip.create_model(spec.model, pretrained=None, device="cpu").to(self.device)
             weights_id = "random-init"
-        elif own_weights:  # open_clip would ignore a checkpoint passed as `pretrained`: loaded after
+        elif own_weights and spec.checkpoint:  # open_clip ignores a `pretrained` path with a schema
+            self.model = open_clip.create_model(spec.model, device=self.device, load_weights=False)
+            open_clip.load_checkpoint(self.model, spec.checkpoint, device=self.device)
+        elif own_weights:
             self.model = open_clip.create_model(spec.model, device=self.device, require_pretrained=True)
-            if spec.checkpoint:
-                open_clip.load_checkpoint(self.model, spec.checkpoint, device=self.device)
             weights_id = ""  # the weights' own digest, below: a hub repository can change under its name
         else:  # TeacherSpec refuses neither pretrained nor checkpoint: never a silent random init
             self.model = open_clip.create_model(spec.model, pretrained=spec.checkpoint or spec.pretrained,
