@@ -251,15 +251,16 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
                        low_sets, low_thresholds or [cfg.clipfed_low_threshold])
         rules = list(dict.fromkeys(Rule(s, w, t, low, lt if low else Rule.low_threshold) for s, w, t, low, lt in grid))
         present = [r for r in rules if recorded(result, r.signals + r.low_signals)]
+        absent = [r for r in rules if r not in present]
         replays = [replay(result, r) for r in present]
         everything.extend(replays)
-        unrecorded.extend(r for r in rules if r not in present)
+        unrecorded.extend(absent)
         if not args.pooled:
-            print(replay_table(result.get("run_name", str(run_dir)), replays,
-                               [r for r in rules if r not in present]) + "\n")
+            print(replay_table(result.get("run_name", str(run_dir)), replays, absent) + "\n")
     if args.pooled:
         rules_pooled = pooled(everything)
-        missing = [r for r in dict.fromkeys(unrecorded) if r not in {p.rule for p in rules_pooled}]
+        replayed = {p.rule for p in rules_pooled}
+        missing = [r for r in dict.fromkeys(unrecorded) if r not in replayed]
         left_out = [f"{len(unscored)} runs without CLIP-Fed scores"] if unscored else []
         left_out += [f"{len(unrecorded)} run-rule pairs not recorded"] if unrecorded else []
         print(replay_table(f"pooled over {len(args.run_dirs) - len(unscored)} runs"

@@ -100,20 +100,20 @@ class OpenClipTeacher(Teacher):
             with torch.random.fork_rng(devices=[]):  # the same random weights every time
                 torch.manual_seed(RANDOM_INIT_SEED)
                 self.model = open_clip.create_model(spec.model, pretrained=None, device="cpu").to(self.device)
-            weights_id = "random-init"
         elif own_weights and spec.checkpoint:  # open_clip ignores a `pretrained` path with a schema
             self.model = open_clip.create_model(spec.model, device=self.device, load_weights=False)
             open_clip.load_checkpoint(self.model, spec.checkpoint, device=self.device)
         elif own_weights:
             self.model = open_clip.create_model(spec.model, device=self.device, require_pretrained=True)
-            weights_id = ""  # the weights' own digest, below: a hub repository can change under its name
         else:  # TeacherSpec refuses neither pretrained nor checkpoint: never a silent random init
             self.model = open_clip.create_model(spec.model, pretrained=spec.checkpoint or spec.pretrained,
                                                 device=self.device, require_pretrained=True)
-            weights_id = spec.pretrained
-        if spec.checkpoint:
+        if self.is_random_init:
+            weights_id = "random-init"
+        elif spec.checkpoint:
             weights_id = f"ckpt-{sha256_file(Path(spec.checkpoint))[:12]}"
-        weights_id = weights_id or f"sha-{self.weights_digest[:12]}"
+        else:  # a hub repository can change under its name: its weights' own digest
+            weights_id = spec.pretrained or f"sha-{self.weights_digest[:12]}"
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(spec.model)
         self._id = f"openclip:{spec.model}:{weights_id}"
