@@ -14,12 +14,15 @@ from typing import Any
 
 from clipfed.attacks.registry import PARTS, list_attacks, resolve_parts
 from clipfed.config import (
+    FIELD_OF_KEY,
+    KEY_OF_FIELD,
     LOCAL_DATA_KEY,
     NODE_IDENTITY_KEYS,
     NODE_KEYS,
     NUM_CLASSES,
     ConfigError,
     RunConfig,
+    default_of,
     flip_source_problem,
     node_identity_problems,
 )
@@ -34,8 +37,6 @@ SERVER_KEYS = ("defense",)
 # Data parts whose trigger the attackers learn (``DataPoisoning.learns_trigger``), known here by name
 # so that checking imports no part: the server re-derives them on the public pool.
 LEARNED_TRIGGERS = ("a3fl", "f3ba")
-_FLOWER_KEY = {name: field.alias for name, field in RunConfig.model_fields.items() if field.alias}
-_FIELD = {field.alias or name: name for name, field in RunConfig.model_fields.items()}
 
 _PATCH = ("patch-position", "patch-pattern")
 _CLIPPED = ("defense:normclip", "defense:weakdp", "defense:crfl")
@@ -68,10 +69,18 @@ READERS: dict[str, tuple[str, ...]] = {
     "fltrust-root-size": ("defense:fltrust",),
     "rlr-threshold": ("defense:rlr",),
     **dict.fromkeys(("clip-norm", "dp-noise", "crfl-clip", "crfl-noise"), _CLIPPED),
-    **dict.fromkeys((k for k in _FIELD if k.startswith("clipfed-") and k != "clipfed-probe-size"), _CLIPFED),
+    **dict.fromkeys((k for k in FIELD_OF_KEY if k.startswith("clipfed-") and k != "clipfed-probe-size"), _CLIPFED),
     "clipfed-probe-size": ("attack-training:clipfed-aware", *_CLIPFED),
 }
-_DEFAULT_DATASET: str = RunConfig.model_fields["dataset"].default
+# Keys every attack reads, so the table above cannot name them: the malicious clients' poisoning
+# share and training budget (read only when some client attacks: an attack and num-malicious > 0),
+# the attack window and target (read by the clients and the server's ASR only under an attack), and
+# the server dataset's recipe, the teacher, its guard and the synthesis (read only for a defense
+# whose ``needs_server_data`` is true: clipfed, teacher-only, fltrust).
+ATTACKER_KEYS = ("poison-rate", "attack-local-steps", "attack-epochs", "attack-lr")
+ATTACK_KEYS = ("target-label", "attack-start-round", "attack-end-round")
+SERVER_DATA_KEYS = tuple(k for k in FIELD_OF_KEY if k.startswith(("teacher", "synth-")))
+_DEFAULT_DATASET: str = default_of("dataset")
 
 
 def _defenses() -> list[str]:
@@ -94,7 +103,7 @@ def _name_problems(values: Mapping[str, Any], skip: Collection[str]) -> list[str
     """Names no catalogue declares, from the raw values (so they come out with pydantic's problems
     even when other keys are invalid). Only given keys are looked up (every default is a declared
     name); a value of the wrong type is pydantic's to report."""
-    given = {_FLOWER_KEY.get(k, k): v for k, v in values.items()}  # RunConfig also takes field names
+    given = {KEY_OF_FIELD.get(k, k): v for k, v in values.items()}  # RunConfig also takes field names
     problems = []
     for key, allowed in NAMED.items():
         value = given.get(key)
@@ -129,8 +138,10 @@ def _attack_problems(cfg: RunConfig) -> list[str]:
 
 def unused_keys(cfg: RunConfig) -> list[str]:
     """Keys that only some attack parts or defenses read (``READERS``), set away from their default
-    where none of those runs, each as ``"key=value: read by ...; this run has ..."``. Keys every
-    attack reads (``poison-rate`` under ``attack='none'``) or the run itself reads are not covered.
+    where none of those runs, each as ``"key=value: read by ...; this run has ..."``; likewise the
+    keys every attack reads (``ATTACKER_KEYS``, ``ATTACK_KEYS``) in a run without attackers, and the
+    server dataset's keys (``SERVER_DATA_KEYS``) under a defense that builds none. Keys the run
+    itself reads are not covered.
 
     They are reported (the ServerApp logs them and writes them to result.json as ``unused_keys``;
     ``clipfed run`` prints them), not refused: one config file commonly holds the settings of
@@ -143,15 +154,26 @@ def unused_keys(cfg: RunConfig) -> list[str]:
         parts = resolve_parts(cfg.attack, cfg.attack_data, cfg.attack_training, cfg.attack_update)
         chosen = {f"{key}:{name}" for key, name in zip(PARTS, parts, strict=True)} | {f"defense:{cfg.defense}"}
         attack = f"attack={cfg.attack!r} (parts {'+'.join(parts)})"
-    unused = []
-    for key, readers in READERS.items():
-        value = getattr(cfg, _FIELD[key])
-        if value == RunConfig.model_fields[_FIELD[key]].default or chosen.intersection(readers):
-            continue
-        this_run = ", ".join([*([attack] if any(r.startswith("attack") for r in readers) else []),
-                              *([f"defense={cfg.defense!r}"] if any(r.startswith("defense") for r in readers) else [])])
-        unused.append(f"{key}={value!r}: read by {', '.join(readers)}; this run has {this_run}")
-    return unused
+    unread = {key: f"read by {', '.join(readers)}; this run has " + ", ".join(
+        [*([attack] if any(r.startswith("attack") for r in readers) else []),
+         *([f"defense={cfg.defense!r}"] if any(r.startswith("defense") for r in readers) else [])])
+        for key, readers in READERS.items() if not chosen.intersection(readers)}
+    if not cfg.attack_enabled:
+        unread |= dict.fromkeys(ATTACKER_KEYS, "read by malicious clients; this run has none "
+                                f"(attack={cfg.attack!r}, num-malicious={cfg.num_malicious})")
+    if cfg.attack == "none":
+        unread |= dict.fromkeys(ATTACK_KEYS, "read only under an attack; this run has attack='none'")
+    if cfg.defense not in (builders := _server_data_defenses()):
+        unread |= dict.fromkeys(SERVER_DATA_KEYS, f"read by the server dataset, which only {', '.join(builders)} "
+                                f"build; this run has defense={cfg.defense!r}")
+    return [f"{key}={value!r}: {why}" for key, why in unread.items()
+            if (value := getattr(cfg, FIELD_OF_KEY[key])) != default_of(key)]
+
+
+def _server_data_defenses() -> list[str]:
+    from clipfed.defense.registry import DEFENSES  # late: only where the defense key is checked
+
+    return [name for name in DEFENSES.names() if DEFENSES.get(name).needs_server_data]
 
 
 def _split_problems(cfg: RunConfig) -> list[str]:

@@ -402,22 +402,28 @@ def flip_source_problem(cfg: RunConfig) -> str:
             f"non-target class) or 0..{cfg.num_classes - 1} except {cfg.target_label}")
 
 
-def _alias_of(field_name: str) -> str:
-    field = RunConfig.model_fields.get(field_name)
-    return field.alias if field is not None and field.alias else field_name
+# Flower run-config key (the hyphenated alias) -> RunConfig field name, and back: the one map of the
+# aliases that every module translating between the two reads.
+FIELD_OF_KEY: dict[str, str] = {field.alias or name: name for name, field in RunConfig.model_fields.items()}
+KEY_OF_FIELD: dict[str, str] = {name: key for key, name in FIELD_OF_KEY.items()}
+
+
+def default_of(key: str) -> Any:
+    """The default of run-config ``key`` (a Flower key). Raises ``KeyError`` for an unknown key."""
+    return RunConfig.model_fields[FIELD_OF_KEY[key]].default
 
 
 def format_validation_error(err: ValidationError) -> str:
     """Turn pydantic's report into lines that name the Flower key, the value and what is allowed."""
     lines = [ConfigError.HEADER]
     for problem in err.errors():
-        key = ".".join(_alias_of(str(part)) for part in problem["loc"])
+        key = ".".join(KEY_OF_FIELD.get(str(part), str(part)) for part in problem["loc"])
         message = problem["msg"].removeprefix("Value error, ")
         if not key:  # a rule on several keys: each of its lines names them
             lines += [f"  - {line}" for line in message.splitlines()]
             continue
         if problem["type"] == "extra_forbidden":
-            known = ", ".join(sorted(f.alias or n for n, f in RunConfig.model_fields.items()))
+            known = ", ".join(sorted(FIELD_OF_KEY))
             message = f"unknown key; known keys: {known}"
         elif problem["type"] == "literal_error":
             message = f"{message} (got {problem.get('input')!r})"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clipfed.attacks.registry import PARTS
-from clipfed.checks import READERS, load_run_config, unused_keys
+from clipfed.checks import READERS, SERVER_DATA_KEYS, load_run_config, unused_keys
 from clipfed.config import RunConfig
 from clipfed.defense.registry import DEFENSES
 
@@ -95,7 +95,41 @@ def test_a_key_nothing_chosen_reads_is_named_and_still_accepted(keys: dict, note
     assert unused_keys(load_run_config(keys)) == [note]
 
 
+@pytest.mark.parametrize(("keys", "note"), [
+    ({"attack": "none", "attack-lr": 0.05}, "attack-lr=0.05: read by malicious clients; this run has none "
+                                            "(attack='none', num-malicious=4)"),
+    ({"num-malicious": 0, "poison-rate": 0.2}, "poison-rate=0.2: read by malicious clients; this run has none "
+                                               "(attack='badnets', num-malicious=0)"),
+    ({"attack": "none", "attack-end-round": 5}, "attack-end-round=5: read only under an attack; this run has "
+                                                "attack='none'"),
+    ({"defense": "krum", "teacher-pool": "train-split"},
+     "teacher-pool='train-split': read by the server dataset, which only clipfed, fltrust, teacher-only build; "
+     "this run has defense='krum'"),
+])
+def test_a_key_every_attack_or_the_server_dataset_reads_is_named_where_nothing_reads_it(keys: dict,
+                                                                                      note: str) -> None:
+    assert unused_keys(load_run_config(keys)) == [note]
+
+
+def test_the_server_dataset_keys_are_read_only_where_a_defense_builds_one() -> None:
+    """What the server-data note claims: outside the config's own checks, every teacher-* and
+    synth-* key is read only by the modules that build or audit the server dataset, which the
+    ServerApp and the benchmark call only for a defense with ``needs_server_data``."""
+    root = Path(__file__).resolve().parents[1]
+    builders = ("clipfed/data_synth/", "clipfed/guard/", "clipfed/teacher/")
+    checkers = {"clipfed/config.py", "clipfed/checks.py", "clipfed/engines/preflight.py", "clipfed/cli.py"}
+    readers = {str(path.relative_to(root)) for path in (root / "clipfed").rglob("*.py")
+               if _own_reads(ast.parse(path.read_text())) & set(SERVER_DATA_KEYS)}
+    assert {r for r in readers if not r.startswith(builders)} - checkers == {"clipfed/app/server_app.py",
+                                                                             "clipfed/bench/runner.py"}
+    for path in ("clipfed/app/server_app.py", "clipfed/bench/runner.py"):
+        assert "needs_server_data" in (root / path).read_text(), path
+
+
 @pytest.mark.parametrize("keys", [
+    {"attack": "badnets", "attack-lr": 0.05},
+    {"defense": "fltrust", "teacher-pool": "train-split"},
+    {"defense": "teacher-only", "teacher-pool": "train-split"},
     {"attack": "pgd", "pgd-eps": 0.3},
     {"attack": "badnets", "attack-training": "pgd", "pgd-eps": 0.3},
     {"attack": "badnets", "attack-update": "scaling", "boost-factor": 10.0},

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clipfed.checks import load_run_config
-from clipfed.config import HF_HUB, LOCAL_DIR, RANDOM_INIT, ConfigError, RunConfig
+from clipfed.config import HF_HUB, LOCAL_DIR, RANDOM_INIT, ConfigError, RunConfig, default_of
 from clipfed.data.cifar import (
     DATA_DIR_ENV,
     NPZ_NAME,
@@ -30,11 +30,10 @@ from clipfed.data.cifar import (
 # Path keys -> what must be there (run folders are checked further once the config is valid).
 FOLDER_KEYS = ("resume-from", "init-model")
 FILE_KEYS = ("teacher-checkpoint", "teacher-guard-probe", "synth-config")
-_FIELDS = {field.alias or name: field for name, field in RunConfig.model_fields.items()}
 
 
 def _value(run_config: Mapping[str, Any], key: str) -> Any:
-    return run_config[key] if key in run_config else _FIELDS[key].default
+    return run_config[key] if key in run_config else default_of(key)
 
 
 def _data_problem(run_config: Mapping[str, Any]) -> str | None:
@@ -57,7 +56,7 @@ def teacher_problems(run_config: Mapping[str, Any]) -> list[str]:
     model, pretrained = _value(run_config, "teacher-model"), _value(run_config, "teacher-pretrained")
     if not isinstance(model, str) or not isinstance(pretrained, str):
         return []
-    if _value(run_config, "teacher") != "openclip" and model == _FIELDS["teacher-model"].default:
+    if _value(run_config, "teacher") != "openclip" and model == default_of("teacher-model"):
         return []
     if model.startswith(HF_HUB):
         return []  # a Hugging Face repo: only a download can tell
