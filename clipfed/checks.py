@@ -170,6 +170,21 @@ def unused_keys(cfg: RunConfig) -> list[str]:
             if (value := getattr(cfg, FIELD_OF_KEY[key])) != default_of(key)]
 
 
+def few_updates_note(cfg: RunConfig) -> str | None:
+    """Why the defense's filter will judge no round, or None: it needs ``filter_minimum`` updates a
+    round (CLIP-Fed's robust z, FLAME's clustering: 3) and the run samples fewer. Such a run is
+    allowed (two test machines are a common first deployment); each round then records
+    ``unfiltered`` in its ``defense`` details."""
+    from clipfed.defense.registry import DEFENSES  # late: only where the defense key is checked
+
+    minimum = DEFENSES.get(cfg.defense).filter_minimum(cfg)
+    if cfg.clients_per_round >= minimum:
+        return None
+    return (f"defense={cfg.defense!r} filters a round's updates only when it gets >= {minimum}; num-clients="
+            f"{cfg.num_clients} x fraction-train={cfg.fraction_train} samples {cfg.clients_per_round} a round, so "
+            f"every update is aggregated unfiltered; allowed: at least {minimum} clients a round")
+
+
 def _server_data_defenses() -> list[str]:
     from clipfed.defense.registry import DEFENSES  # late: only where the defense key is checked
 

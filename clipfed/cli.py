@@ -133,12 +133,14 @@ def check_gpus_per_client(args: argparse.Namespace, cfg: RunConfig) -> None:
 
 
 def cmd_run(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int:
-    from clipfed.checks import unused_keys
+    from clipfed.checks import few_updates_note, unused_keys
 
     cfg = resolved_config(parse_overrides(args.run_config), base, args.num_supernodes)  # ConfigError: exit 2
     check_gpus_per_client(args, cfg)
     for note in unused_keys(cfg):  # before the run starts; the ServerApp records them too
         print(f"[clipfed] note: {note}: it changes nothing in this run", file=sys.stderr, flush=True)
+    if warning := few_updates_note(cfg):
+        print(f"[clipfed] warning: {warning}", file=sys.stderr, flush=True)
     run_experiment(cfg, args)
     return 0  # the ServerApp printed the progress lines and the table
 

@@ -99,6 +99,31 @@ def test_flame_excludes_the_planted_outliers_and_clips_to_the_median_norm() -> N
     np.testing.assert_allclose(result, np.mean(clipped, axis=0), rtol=1e-5)
 
 
+def test_too_few_updates_to_filter_are_aggregated_unfiltered_and_said_so() -> None:
+    """Two updates: FLAME's clustering (like CLIP-Fed's robust z) cannot judge them; the round is
+    recorded as unfiltered, the table's status says so, and ``clipfed run`` warns before the run."""
+    from clipfed.checks import few_updates_note
+    from clipfed.runs.results import run_status
+
+    _, report = run("flame", crafted(honest=1, outliers=1), **{"flame-noise": 0.0})
+    assert report.excluded == [] and "needs >= 3 updates, got 2" in report.details["unfiltered"]
+    entry = {"round": 1, "defense": report.details}
+    assert run_status({"status": "completed", "rounds": [entry]}) == \
+        "completed, NEVER FILTERED (too few updates a round)"
+    assert run_status({"status": "completed", "rounds": [entry, {"round": 2, "defense": {}}]}) == \
+        "completed, unfiltered in 1/2 rounds (too few updates)"
+    _, report = run("flame", crafted(), **{"flame-noise": 0.0})
+    assert "unfiltered" not in report.details
+
+    two = {"num-clients": 2, "num-malicious": 1}
+    for defense in ("flame", "clipfed"):
+        note = few_updates_note(RunConfig.from_flower({**two, "defense": defense}))
+        assert note is not None and "samples 2 a round" in note and ">= 3" in note
+    for quiet in ({**two, "defense": "clipfed", "clipfed-pre": False}, {**two, "defense": "teacher-only"},
+                  {**two, "defense": "fedavg"}, {"num-clients": 20, "fraction-train": 0.5, "defense": "clipfed"}):
+        assert few_updates_note(RunConfig.from_flower(quiet)) is None, quiet
+
+
 def test_fltrust_weights_are_relu_cos_and_updates_take_the_root_norm() -> None:
     root = torch.tensor([1.0, 0.0, 0.0])
     updates = torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, 0.0], [-3.0, 0.0, 0.0]])

@@ -132,6 +132,20 @@ def test_clipfed_table_aggregates_seeds_and_shows_teacher_status_and_seeds() -> 
            "0.600 | 0.300 | 0.700 |" in lines[3]
 
 
+def test_clipfed_table_keeps_cold_and_warm_runs_apart_but_merges_the_seeds_of_a_warm_start() -> None:
+    """Each seed's warm start has its own path; whether a run was warm-started, and for how long,
+    makes it another experiment (a cold run's MA averaged with warm ones would be a wrong row)."""
+    def warm(seed: int, ma: float, after: int = 40) -> dict:
+        run = _run(seed, ma, 0.1, **{"init-model": f"runs/pretrain-s{seed}"})
+        return run | {"init_model": {"path": f"runs/pretrain-s{seed}", "after_round": after}}
+
+    lines = results_table([warm(0, 0.6), warm(1, 0.8), _run(2, 0.3, 0.1), warm(3, 0.5, after=10)]).splitlines()
+    assert len(lines) == 5, lines
+    assert lines[2].startswith("| r-s0 (+1 seeds) |") and "| 0,1 |" in lines[2] and "| 0.700 ± 0.100 |" in lines[2]
+    assert lines[3].startswith("| r-s2 |") and "| 0.300 |" in lines[3]
+    assert lines[4].startswith("| r-s3 |")
+
+
 def test_clipfed_table_marks_failed_runs_and_defenses_that_never_aggregated() -> None:
     mixed = [_run(0, 0.5, 0.2), _run(1, 0.7, 0.4, status="failed")]
     row = results_table(mixed).splitlines()[-1]

@@ -18,7 +18,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from clipfed.attacks import create_attack
-from clipfed.checks import load_run_config, unused_keys
+from clipfed.checks import few_updates_note, load_run_config, unused_keys
 from clipfed.config import RunConfig
 from clipfed.data import load_federated
 from clipfed.defense import DEFENSES, create_defense
@@ -55,6 +55,8 @@ def main(grid: Grid, context: Context) -> None:
     recorder.payload["unused_keys"] = unused_keys(cfg)  # set, but read by no part of this run
     for note in recorder.payload["unused_keys"]:
         log(WARNING, "[clipfed] %s: it changes nothing in this run", note)
+    if warning := few_updates_note(cfg):
+        log(WARNING, "[clipfed] %s", warning)
     recorder.note_device(device, cfg.amp)
     evaluator = BackdoorEvaluator(eval_subset(test, cfg.eval_samples), create_attack(cfg), cfg.eval_batch_size,
                                   device, cfg.amp, trigger_pool(train, split, cfg.seed), cfg.seed)

@@ -119,6 +119,11 @@ class ClipFedDefense(DefenseStrategy):
     """
 
     needs_server_data = True
+    min_filter_updates = 3  # a robust z (median and MAD over the round's clients) needs 3 to mean anything
+
+    @classmethod
+    def filter_minimum(cls, cfg: RunConfig) -> int:
+        return cls.min_filter_updates if cfg.clipfed_pre else 0
 
     def __init__(self, cfg: RunConfig, server_data: ServerDataset,
                  sampler: PartitionSampler | None = None,
@@ -158,7 +163,7 @@ class ClipFedDefense(DefenseStrategy):
 
     # -- pre-aggregation -------------------------------------------------------------------
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:
-        if not self.cfg.clipfed_pre or len(replies) < 3 or self.global_arrays is None:
+        if len(replies) < self.filter_minimum(self.cfg) or not self.cfg.clipfed_pre or self.global_arrays is None:
             return replies
         started = time.perf_counter()
         updates, _, _ = self.updates(replies)
@@ -264,6 +269,8 @@ class ClipFedDefense(DefenseStrategy):
 @DEFENSES.register("teacher-only")
 class TeacherOnlyDefense(ClipFedDefense):
     """The control row of every efficacy table: what the teacher alone gives the global model."""
+
+    min_filter_updates = 0  # no client trains, so there is nothing to filter
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:

@@ -31,8 +31,10 @@ def flame_cluster(updates: torch.Tensor) -> np.ndarray:
 
 @DEFENSES.register("flame")
 class FlameDefense(DefenseStrategy):
+    min_filter_updates = 3  # HDBSCAN needs a few points to find a majority cluster
+
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:
-        if len(replies) < 3:  # too few to cluster; combine() still clips to this round's median
+        if len(replies) < self.min_filter_updates:  # combine() still clips to this round's median
             return replies
         updates, _, _ = self.updates(replies)
         self.round_values["bound"] = updates.norm(dim=1).quantile(0.5)  # median norm of *all* updates

@@ -77,7 +77,8 @@ class DefenseStrategy(FedAvg):
         on_report: Called with every round's ``AggregationReport`` (the run records use it).
         last_report: The latest round's report, or None before the first aggregation.
         details: The current round's ``AggregationReport.details`` (the same dict): defense-
-            specific, JSON-serialisable values (scores, weights, the reason a round was skipped).
+            specific, JSON-serialisable values (scores, weights, the reason a round was skipped
+            or left unfiltered).
         global_arrays: The global model this round's clients started from (set by
             ``configure_train``).
         sampled: This round's ``{node id: partition id}``.
@@ -86,6 +87,10 @@ class DefenseStrategy(FedAvg):
     """
 
     needs_server_data: ClassVar[bool] = False  # true: the ServerApp passes server_data=
+    # Updates a round needs for the defense's filter (``select``) to judge them; with fewer it lets
+    # every update through, says so in the log and records it (``details["unfiltered"]``), and
+    # ``clipfed run`` warns before a run whose rounds are all that small (``checks.few_updates_note``).
+    min_filter_updates: ClassVar[int] = 0
 
     def __init__(
         self,
@@ -225,6 +230,11 @@ class DefenseStrategy(FedAvg):
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return construct_messages(self, record, list(self.sampled), MessageType.TRAIN)
+
+    @classmethod
+    def filter_minimum(cls, cfg: RunConfig) -> int:
+        """Updates a round needs for ``select`` to judge them under ``cfg`` (0: no minimum)."""
+        return cls.min_filter_updates
 
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:
         """The replies to aggregate: override to exclude clients. This one keeps all (FedAvg).
@@ -379,6 +389,10 @@ class DefenseStrategy(FedAvg):
 
         arrays, metrics = None, None
         self.details = report.details
+        if valid and len(valid) < (minimum := self.filter_minimum(self.cfg)):
+            report.details["unfiltered"] = (f"{type(self).__name__}'s filter needs >= {minimum} updates, got "
+                                            f"{len(valid)}: every update aggregated unfiltered")
+            log(WARNING, "Round %d: %s", server_round, report.details["unfiltered"])
         kept = self.select(server_round, valid) if valid else []
         kept_ids = {partition_id(m) for m in kept}
         report.excluded = [p for p in report.participants if p not in kept_ids]

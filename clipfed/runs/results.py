@@ -321,20 +321,31 @@ def skipped_rounds(result: dict[str, Any]) -> tuple[int, int]:
 
 def run_status(result: dict[str, Any]) -> str:
     """The run's status (``completed``, ``failed``, ``interrupted``, ``running``), with a mark
-    where its defense never aggregated or skipped rounds, so a table never shows such a row as a
-    plain result."""
+    where its defense never aggregated or skipped rounds, or had too few updates to filter, so a
+    table never shows such a row as a plain result."""
     status = str(result.get("status", "completed"))
     skipped, rounds = skipped_rounds(result)
+    unfiltered = sum(1 for e in result["rounds"] if e["round"] >= 1 and e.get("defense", {}).get("unfiltered"))
     if rounds and skipped == rounds:
-        return f"{status}, NEVER AGGREGATED"
-    return f"{status}, kept the previous model in {skipped}/{rounds} rounds" if skipped else status
+        status += ", NEVER AGGREGATED"
+    elif skipped:
+        status += f", kept the previous model in {skipped}/{rounds} rounds"
+    if rounds and unfiltered == rounds:
+        status += ", NEVER FILTERED (too few updates a round)"
+    elif unfiltered:
+        status += f", unfiltered in {unfiltered}/{rounds} rounds (too few updates)"
+    return status
 
 
-def _seedless(config: dict[str, Any]) -> str:
-    """A run's config without what differs between seeds of one experiment (the seed, where the
-    results go, and the warm start, which is per seed)."""
+def _seedless(result: dict[str, Any]) -> str:
+    """A run's config without what differs between seeds of one experiment: the seed, where the
+    results go, and the warm start's path (one per seed). Whether it was warm-started, and after how
+    many rounds, stays: a cold and a warm run of otherwise equal keys are two experiments."""
     ignored = {"seed", "run-name", "out-dir", "resume-from", "init-model"}
-    return json.dumps({k: v for k, v in config.items() if k not in ignored}, sort_keys=True)
+    config = {k: v for k, v in result["config"].items() if k not in ignored}
+    if result["config"].get("init-model"):
+        config["init-model"] = f"warm start after round {(result.get('init_model') or {}).get('after_round', '?')}"
+    return json.dumps(config, sort_keys=True)
 
 
 def _tally(values: list[str]) -> str:
@@ -364,7 +375,7 @@ def results_table(results: list[dict[str, Any]]) -> str:
     the teacher, the seeds and the status of each row in the row itself."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for res in results:
-        groups.setdefault(_seedless(res["config"]), []).append(res)
+        groups.setdefault(_seedless(res), []).append(res)
     header = ("| run | defense | attack | malicious | teacher | seeds | status | rounds | final MA | final ASR | "
               "final R-Acc | recall | precision | server s/round |")
     lines = [header, "|" + "---|" * 14]
