@@ -137,17 +137,24 @@ def _attack_problems(cfg: RunConfig) -> list[str]:
 
 
 def unused_keys(cfg: RunConfig) -> list[str]:
-    """Keys that only some attack parts or defenses read (``READERS``), set away from their default
-    where none of those runs, each as ``"key=value: read by ...; this run has ..."``; likewise the
-    keys every attack reads (``ATTACKER_KEYS``, ``ATTACK_KEYS``) in a run without attackers, and the
-    server dataset's keys (``SERVER_DATA_KEYS``) under a defense that builds none. Keys the run
-    itself reads are not covered.
+    """Keys that nothing in this run reads (``unread_keys``) set away from their default, each as
+    ``"key=value: read by ...; this run has ..."``.
 
     They are reported (the ServerApp logs them and writes them to result.json as ``unused_keys``;
     ``clipfed run`` prints them), not refused: one config file commonly holds the settings of
     several attacks and defenses, of which a run uses some. Such a key changes nothing in this run,
     and its config hash still counts it.
     """
+    return [f"{key}={value!r}: {why}" for key, why in unread_keys(cfg).items()
+            if (value := getattr(cfg, FIELD_OF_KEY[key])) != default_of(key)]
+
+
+def unread_keys(cfg: RunConfig) -> dict[str, str]:
+    """The keys no part of this run reads, whatever their value -> why: those that only some attack
+    parts or defenses read (``READERS``) where none of those runs, the keys every attack reads
+    (``ATTACKER_KEYS``, ``ATTACK_KEYS``) in a run without attackers, and the server dataset's keys
+    (``SERVER_DATA_KEYS``) under a defense that builds none. Keys the run itself reads are not
+    covered."""
     if cfg.attack == "none":
         chosen, attack = {f"defense:{cfg.defense}"}, "attack='none'"
     else:
@@ -166,8 +173,7 @@ def unused_keys(cfg: RunConfig) -> list[str]:
     if cfg.defense not in (builders := _server_data_defenses()):
         unread |= dict.fromkeys(SERVER_DATA_KEYS, f"read by the server dataset, which only {', '.join(builders)} "
                                 f"build; this run has defense={cfg.defense!r}")
-    return [f"{key}={value!r}: {why}" for key, why in unread.items()
-            if (value := getattr(cfg, FIELD_OF_KEY[key])) != default_of(key)]
+    return unread
 
 
 def few_updates_note(cfg: RunConfig) -> str | None:

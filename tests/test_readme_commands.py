@@ -50,11 +50,17 @@ def shell_lines(text: str) -> list[str]:
 
 
 def clipfed_commands(title: str) -> list[list[str]]:
-    """The argument lists (after ``clipfed``) of the section's ``clipfed`` commands; shell
-    variables become ``0`` (a seed) or stay a harmless path text, comments are dropped."""
-    commands = []
+    """The argument lists (after ``clipfed``) of the section's ``clipfed`` commands; a shell
+    variable the section assigns (``S="num-server-rounds=10 ..."``) becomes its value, any other
+    ``0`` (a seed) or a harmless path text; comments are dropped."""
+    commands, assigned = [], {}
     for line in shell_lines(section(title)):
-        tokens = shlex.split(SHELL_VARIABLE.sub("0", line), comments=True)
+        match = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)=(\S.*)", line.strip())
+        if match and len(value := shlex.split(match.group(2), comments=True)) == 1:  # not VAR=x clipfed ...
+            assigned[match.group(1)] = value[0]
+            continue
+        line = SHELL_VARIABLE.sub(lambda m: assigned.get(m.group(1), "0"), line)
+        tokens = shlex.split(line, comments=True)
         while tokens and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", tokens[0]):  # VAR=value clipfed ...
             tokens = tokens[1:]
         if tokens and tokens[0] == "clipfed":

@@ -43,8 +43,8 @@ def _at_least(option: str, value: float, minimum: float) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from clipfed.bench.runner import existing_runs, plan, run_suite
-    from clipfed.config import ConfigError
+    from clipfed.bench.runner import existing_runs, override_problems, plan, run_suite
+    from clipfed.config import ConfigError, parse_config_text
     from clipfed.engines.preflight import preflight
 
     suite = SUITES[args.suite]
@@ -59,8 +59,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"--settings: unknown {sorted(unknown)}; suite {suite.name!r} has {list(suite.settings)}")
     variants = None if args.variants is None else [v for v in _csv(args.variants) or [] if v != "none"]
+    suite = replace(suite, overrides=parse_config_text(args.run_config)) if args.run_config else suite
     cells = plan(suite, _csv(args.defenses), _csv(args.attacks), seeds, _csv(args.settings), budget or None,
                  variants)
+    if wrong := override_problems(suite, cells, out):
+        raise ConfigError.listing(wrong)
     started = time.perf_counter()
     coverage = ""
     if args.report_only:
@@ -285,8 +288,14 @@ def add_bench_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                                           "`clipfed bench --help` lists each suite's)")
     bench.add_argument("--budget", help="the attackers' budget, for a suite that has several (durable: "
                                         "backfed-3x, the default, or equal)")
-    bench.add_argument("--out-dir", help="suite folder (default runs/bench-<suite>); finished runs are skipped")
+    bench.add_argument("--out-dir", help="suite folder (default runs/bench-<suite>, durable: "
+                                         "runs/bench-durable-<budget>); finished runs are skipped")
     bench.add_argument("--data-dir", help="CIFAR-10 location (else CLIPFED_DATA_DIR)")
+    bench.add_argument("--run-config", "-c", action="append",
+                       help="run-config keys for every run that reads them, e.g. your own teacher: "
+                            "\"teacher='openclip' teacher-pretrained='openai'\" (the runs that do not read a "
+                            "key, FedAvg and the warm start for a teacher key, keep their config and are reused); "
+                            "not the keys the grid sets per run")
     bench.add_argument("--workers", type=int, default=1,
                        help="runs at once, each in its own process (small CPU models: one per core)")
     bench.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cores / workers)")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from clipfed import __version__
 from clipfed.attacks import list_attacks
 from clipfed.bench.suites import Plateau, Suite, control_of
-from clipfed.checks import load_run_config
+from clipfed.checks import load_run_config, unread_keys
 from clipfed.config import ConfigError, RunConfig
 from clipfed.data import malicious_clients
 from clipfed.defense.sampler import draw
@@ -46,12 +46,29 @@ class Cell:
     run_label: str = ""  # the attack its run folder is named by, where not ``attack`` (a shared control)
 
     def config(self, suite: Suite, out: Path, init_model: str = "") -> RunConfig:
+        values = self._values(suite, out, init_model)
+        return named(load_run_config({**values, **self._read_overrides(suite, values)}), self.name)
+
+    def read_overrides(self, suite: Suite, out: Path) -> set[str]:
+        """The suite's `-c` keys this cell reads, so that ``config`` sets them."""
+        return set(self._read_overrides(suite, self._values(suite, out, "")))
+
+    def _values(self, suite: Suite, out: Path, init_model: str) -> dict[str, Any]:
         window = suite.window.keys() if suite.window is not None and not self.pretrain else {}
         values = {**suite.base, **suite.settings[self.setting], "seed": self.seed, "attack": self.attack,
                   **window, **self.overrides, "out-dir": str(out / "runs")}
         if init_model and not self.pretrain:
             values["init-model"] = init_model
-        return named(load_run_config(values), self.name)
+        return values
+
+    @staticmethod
+    def _read_overrides(suite: Suite, values: dict[str, Any]) -> dict[str, Any]:
+        """The user's keys where the cell reads them: elsewhere they would change nothing but the
+        config hash, and so rerun a control or a warm start for nothing."""
+        if not suite.overrides:
+            return {}
+        unread = unread_keys(load_run_config({**values, **suite.overrides}))
+        return {key: value for key, value in suite.overrides.items() if key not in unread}
 
     @property
     def name(self) -> str:
@@ -60,6 +77,29 @@ class Cell:
     def warm_key(self, suite: Suite) -> tuple[str, int | None]:
         """Which warm start this cell uses (or, for a pretraining cell, is)."""
         return self.setting, self.seed if suite.pretrain_per_seed else None
+
+
+def grid_keys(suite: Suite, cells: Iterable[Cell]) -> set[str]:
+    """The run-config keys the grid sets per cell (a setting, a column, a row, the warm start, the
+    window, the seed, where runs go): `clipfed bench -c` may not set them (``--settings``,
+    ``--attacks``, ``--defenses``, ``--seeds`` and ``--out-dir`` choose them)."""
+    keys = {"seed", "attack", "out-dir", "run-name", "init-model", "resume-from"}
+    keys |= {key for setting in suite.settings.values() for key in setting}
+    keys |= set(suite.window.keys()) if suite.window is not None else set()
+    return keys | {key for cell in cells for key in cell.overrides}
+
+
+def override_problems(suite: Suite, cells: list[Cell], out: Path) -> list[str]:
+    """What is wrong with the suite's `-c` keys for this plan: a key the grid sets per cell, or one
+    that no cell of the plan reads (it would change nothing)."""
+    problems = [f"{key}: set by the suite's grid per cell; allowed: a key it does not set (choose settings, "
+                "attacks, defenses, seeds and the output folder with --settings, --attacks, --defenses, --seeds, "
+                "--out-dir)" for key in sorted(set(suite.overrides) & grid_keys(suite, cells))]
+    if problems:
+        return problems
+    read = set().union(*(cell.read_overrides(suite, out) for cell in cells))
+    return [f"{key}={suite.overrides[key]!r}: no run of this plan reads it (it would change nothing); allowed: "
+            "a key the planned attacks and defenses read" for key in suite.overrides if key not in read]
 
 
 def named(cfg: RunConfig, prefix: str) -> RunConfig:
@@ -139,7 +179,7 @@ def plan(suite: Suite, defenses: Iterable[str] | None = None, attacks: Iterable[
                 keys = dict(column.keys) if column is not None else {}
                 if column is not None and column.single_shot:
                     assert suite.window is not None, "a single-shot column needs the suite's window"
-                    values = {**suite.base, **suite.settings[setting], "seed": seed, **keys}
+                    values = {**suite.base, **suite.overrides, **suite.settings[setting], "seed": seed, **keys}
                     shot = single_shot_round(values, column.single_shot, suite.window.attack_rounds)
                     keys |= suite.window.keys(first=shot, last=shot)
                 attacked = {**keys, **attacker_keys}

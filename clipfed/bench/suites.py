@@ -146,6 +146,9 @@ class Suite:
     window: Window | None = None  # an attack window then clean rounds (the durable protocol)
     attack_variants: dict[str, AttackVariant] = field(default_factory=dict)
     budgets: dict[str, dict[str, Any]] = field(default_factory=dict)  # attackers' budgets by name; first: default
+    # The user's `clipfed bench -c` keys (e.g. their own teacher), set on every cell that reads them
+    # (``Cell.config``); never a key the grid sets per cell (``grid_keys``)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 _CPU_BASE: dict[str, Any] = {
