@@ -168,9 +168,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from clipfed.runs.results import load_result, results_table
+    from clipfed.runs.results import load_result, results_table, rounds_table
 
-    print(results_table([load_result(Path(d)) for d in args.run_dirs]))
+    results = [load_result(Path(d)) for d in args.run_dirs]
+    print("\n\n".join(rounds_table(r) for r in results) if args.rounds else results_table(results))
     return 0
 
 
@@ -299,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         run.set_defaults(func=cmd_run if name == "run" else cmd_demo)
     table = sub.add_parser("table", help="print the MA/ASR table of finished runs")
     table.add_argument("run_dirs", nargs="+")
+    table.add_argument("--rounds", action="store_true",
+                       help="each run round by round: MA, ASR, R-Acc, exclusions, the server's seconds and "
+                            "its share of the round")
     table.set_defaults(func=cmd_table)
     synth = sub.add_parser("synth", help="the server-dataset synthesis service").add_subparsers(
         dest="synth_command", required=True)

@@ -146,6 +146,25 @@ def test_clipfed_table_keeps_cold_and_warm_runs_apart_but_merges_the_seeds_of_a_
     assert lines[4].startswith("| r-s3 |")
 
 
+def test_clipfed_table_rounds_shows_each_round_with_the_servers_share(capsys: pytest.CaptureFixture[str],
+                                                                      tmp_path: Path) -> None:
+    from clipfed.cli import main
+
+    run = _run(0, 0.5, 0.2)
+    run["rounds"] = [{"round": 0, "ma": 0.1, "asr": None, "racc": None, "server_seconds": 0.0, "round_seconds": 2.0},
+                     {**run["rounds"][0], "round_seconds": 2.0, "excluded": [3]},
+                     {"round": 2, "ma": None, "asr": None, "racc": None, "diverged": True, "server_seconds": 0.5,
+                      "round_seconds": 4.0, "detection": {"tp": 0, "fp": 1, "fn": 0}}]
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "result.json").write_text(json.dumps(run))
+    assert main(["table", "--rounds", str(tmp_path / "r")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("**r-s0** (completed; teacher: reference teacher")
+    assert "| 0 | 0.100 | n/a | n/a | [] | 0 / 0 / 0 | 0.00 | 2.0 | n/a |" in lines
+    assert "| 1 | 0.500 | 0.200 | 0.800 | [3] | 1 / 0 / 0 | 0.50 | 2.0 | 25% |" in lines
+    assert "| 2 | diverged | diverged | diverged | [] | 0 / 1 / 0 | 0.50 | 4.0 | 12% |" in lines
+
+
 def test_clipfed_table_marks_failed_runs_and_defenses_that_never_aggregated() -> None:
     mixed = [_run(0, 0.5, 0.2), _run(1, 0.7, 0.4, status="failed")]
     row = results_table(mixed).splitlines()[-1]

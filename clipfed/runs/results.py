@@ -399,3 +399,24 @@ def results_table(results: list[dict[str, Any]]) -> str:
             f"{_final_metric(group, 'racc')} | {recall} | {precision} | {server} |"
         )
     return "\n".join(lines)
+
+
+def rounds_table(result: dict[str, Any]) -> str:
+    """One run round by round, as a markdown table: MA, ASR, R-Acc, the clients excluded with
+    detection counts, the server's seconds (the defense's step), the round's seconds and the
+    server's share of it (what `clipfed table --rounds` prints; a metric that could not be computed
+    shows why, as in every table)."""
+    lines = [f"**{result['run_name']}** ({run_status(result)}; teacher: {teacher_of(result)})", "",
+             "| round | MA | ASR | R-Acc | excluded | tp / fp / fn | server s | round s | server share |",
+             "|" + "---|" * 9]
+    for entry in result["rounds"]:
+        detection = entry.get("detection") or {}
+        server, total = entry.get("server_seconds"), entry.get("round_seconds")
+        share = f"{server / total:.0%}" if server is not None and total and entry["round"] > 0 else "n/a"
+        metrics = [format_metric(entry.get(key), bool(entry.get("diverged"))) for key in ("ma", "asr", "racc")]
+        lines.append(
+            f"| {entry['round']} | {' | '.join(metrics)} | {entry.get('excluded', [])} | "
+            f"{detection.get('tp', 0)} / {detection.get('fp', 0)} / {detection.get('fn', 0)} | "
+            f"{'n/a' if server is None else f'{server:.2f}'} | {'n/a' if total is None else f'{total:.1f}'} | {share} |")
+    return "\n".join(lines)
+
