@@ -414,9 +414,10 @@ def rounds_table(result: dict[str, Any]) -> str:
         server, total = entry.get("server_seconds"), entry.get("round_seconds")
         share = f"{server / total:.0%}" if server is not None and total and entry["round"] > 0 else "n/a"
         metrics = [format_metric(entry.get(key), bool(entry.get("diverged"))) for key in ("ma", "asr", "racc")]
+        seconds = ["n/a" if server is None else f"{server:.2f}", "n/a" if total is None else f"{total:.1f}"]
         lines.append(
             f"| {entry['round']} | {' | '.join(metrics)} | {entry.get('excluded', [])} | "
             f"{detection.get('tp', 0)} / {detection.get('fp', 0)} / {detection.get('fn', 0)} | "
-            f"{'n/a' if server is None else f'{server:.2f}'} | {'n/a' if total is None else f'{total:.1f}'} | {share} |")
+            f"{' | '.join(seconds)} | {share} |")
     return "\n".join(lines)
 
