@@ -10,7 +10,7 @@ reports every bad key in one ``ConfigError``: a bad ``model`` and a bad ``lr`` t
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipfed.attacks.registry import PARTS, list_attacks, resolve_parts
 from clipfed.config import (
@@ -27,6 +27,9 @@ from clipfed.config import (
     node_identity_problems,
 )
 from clipfed.models.registry import list_models
+
+if TYPE_CHECKING:
+    from clipfed.defense.registry import DefenseStrategy
 
 # Train images per class before the public pool and the LT profile (CIFAR-10: 50,000 in 10 classes;
 # CIFAR-10-LT subsamples the same split), so that split feasibility is known without the data.
@@ -73,12 +76,13 @@ READERS: dict[str, tuple[str, ...]] = {
     "clipfed-probe-size": ("attack-training:clipfed-aware", *_CLIPFED),
 }
 # Keys every attack reads, so the table above cannot name them: the malicious clients' poisoning
-# share and training budget (read only when some client attacks: an attack and num-malicious > 0),
-# the attack window and target (read by the clients and the server's ASR only under an attack), and
+# share and training budget (read only when some client attacks: an attack, num-malicious > 0 and a
+# defense under which clients train), the target (read by the clients and the server's ASR only
+# under an attack; the attack window is read by every run's detection counts), and
 # the server dataset's recipe, the teacher, its guard and the synthesis (read only for a defense
 # whose ``needs_server_data`` is true: clipfed, teacher-only, fltrust).
 ATTACKER_KEYS = ("poison-rate", "attack-local-steps", "attack-epochs", "attack-lr")
-ATTACK_KEYS = ("target-label", "attack-start-round", "attack-end-round")
+ATTACK_KEYS = ("target-label",)
 SERVER_DATA_KEYS = tuple(k for k in FIELD_OF_KEY if k.startswith(("teacher", "synth-")))
 _DEFAULT_DATASET: str = default_of("dataset")
 
@@ -165,9 +169,13 @@ def unread_keys(cfg: RunConfig) -> dict[str, str]:
         [*([attack] if any(r.startswith("attack") for r in readers) else []),
          *([f"defense={cfg.defense!r}"] if any(r.startswith("defense") for r in readers) else [])])
         for key, readers in READERS.items() if not chosen.intersection(readers)}
-    if not cfg.attack_enabled:
-        unread |= dict.fromkeys(ATTACKER_KEYS, "read by malicious clients; this run has none "
-                                f"(attack={cfg.attack!r}, num-malicious={cfg.num_malicious})")
+    attackers_train = cfg.attack_enabled and _defense(cfg.defense).trains_clients
+    if not attackers_train:  # the training and update parts and the poisoning run in attacking clients only
+        why = ("read by malicious clients; this run has none training (attack="
+               f"{cfg.attack!r}, num-malicious={cfg.num_malicious}, defense={cfg.defense!r})")
+        unread |= dict.fromkeys(ATTACKER_KEYS, why)
+        unread |= {key: why for key, readers in READERS.items()
+                   if all(r.startswith(("attack-training:", "attack-update:")) for r in readers)}
     if cfg.attack == "none":
         unread |= dict.fromkeys(ATTACK_KEYS, "read only under an attack; this run has attack='none'")
     if cfg.defense not in (builders := _server_data_defenses()):
@@ -181,14 +189,18 @@ def few_updates_note(cfg: RunConfig) -> str | None:
     round (CLIP-Fed's robust z, FLAME's clustering: 3) and the run samples fewer. Such a run is
     allowed (two test machines are a common first deployment); each round then records
     ``unfiltered`` in its ``defense`` details."""
-    from clipfed.defense.registry import DEFENSES  # late: only where the defense key is checked
-
-    minimum = DEFENSES.get(cfg.defense).filter_minimum(cfg)
+    minimum = _defense(cfg.defense).filter_minimum(cfg)
     if cfg.clients_per_round >= minimum:
         return None
     return (f"defense={cfg.defense!r} filters a round's updates only when it gets >= {minimum}; num-clients="
             f"{cfg.num_clients} x fraction-train={cfg.fraction_train} samples {cfg.clients_per_round} a round, so "
             f"every update is aggregated unfiltered; allowed: at least {minimum} clients a round")
+
+
+def _defense(name: str) -> type[DefenseStrategy]:
+    from clipfed.defense.registry import DEFENSES  # late: only where the defense key is checked
+
+    return DEFENSES.get(name)
 
 
 def _server_data_defenses() -> list[str]:

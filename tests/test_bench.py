@@ -87,10 +87,10 @@ def test_suite_runs_warm_started_writes_outputs_and_skips_finished_runs(
     assert {p.name for p in pngs} == {"curves-iid-badnets.png", "per-class-iid-badnets.png", "scatter-iid.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
-    found, missing = existing_runs(cells, tmp_path)  # what --report-only reports, running nothing
+    found, missing = existing_runs(TINY, cells, tmp_path)  # what --report-only reports, running nothing
     assert found == runs and missing == []
-    more = plan(Suite(**{**TINY.__dict__, "defenses": ("fedavg", "median", "krum")}))
-    found, missing = existing_runs(more, tmp_path)
+    wider = Suite(**{**TINY.__dict__, "defenses": ("fedavg", "median", "krum")})
+    found, missing = existing_runs(wider, plan(wider), tmp_path)
     assert [c.name for c in missing] == ["iid--krum--badnets--s0"] and len(found) == len(runs)
     assert plan(TINY, variants=[]) == cells, "TINY has no variant rows"
 
@@ -284,5 +284,5 @@ def test_columns_that_stamp_one_trigger_share_their_control_runs(fake_data_dir: 
     assert len({r["run_name"] for row in rows for r in row.results}) == 4, "6 rows of 4 runs (+ the warm start)"
     assert [(r.row, r.attack) for r in rows if r.attack == "pgd"] == [
         ("fedavg-no-attack", "pgd"), ("teacher-only", "pgd"), ("fedavg", "pgd")]
-    found, missing = existing_runs(cells, tmp_path)
+    found, missing = existing_runs(suite, cells, tmp_path)
     assert found == runs and missing == []

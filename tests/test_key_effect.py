@@ -97,11 +97,14 @@ def test_a_key_nothing_chosen_reads_is_named_and_still_accepted(keys: dict, note
 
 @pytest.mark.parametrize(("keys", "note"), [
     ({"attack": "none", "attack-lr": 0.05}, "attack-lr=0.05: read by malicious clients; this run has none "
-                                            "(attack='none', num-malicious=4)"),
+                                            "training (attack='none', num-malicious=4, defense='fedavg')"),
     ({"num-malicious": 0, "poison-rate": 0.2}, "poison-rate=0.2: read by malicious clients; this run has none "
-                                               "(attack='badnets', num-malicious=0)"),
-    ({"attack": "none", "attack-end-round": 5}, "attack-end-round=5: read only under an attack; this run has "
-                                                "attack='none'"),
+                                               "training (attack='badnets', num-malicious=0, defense='fedavg')"),
+    ({"defense": "teacher-only", "attack": "pgd", "pgd-eps": 0.3},
+     "pgd-eps=0.3: read by malicious clients; this run has none training (attack='pgd', num-malicious=4, "
+     "defense='teacher-only')"),
+    ({"attack": "none", "target-label": 3}, "target-label=3: read only under an attack; this run has "
+                                            "attack='none'"),
     ({"defense": "krum", "teacher-pool": "train-split"},
      "teacher-pool='train-split': read by the server dataset, which only clipfed, fltrust, teacher-only build; "
      "this run has defense='krum'"),
@@ -128,6 +131,8 @@ def test_the_server_dataset_keys_are_read_only_where_a_defense_builds_one() -> N
 
 @pytest.mark.parametrize("keys", [
     {"attack": "badnets", "attack-lr": 0.05},
+    {"attack": "none", "attack-end-round": 5},  # the window bounds every run's detection counts
+    {"attack": "badnets", "num-malicious": 0, "patch-size": 5},  # the trigger still measures ASR
     {"defense": "fltrust", "teacher-pool": "train-split"},
     {"defense": "teacher-only", "teacher-pool": "train-split"},
     {"attack": "pgd", "pgd-eps": 0.3},

@@ -44,7 +44,7 @@ def _at_least(option: str, value: float, minimum: float) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from clipfed.bench.runner import existing_runs, override_problems, plan, run_suite
-    from clipfed.config import ConfigError, parse_config_text
+    from clipfed.config import KEY_OF_FIELD, ConfigError, parse_config_text
     from clipfed.engines.preflight import preflight
 
     suite = SUITES[args.suite]
@@ -59,7 +59,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"--settings: unknown {sorted(unknown)}; suite {suite.name!r} has {list(suite.settings)}")
     variants = None if args.variants is None else [v for v in _csv(args.variants) or [] if v != "none"]
-    suite = replace(suite, overrides=parse_config_text(args.run_config)) if args.run_config else suite
+    if args.run_config:  # Flower's hyphenated keys, also where the text used field names (teacher_model)
+        overrides = {KEY_OF_FIELD.get(key, key): value for key, value in parse_config_text(args.run_config).items()}
+        suite = replace(suite, overrides=overrides)
     cells = plan(suite, _csv(args.defenses), _csv(args.attacks), seeds, _csv(args.settings), budget or None,
                  variants)
     if wrong := override_problems(suite, cells, out):
@@ -67,7 +69,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     coverage = ""
     if args.report_only:
-        runs, missing = existing_runs(cells, out)
+        runs, missing = existing_runs(suite, cells, out)
         if not runs:
             raise UserError(f"--report-only: no run of this plan in {out / 'runs'}; run the suite first")
         found = {c.name for c, _ in runs}  # a control shared by attack columns is one run

@@ -23,8 +23,8 @@ from tqdm import tqdm
 from clipfed import __version__
 from clipfed.attacks import list_attacks
 from clipfed.bench.suites import Plateau, Suite, control_of
-from clipfed.checks import load_run_config, unread_keys
-from clipfed.config import ConfigError, RunConfig
+from clipfed.checks import SERVER_DATA_KEYS, load_run_config, unread_keys
+from clipfed.config import ConfigError, RunConfig, default_of
 from clipfed.data import malicious_clients
 from clipfed.defense.sampler import draw
 from clipfed.engines.inprocess import run_inprocess
@@ -86,18 +86,28 @@ def grid_keys(suite: Suite, cells: Iterable[Cell]) -> set[str]:
     keys = {"seed", "attack", "out-dir", "run-name", "init-model", "resume-from"}
     keys |= {key for setting in suite.settings.values() for key in setting}
     keys |= set(suite.window.keys()) if suite.window is not None else set()
+    keys |= {key for budget in suite.budgets.values() for key in budget}  # --budget chooses them
     return keys | {key for cell in cells for key in cell.overrides}
 
 
 def override_problems(suite: Suite, cells: list[Cell], out: Path) -> list[str]:
     """What is wrong with the suite's `-c` keys for this plan: a key the grid sets per cell, or one
     that no cell of the plan reads (it would change nothing)."""
+    fixed = sorted(set(suite.overrides) & grid_keys(suite, cells))
     problems = [f"{key}: set by the suite's grid per cell; allowed: a key it does not set (choose settings, "
-                "attacks, defenses, seeds and the output folder with --settings, --attacks, --defenses, --seeds, "
-                "--out-dir)" for key in sorted(set(suite.overrides) & grid_keys(suite, cells))]
+                "attacks, defenses, seeds, the attackers' budget and the output folder with --settings, --attacks, "
+                "--defenses, --seeds, --budget, --out-dir)" for key in fixed]
     if problems:
         return problems
-    read = set().union(*(cell.read_overrides(suite, out) for cell in cells))
+    read: set[str] = set()
+    for cell in cells:
+        try:
+            read |= cell.read_overrides(suite, out)
+        except ConfigError as err:  # e.g. a strong-teacher variant's teacher-pool beside teacher='openclip'
+            problems += [f"in the row {cell.row!r}: {problem}; leave the row out (--variants, --defenses) or "
+                         "the key" for problem in err.problems]
+    if problems:
+        return list(dict.fromkeys(problems))  # once per row, not per cell
     return [f"{key}={suite.overrides[key]!r}: no run of this plan reads it (it would change nothing); allowed: "
             "a key the planned attacks and defenses read" for key in suite.overrides if key not in read]
 
@@ -223,16 +233,28 @@ def _set_aside(run_dir: Path) -> Path:
     raise RuntimeError(f"too many interrupted copies of {run_dir}")
 
 
-def existing_runs(cells: list[Cell], out: Path) -> tuple[list[tuple[Cell, Path]], list[Cell]]:
+def _same_cell(recorded: dict[str, Any], wanted: dict[str, Any], keys: Iterable[str]) -> bool:
+    """Whether a run's recorded config agrees with the cell's on ``keys`` (a key the run does not
+    record, added since, is at its default)."""
+    return all(recorded.get(key, default_of(key)) == wanted[key] for key in keys)
+
+
+def existing_runs(suite: Suite, cells: list[Cell], out: Path) -> tuple[list[tuple[Cell, Path]], list[Cell]]:
     """The run folders already in ``out`` for ``cells``, finished or not, without running anything
     (a long suite's partial results), and the cells that have none yet. A cell's folder is
-    ``<cell name>-<config hash>`` with a ``result.json``; of several (a warm start trained on
-    chunk by chunk, or runs of an earlier config), the one with the most rounds, then the newest."""
+    ``<cell name>-<config hash>`` with a ``result.json`` whose teacher and `-c` keys are the cell's
+    (a run with another teacher in the same folder is not this cell's; the rest of the config is
+    not compared, as runs of earlier versions record keys since changed, such as
+    ``eval-batch-size``); of several (a warm start trained on chunk by chunk, or runs of an earlier
+    config), the one with the most rounds, then the newest."""
     folders = [d for d in (out / "runs").iterdir() if (d / RESULT_FILE).is_file()] if (out / "runs").is_dir() else []
     found, missing = [], []
     for cell in cells:
         pattern = re.compile(re.escape(cell.name) + r"-[0-9a-f]{8}")
-        candidates = [d for d in folders if pattern.fullmatch(d.name)]
+        # the teacher and the user's -c keys: a run made with another teacher in the same folder is not this cell's
+        keys, wanted = {*SERVER_DATA_KEYS, *cell.read_overrides(suite, out)}, cell.config(suite, out).to_flower()
+        candidates = [d for d in folders
+                      if pattern.fullmatch(d.name) and _same_cell(load_result(d)["config"], wanted, keys)]
         if not candidates:
             missing.append(cell)
             continue

@@ -271,6 +271,7 @@ class TeacherOnlyDefense(ClipFedDefense):
     """The control row of every efficacy table: what the teacher alone gives the global model."""
 
     min_filter_updates = 0  # no client trains, so there is nothing to filter
+    trains_clients = False
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:

@@ -91,6 +91,8 @@ class DefenseStrategy(FedAvg):
     # every update through, says so in the log and records it (``details["unfiltered"]``), and
     # ``clipfed run`` warns before a run whose rounds are all that small (``checks.few_updates_note``).
     min_filter_updates: ClassVar[int] = 0
+    # False: no client trains (teacher-only), so no attacker's training or update keys are read
+    trains_clients: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -339,12 +339,12 @@ def run_status(result: dict[str, Any]) -> str:
 
 def _seedless(result: dict[str, Any]) -> str:
     """A run's config without what differs between seeds of one experiment: the seed, where the
-    results go, and the warm start's path (one per seed). Whether it was warm-started, and after how
-    many rounds, stays: a cold and a warm run of otherwise equal keys are two experiments."""
+    results go, and the warm start's path (one per seed, and with a plateau rule of a length of its
+    own). Whether it was warm-started stays: a cold and a warm run of otherwise equal keys are two
+    experiments."""
     ignored = {"seed", "run-name", "out-dir", "resume-from", "init-model"}
     config = {k: v for k, v in result["config"].items() if k not in ignored}
-    if result["config"].get("init-model"):
-        config["init-model"] = f"warm start after round {(result.get('init_model') or {}).get('after_round', '?')}"
+    config["warm-started"] = bool(result["config"].get("init-model"))
     return json.dumps(config, sort_keys=True)
 
 
