@@ -253,12 +253,12 @@ def existing_runs(suite: Suite, cells: list[Cell], out: Path) -> tuple[list[tupl
         pattern = re.compile(re.escape(cell.name) + r"-[0-9a-f]{8}")
         # the teacher and the user's -c keys: a run made with another teacher in the same folder is not this cell's
         keys, wanted = {*SERVER_DATA_KEYS, *cell.read_overrides(suite, out)}, cell.config(suite, out).to_flower()
-        candidates = [d for d in folders
-                      if pattern.fullmatch(d.name) and _same_cell(load_result(d)["config"], wanted, keys)]
+        by_name = [(d, load_result(d)) for d in folders if pattern.fullmatch(d.name)]
+        candidates = [(d, result) for d, result in by_name if _same_cell(result["config"], wanted, keys)]
         if not candidates:
             missing.append(cell)
             continue
-        best = max(candidates, key=lambda d: (len(load_result(d)["rounds"]), (d / RESULT_FILE).stat().st_mtime))
+        best, _ = max(candidates, key=lambda c: (len(c[1]["rounds"]), (c[0] / RESULT_FILE).stat().st_mtime))
         found.append((cell, best))
     return found, missing
 

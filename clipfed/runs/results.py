@@ -312,11 +312,13 @@ def teacher_name(label: str, is_reference: bool) -> str:
     return REFERENCE_TEACHER_TRAIN_SPLIT if ":train-split-" in label else REFERENCE_TEACHER
 
 
-def skipped_rounds(result: dict[str, Any]) -> tuple[int, int]:
-    """(rounds in which the defense kept the previous model, rounds after round 0): a defense
-    that never aggregated (Bulyan with too few updates) shows the warm start, not itself at work."""
+def marked_rounds(result: dict[str, Any], mark: str) -> tuple[int, int]:
+    """(rounds whose defense record holds ``mark``, rounds after round 0): ``skipped``, where the
+    defense kept the previous model (a defense that never aggregated, Bulyan with too few updates,
+    shows the warm start, not itself at work), or ``unfiltered``, where it had too few updates to
+    filter."""
     rounds = [e for e in result["rounds"] if e["round"] >= 1]
-    return sum(1 for e in rounds if e.get("defense", {}).get("skipped")), len(rounds)
+    return sum(1 for e in rounds if e.get("defense", {}).get(mark)), len(rounds)
 
 
 def run_status(result: dict[str, Any]) -> str:
@@ -324,8 +326,8 @@ def run_status(result: dict[str, Any]) -> str:
     where its defense never aggregated or skipped rounds, or had too few updates to filter, so a
     table never shows such a row as a plain result."""
     status = str(result.get("status", "completed"))
-    skipped, rounds = skipped_rounds(result)
-    unfiltered = sum(1 for e in result["rounds"] if e["round"] >= 1 and e.get("defense", {}).get("unfiltered"))
+    skipped, rounds = marked_rounds(result, "skipped")
+    unfiltered, _ = marked_rounds(result, "unfiltered")
     if rounds and skipped == rounds:
         status += ", NEVER AGGREGATED"
     elif skipped:
@@ -337,15 +339,14 @@ def run_status(result: dict[str, Any]) -> str:
     return status
 
 
-def _seedless(result: dict[str, Any]) -> str:
+def _seedless(config: dict[str, Any]) -> str:
     """A run's config without what differs between seeds of one experiment: the seed, where the
     results go, and the warm start's path (one per seed, and with a plateau rule of a length of its
     own). Whether it was warm-started stays: a cold and a warm run of otherwise equal keys are two
     experiments."""
     ignored = {"seed", "run-name", "out-dir", "resume-from", "init-model"}
-    config = {k: v for k, v in result["config"].items() if k not in ignored}
-    config["warm-started"] = bool(result["config"].get("init-model"))
-    return json.dumps(config, sort_keys=True)
+    kept = {k: v for k, v in config.items() if k not in ignored}
+    return json.dumps({**kept, "warm-started": bool(config.get("init-model"))}, sort_keys=True)
 
 
 def _tally(values: list[str]) -> str:
@@ -375,7 +376,7 @@ def results_table(results: list[dict[str, Any]]) -> str:
     the teacher, the seeds and the status of each row in the row itself."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for res in results:
-        groups.setdefault(_seedless(res), []).append(res)
+        groups.setdefault(_seedless(res["config"]), []).append(res)
     header = ("| run | defense | attack | malicious | teacher | seeds | status | rounds | final MA | final ASR | "
               "final R-Acc | recall | precision | server s/round |")
     lines = [header, "|" + "---|" * 14]
