@@ -225,3 +225,20 @@ def test_a_failed_run_keeps_its_logs_and_nothing_else(fake_data_dir: Path, tmp_p
     assert "no CIFAR-10 found under" in (logs / "superlink.log").read_text() + (logs / "flwr-run.log").read_text()
     assert list(temp.iterdir()) == [], "the temporary FLWR_HOME is removed"
     assert not _with_env(f"FLWR_HOME={temp}/"), "no process is left"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_run_flwr_refuses_to_start_says_why(fake_data_dir: Path, tmp_path: Path) -> None:
+    """``flwr run`` failing before any run exists (here: a FAB over Flower's 10 MB limit) is an
+    error that quotes Flower's reason, not a run of unknown status."""
+    app = tmp_path / "app"
+    (app / "clipfed").mkdir(parents=True)
+    (app / "pyproject.toml").write_text((app_dir() / "pyproject.toml").read_text())
+    noise = os.urandom(12 * 2**20).hex()  # incompressible enough to stay over 10 MB zipped
+    (app / "clipfed" / "bulk.py").write_text(f"# {noise}\n")
+    config = tiny_run_config(fake_data_dir, tmp_path / "runs", "too-big", rounds=1)
+    with pytest.raises(FlowerRunError) as caught:
+        flwr_run(app, config, num_supernodes=2, timeout=120)
+    message = str(caught.value)
+    assert "`flwr run` exited with" in message and "FAB size exceeds maximum" in message, message
