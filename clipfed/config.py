@@ -275,6 +275,13 @@ class RunConfig(BaseModel):
     clipfed_lambda_pc: float = Field(0.5, ge=0.0, alias="clipfed-lambda-pc")
     clipfed_lambda_ce: float = Field(0.0, ge=0.0, alias="clipfed-lambda-ce")
     clipfed_kd_temperature: float = Field(2.0, gt=0.0, alias="clipfed-kd-temperature")
+    # What each server image is distilled towards (issue 20: distillation that adapts to how much
+    # the teacher knows relative to the global model). teacher: the teacher's logits (the paper).
+    # better-of: per image, the teacher's or the round's aggregate's own (frozen at the start of the
+    # alignment), whichever gives the image's server label the higher probability: the pull to the
+    # teacher stays where it knows better (a trigger-like copy that a backdoored aggregate sends to
+    # the target class) and the aggregate keeps what it learned beyond a weak teacher.
+    clipfed_kd_target: Literal["teacher", "better-of"] = Field("teacher", alias="clipfed-kd-target")
     clipfed_pc_temperature: float = Field(0.1, gt=0.0, alias="clipfed-pc-temperature")
 
     # Baseline defenses (clipfed list; each module documents its keys)

@@ -120,9 +120,9 @@ def test_durable_suites_bound_pgd_near_a_benign_update_and_make_a3fl_feasible_st
         assert f"pgd-eps {eps:g}, near a benign update's L2 norm" in suite.description
         assert "a departure from its official defaults (200 and 1)" in suite.description
     assert "1394 passes over a shard instead of 50" in SUITES["durable"].description
-    assert "would take about 58 hours (these: 2.1)" in SUITES["durable"].description
+    assert "would take about 63 hours (these: 2.2)" in SUITES["durable"].description
     assert f"about {DURABLE_CPU_HOURS:.0f} hours of rounds and A3FL trigger searches" in SUITES["durable"].description
-    rows = 13  # 6 defenses, 2 controls, 2 strong-teacher rows, 3 ablation rows (lean, history, two-sided)
+    rows = 14  # 6 defenses, 2 controls, 2 strong-teacher rows, 4 ablation rows (lean, history, two-sided, better-of)
     runs = rows * 7 - 3 * 3  # pgd, constrain-scale and clipfed-aware share BadNets' 3 control runs
     base = runs * DURABLE_CPU_WINDOW.rounds * (12 * 450 / 1_500 + 19_000 / 3_800 + 2.5 + 1) / 3600
     searches = 20 * (rows + rows - 1) * 50 * 450 / 1_500 / 3600  # server + 1 expected attacker, 12 attacked rows
@@ -410,7 +410,9 @@ def test_variant_rows_are_selected_by_name_and_the_strong_teacher_rows_set_the_t
     assert (two_sided.clipfed_low_signals, two_sided.clipfed_low_threshold) == ("proto", 2.0)
     assert (lean.defense, lean.clipfed_post_steps, lean.clipfed_probe_size) == ("clipfed", 20, 250)
     assert (history.clipfed_history_weight, history.clipfed_z_threshold) == (0.5, 2.5)
-    assert not {"clipfed-lean", "clipfed-history", "clipfed-two-sided"} & set(SUITES["durable-gpu"].variants), \
+    assert configs["clipfed-better-of"].clipfed_kd_target == "better-of"
+    assert not {"clipfed-lean", "clipfed-history", "clipfed-two-sided", "clipfed-better-of"} & set(
+        SUITES["durable-gpu"].variants), \
         "CPU-only ablation rows"
     assert not {c.row for c in plan(suite, attacks=["badnets"], variants=[])} & set(suite.variants)
     chosen = {c.row for c in plan(suite, attacks=["badnets"], variants=["teacher-only-strong-teacher"])}

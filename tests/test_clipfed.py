@@ -16,6 +16,7 @@ from clipfed.data import load_cifar10, public_pool_indices
 from clipfed.data_synth import SynthConfig, build_server_dataset
 from clipfed.data_synth.config import FilterConfig
 from clipfed.defense import create_defense
+from clipfed.defense.clipfed import kd_targets
 from clipfed.devices import torch_threads
 from clipfed.evaluation import BackdoorEvaluator
 from clipfed.models import create_model
@@ -100,14 +101,16 @@ def test_scoring_flags_backdoored_models_among_benign_ones(real_setup) -> None: 
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-def test_post_alignment_lowers_the_asr_of_a_backdoored_model(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("target", ["teacher", "better-of"])
+def test_post_alignment_lowers_the_asr_of_a_backdoored_model(fake_data_dir: Path, server_data,  # type: ignore[no-untyped-def]
+                                                             target: str) -> None:
     """On the 200-image toy ASR moves by whole classes, so which classes the alignment frees
     depends on the float order: one thread pins it (1 -> 0.22 at one thread; 1 -> 0.67 at two
     threads, measured; at lr 0.02, used before, two threads left 1 -> 0.89). It once depended on
     the order of the tests, through the thread count a server-dataset build left behind
     (``devices.torch_threads`` now restores it)."""
     cfg = run_cfg(fake_data_dir, **{"clipfed-pre": False, "clipfed-post-steps": 150,
-                                    "clipfed-post-lr": 0.05})
+                                    "clipfed-post-lr": 0.05, "clipfed-kd-target": target})
     train, test = load_cifar10(str(fake_data_dir))
     attack = create_attack(cfg)
     poisoned = attack.data.poison(np.asarray(train.images), train.labels, np.random.default_rng(0))
@@ -126,6 +129,37 @@ def test_post_alignment_lowers_the_asr_of_a_backdoored_model(fake_data_dir: Path
     after = evaluator(model)
     assert after.asr < before.asr - 0.3, (before, after)
     assert after.ma >= before.ma - 0.2
+
+
+def test_kd_targets_take_whichever_knows_the_label_better() -> None:
+    labels = torch.tensor([0, 1])
+    teacher = torch.log(torch.tensor([[0.9, 0.05, 0.05], [0.3, 0.3, 0.4]]))
+    anchor = torch.log(torch.tensor([[0.1, 0.8, 0.1],      # a backdoored aggregate: the teacher teaches
+                                     [0.05, 0.9, 0.05]]))  # the aggregate knows label 1 better: kept
+    targets, taught = kd_targets(teacher, anchor, labels, temperature=1.0)
+    assert taught.tolist() == [True, False]
+    np.testing.assert_allclose(targets.numpy(), [[0.9, 0.05, 0.05], [0.05, 0.9, 0.05]], atol=1e-6)
+    softened, _ = kd_targets(teacher, anchor, labels, temperature=2.0)
+    np.testing.assert_allclose(softened.sum(1).numpy(), [1.0, 1.0], atol=1e-6)
+    assert softened[0, 0] < 0.9  # temperature flattens the chosen distribution
+
+
+def test_better_of_leaves_a_model_that_knows_the_server_labels_to_itself(fake_data_dir: Path,  # type: ignore[no-untyped-def]
+                                                                         server_data) -> None:
+    """A model trained on the server labels until it is surer of them than the teacher is taught
+    by the teacher on few images; a fresh model, which knows nothing, on most."""
+    cfg = run_cfg(fake_data_dir, **{"clipfed-pre": False, "clipfed-post-steps": 3,
+                                    "clipfed-kd-target": "better-of"})
+    strategy = create_defense(cfg, server_data=server_data)
+    torch.manual_seed(0)
+    fresh = create_model("cnn", 10).state_dict()
+    clean = np.flatnonzero(server_data.clean)
+    learned = train_copy(fresh, np.asarray(server_data.images[clean]), server_data.labels[clean], seed=0, epochs=15)
+    strategy.post_align(1, arrays_of({k: v.numpy() for k, v in fresh.items()}))
+    fresh_share = strategy.details["kd_teacher_share"]["first"]
+    strategy.post_align(1, arrays_of(learned))
+    learned_share = strategy.details["kd_teacher_share"]["first"]
+    assert fresh_share > 0.6 and learned_share < fresh_share / 2, (fresh_share, learned_share)
 
 
 def test_clipfed_aggregates_mock_replies_and_clips_to_the_median_norm(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]

@@ -218,11 +218,15 @@ STRONG_TEACHER_VARIANTS: dict[str, dict[str, Any]] = {
 #   where it decides the exclusions (and so the rounds that follow).
 # - clipfed-two-sided: clipfed-history plus the low side on `proto` at 2.0, the setting that replaying
 #   the pgd and clipfed-aware runs chose (their attackers' proto shift is the round's lowest).
+# - clipfed-better-of: each server image distilled towards the teacher or the round's aggregate,
+#   whichever knows its label better (`clipfed-kd-target`), to measure whether the federation then
+#   keeps what it learns beyond a weak teacher over 50 rounds, and what that costs in ASR.
 DURABLE_CPU_ABLATION: dict[str, dict[str, Any]] = {
     "clipfed-lean": {"defense": "clipfed", "clipfed-post-steps": 20, "clipfed-probe-size": 250},
     "clipfed-history": {"defense": "clipfed", "clipfed-history-weight": 0.5, "clipfed-z-threshold": 2.5},
     "clipfed-two-sided": {"defense": "clipfed", "clipfed-history-weight": 0.5, "clipfed-z-threshold": 2.5,
                           "clipfed-low-signals": "proto", "clipfed-low-threshold": 2.0},
+    "clipfed-better-of": {"defense": "clipfed", "clipfed-kd-target": "better-of"},
 }
 # The plan refuses, naming them, any attack that is not registered. `_durable_variants` gives the
 # columns with keys of their own (pgd, a3fl, single-shot).
@@ -409,7 +413,8 @@ SUITES: dict[str, Suite] = {
                         "both reference teachers (public pool, and clean train split: the -strong-teacher rows); "
                         "clipfed-lean: CLIP-Fed with 20 distillation steps and a 250-image probe; clipfed-history: "
                         "running scores over a client's rounds (weight 0.5) at threshold 2.5; clipfed-two-sided: "
-                        "that and low proto shifts at 2.0; "
+                        "that and low proto shifts at 2.0; clipfed-better-of: each server image distilled towards "
+                        "the teacher or the round's aggregate, whichever knows its label better; "
                         "seed 0; about "
                         f"{DURABLE_CPU_HOURS:.0f} hours of rounds and A3FL trigger searches run by run (estimated)",
             base=_DURABLE_COMMON | {"model": "cnn", "local-epochs": 1},

@@ -16,7 +16,8 @@ trigger-like copies, all with clean labels) with
 
 where ``f`` are the model's penultimate features and ``P`` a projection head into the teacher's
 embedding space that lives on the server and persists across rounds. Teacher logits and
-prototypes come from the server-dataset artifact: computed once, never recomputed here.
+prototypes come from the server-dataset artifact: computed once, never recomputed here. With
+``clipfed-kd-target = "better-of"`` each image's target is chosen by ``kd_targets``.
 
 The whole server step runs on the strategy's ``device``: the probe, the fine-tuning set, the
 teacher's logits and prototypes, the model and the projector are moved there once, here; client
@@ -29,6 +30,7 @@ same rows.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -102,6 +104,34 @@ def build_probe(data: ServerDataset, size: int, num_classes: int, seed: int,
         augmented_source=torch.as_tensor(sources, dtype=torch.long, device=device),
         num_classes=num_classes,
     )
+
+
+def kd_targets(teacher_logits: torch.Tensor, anchor_logits: torch.Tensor, labels: torch.Tensor,
+               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distillation targets under ``clipfed-kd-target = "better-of"``: per image, the softened
+    teacher's distribution or the round's aggregate's own, whichever gives its label the higher
+    probability (at temperature 1; a tie goes to the teacher).
+
+    Distilling towards a teacher weaker than the aggregate costs what the federation learned
+    beyond it (issue 20); this keeps the teacher's pull where it knows better, which is where a
+    backdoor shows (a trigger-like copy the aggregate sends to the target class), and elsewhere
+    holds the model to what it already knew, so every image keeps a target. Our choice, not the paper's.
+
+    Args:
+        teacher_logits: The teacher's logits (B, C).
+        anchor_logits: The aggregate's logits before alignment (B, C), not differentiated.
+        labels: The server labels (B,).
+        temperature: The distillation temperature T.
+
+    Returns:
+        (targets (B, C), each row a distribution; taught (B,), True where the teacher's was chosen).
+    """
+    def knows(logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(1).gather(1, labels[:, None]).squeeze(1)
+
+    taught = knows(teacher_logits) >= knows(anchor_logits)
+    chosen = torch.where(taught[:, None], teacher_logits.float(), anchor_logits.float())
+    return F.softmax(chosen / temperature, 1), taught
 
 
 @DEFENSES.register("clipfed")
@@ -219,7 +249,8 @@ class ClipFedDefense(DefenseStrategy):
 
         Returns:
             The aligned model as a CPU ArrayRecord; ``details`` gets ``post_loss`` (each term's
-            mean over the steps) and ``post_seconds``.
+            mean over the steps), ``post_seconds`` and, with ``clipfed-kd-target = "better-of"``,
+            ``kd_teacher_share`` (the share of images the teacher taught, first step and mean).
         """
         started = time.perf_counter()
         cfg = self.cfg
@@ -232,13 +263,22 @@ class ClipFedDefense(DefenseStrategy):
             cfg.seed, Stream.CLIPFED_POST, server_round).integers(2**62)))
         temperature = cfg.clipfed_kd_temperature
         history: dict[str, list[torch.Tensor]] = {"kl": [], "pc": [], "ce": []}  # per step, on the device
+        teacher_share: list[torch.Tensor] = []  # clipfed-kd-target better-of: each step's share taught
+        anchor = copy.deepcopy(model).eval() if cfg.clipfed_kd_target == "better-of" else None  # the aggregate
         for _ in range(cfg.clipfed_post_steps):
             idx = torch.randint(len(self.train_y), (cfg.clipfed_post_batch,), generator=generator).to(self.device)
             with autocast(self.device, cfg.amp):
                 features = model.features(self.train_x[idx])
                 logits = model.head(features)
                 losses: dict[str, torch.Tensor] = {}
-                if cfg.clipfed_lambda_kl:
+                if cfg.clipfed_lambda_kl and anchor is not None:
+                    with torch.no_grad():
+                        targets, taught = kd_targets(self.teacher_logits[idx], anchor(self.train_x[idx]),
+                                                     self.train_y[idx], temperature)
+                    losses["kl"] = cfg.clipfed_lambda_kl * temperature**2 * F.kl_div(
+                        F.log_softmax(logits / temperature, 1), targets, reduction="batchmean")
+                    teacher_share.append(taught.float().mean())
+                elif cfg.clipfed_lambda_kl:
                     losses["kl"] = cfg.clipfed_lambda_kl * temperature**2 * F.kl_div(
                         F.log_softmax(logits / temperature, 1),
                         F.softmax(self.teacher_logits[idx] / temperature, 1), reduction="batchmean")
@@ -262,6 +302,10 @@ class ClipFedDefense(DefenseStrategy):
             for value in torch.stack(values).tolist() if values else []:
                 totals[name] += value / cfg.clipfed_post_steps
         self.details["post_loss"] = {k: round(v, 4) for k, v in totals.items()}
+        if teacher_share:
+            shares = torch.stack(teacher_share).tolist()
+            self.details["kd_teacher_share"] = {"first": round(shares[0], 4),
+                                                "mean": round(sum(shares) / len(shares), 4)}
         self.details["post_seconds"] = round(time.perf_counter() - started, 4)
         return to_array_record(model.state_dict())
 
