@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 from conftest import SHARED_ASSETS
 from flower_mocks import arrays_of, server_identity, train_reply  # noqa: F401
 
+import clipfed.defense.clipfed as clipfed_defense
 from clipfed.attacks import create_attack
 from clipfed.config import RunConfig
 from clipfed.data import load_cifar10, public_pool_indices
@@ -160,6 +163,34 @@ def test_better_of_leaves_a_model_that_knows_the_server_labels_to_itself(fake_da
     strategy.post_align(1, arrays_of(learned))
     learned_share = strategy.details["kd_teacher_share"]["first"]
     assert fresh_share > 0.6 and learned_share < fresh_share / 2, (fresh_share, learned_share)
+
+
+def test_better_of_anchor_is_the_aggregate_as_it_came_frozen_and_in_eval_mode(  # type: ignore[no-untyped-def]
+        fake_data_dir: Path, server_data, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step's anchor logits are those of the model handed to ``post_align``, in eval mode
+    (a ResNet, so BatchNorm's batch statistics would show), not of the model being aligned."""
+    cfg = run_cfg(fake_data_dir, **{"model": "resnet20", "clipfed-pre": False, "clipfed-post-steps": 3,
+                                    "clipfed-post-batch": 16, "clipfed-kd-target": "better-of"})
+    strategy = create_defense(cfg, server_data=server_data)
+    torch.manual_seed(0)
+    start = {k: v.numpy().copy() for k, v in create_model("resnet20", 10).state_dict().items()}
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real = copy.deepcopy
+
+    def recording_copy(obj):  # type: ignore[no-untyped-def]
+        anchor = real(obj)
+        anchor.register_forward_hook(lambda module, args, out: calls.append((args[0].clone(), out.detach().clone())))
+        return anchor
+
+    monkeypatch.setattr(clipfed_defense, "copy", SimpleNamespace(deepcopy=recording_copy))
+    strategy.post_align(1, arrays_of(start))
+    reference = create_model("resnet20", 10)
+    reference.load_state_dict({k: torch.from_numpy(v) for k, v in start.items()})
+    reference.eval()
+    assert len(calls) == 3
+    with torch.no_grad():
+        for x, out in calls:
+            torch.testing.assert_close(reference(x), out)
 
 
 def test_clipfed_aggregates_mock_replies_and_clips_to_the_median_norm(fake_data_dir: Path, server_data) -> None:  # type: ignore[no-untyped-def]

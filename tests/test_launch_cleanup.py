@@ -241,4 +241,5 @@ def test_a_run_flwr_refuses_to_start_says_why(fake_data_dir: Path, tmp_path: Pat
     with pytest.raises(FlowerRunError) as caught:
         flwr_run(app, config, num_supernodes=2, timeout=120)
     message = str(caught.value)
-    assert "`flwr run` exited with" in message and "FAB size exceeds maximum" in message, message
+    assert "`flwr run` exited with 1 and the SuperLink lists no run" in message, message
+    assert "FAB size exceeds maximum" in message, message

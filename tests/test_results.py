@@ -146,6 +146,16 @@ def test_clipfed_table_keeps_cold_and_warm_runs_apart_but_merges_the_seeds_of_a_
     assert lines[3].startswith("| r-s2 |") and "| 0.300 |" in lines[3]
 
 
+def test_clipfed_table_merges_seeds_recorded_before_and_after_a_key_was_added() -> None:
+    """A seed recorded before a key existed is one experiment with a seed recorded since with the key
+    at its default; a seed with the key off its default is another."""
+    old = _run(0, 0.5, 0.2, defense="clipfed")
+    old["config"] = {k: v for k, v in old["config"].items() if k != "clipfed-kd-target"}
+    lines = results_table([old, _run(1, 0.7, 0.4, defense="clipfed"),
+                           _run(2, 0.6, 0.1, **{"defense": "clipfed", "clipfed-kd-target": "better-of"})]).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| r-s0 (+1 seeds) |") and lines[3].startswith("| r-s2 |"), lines
+
+
 def test_clipfed_table_rounds_shows_each_round_with_the_servers_share(capsys: pytest.CaptureFixture[str],
                                                                       tmp_path: Path) -> None:
     from clipfed.cli import main

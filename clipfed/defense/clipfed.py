@@ -264,17 +264,20 @@ class ClipFedDefense(DefenseStrategy):
         temperature = cfg.clipfed_kd_temperature
         history: dict[str, list[torch.Tensor]] = {"kl": [], "pc": [], "ce": []}  # per step, on the device
         teacher_share: list[torch.Tensor] = []  # clipfed-kd-target better-of: each step's share taught
-        anchor = copy.deepcopy(model).eval() if cfg.clipfed_kd_target == "better-of" else None  # the aggregate
+        anchor = None  # better-of: the aggregate as it came, frozen, in eval mode
+        if cfg.clipfed_kd_target == "better-of" and cfg.clipfed_lambda_kl:
+            anchor = copy.deepcopy(model).eval().requires_grad_(False)
         for _ in range(cfg.clipfed_post_steps):
             idx = torch.randint(len(self.train_y), (cfg.clipfed_post_batch,), generator=generator).to(self.device)
+            x = self.train_x[idx]
             with autocast(self.device, cfg.amp):
-                features = model.features(self.train_x[idx])
+                features = model.features(x)
                 logits = model.head(features)
                 losses: dict[str, torch.Tensor] = {}
                 if cfg.clipfed_lambda_kl and anchor is not None:
                     with torch.no_grad():
-                        targets, taught = kd_targets(self.teacher_logits[idx], anchor(self.train_x[idx]),
-                                                     self.train_y[idx], temperature)
+                        targets, taught = kd_targets(self.teacher_logits[idx], anchor(x), self.train_y[idx],
+                                                     temperature)
                     losses["kl"] = cfg.clipfed_lambda_kl * temperature**2 * F.kl_div(
                         F.log_softmax(logits / temperature, 1), targets, reduction="batchmean")
                     teacher_share.append(taught.float().mean())

@@ -441,10 +441,11 @@ def _run_in(home: Path, app_dir: Path, run_config: Mapping[str, Any], federation
                 stop_tree([cli.pid] if cli.poll() is None else [])
                 cli.wait()
         run_id, status = run_status(home)
-    if run_id is None and cli.returncode:
+    if finished and run_id is None and cli.returncode:  # refused before any run existed (a FAB too big, say)
         tail = [line.strip(" │╭╮╰╯─") for line in (home / "flwr-run.log").read_text(errors="replace").splitlines()]
         said = " ".join(line for line in tail[-8:] if line)
-        raise FlowerRunError(f"`flwr run` exited with {cli.returncode} before a run started: {said}")
+        raise FlowerRunError(f"`flwr run` exited with {cli.returncode} and the SuperLink lists no run "
+                             f"({status}): {said}")
     if not finished:
         raise FlowerRunError(f"run {run_id} still {status} after {timeout:.0f} s (--timeout)")
     if status != COMPLETED:

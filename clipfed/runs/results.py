@@ -18,7 +18,7 @@ from statistics import mean, pstdev
 from typing import TYPE_CHECKING, Any
 
 from clipfed import __version__
-from clipfed.config import RunConfig
+from clipfed.config import RunConfig, default_of
 from clipfed.devices import amp_active, describe
 from clipfed.errors import UserError
 from clipfed.evaluation import Evaluation, format_metric
@@ -342,11 +342,20 @@ def run_status(result: dict[str, Any]) -> str:
 def _seedless(config: dict[str, Any]) -> str:
     """A run's config without what differs between seeds of one experiment: the seed, where the
     results go, and the warm start's path (one per seed, and with a plateau rule of a length of its
-    own). Whether it was warm-started stays: a cold and a warm run of otherwise equal keys are two
-    experiments."""
+    own), and keys at their default. Whether it was warm-started stays: a cold and a warm run of
+    otherwise equal keys are two experiments."""
     ignored = {"seed", "run-name", "out-dir", "resume-from", "init-model"}
-    kept = {k: v for k, v in config.items() if k not in ignored}
+    kept = {k: v for k, v in config.items() if k not in ignored and not _at_default(k, v)}
     return json.dumps({**kept, "warm-started": bool(config.get("init-model"))}, sort_keys=True)
+
+
+def _at_default(key: str, value: Any) -> bool:
+    """Whether a recorded key holds its default: a run recorded before a key existed, and one
+    recorded since with the key at its default, are the same experiment (as ``config_hash`` says)."""
+    try:
+        return bool(default_of(key) == value)
+    except KeyError:  # a key this version no longer has
+        return False
 
 
 def _tally(values: list[str]) -> str:
