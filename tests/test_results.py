@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,30 @@ from clipfed.runs.results import RunExistsError, RunRecorder, diverged_at, load_
 
 def config(tmp_path: Path, **overrides: object) -> RunConfig:
     return RunConfig.from_flower({"out-dir": str(tmp_path), "run-name": "r1", **overrides})
+
+
+def test_a_running_result_whose_process_is_gone_reads_as_stopped(tmp_path: Path) -> None:
+    """SIGKILL leaves ``running`` in result.json; a reader on the same machine says ``stopped``,
+    with why, and the tables show it so. A live process, another host's run or a result that
+    records no process keep ``running``."""
+    recorder = RunRecorder.create(config(tmp_path))
+    recorder.on_evaluation(0, Evaluation(0.1, 0.0, [0.1] * 10), 0.5)
+    assert load_result(recorder.run_dir)["status"] == "running", "this very process is alive"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    path = recorder.run_dir / "result.json"
+    payload = json.loads(path.read_text())
+    for process, expected in ((payload["process"] | {"pid": int(gone.stdout)}, "stopped"),
+                              ({"host": "another-machine", "pid": int(gone.stdout)}, "running"),
+                              (None, "running")):
+        path.write_text(json.dumps({**payload, "process": process}))
+        result = load_result(recorder.run_dir)
+        assert result["status"] == expected, process
+    path.write_text(json.dumps({**payload, "process": payload["process"] | {"pid": int(gone.stdout)}}))
+    result = load_result(recorder.run_dir)
+    assert f"(pid {gone.stdout.strip()} on " in result["stopped_why"] and "after round 0" in result["stopped_why"]
+    assert "| stopped |" in results_table([result])
+    assert json.loads(path.read_text())["status"] == "running", "reading never rewrites the file"
 
 
 def test_result_json_schema_and_atomic_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

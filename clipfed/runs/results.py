@@ -1,7 +1,9 @@
 """The run folder and ``result.json``: resolved config, versions, device, per-round metrics, final table.
 
 ``result.json`` is rewritten atomically after every round, so a crashed run leaves a readable
-partial result (``status: running``), and a run folder that exists is never reused.
+partial result (``status: running``), and a run folder that exists is never reused. It records
+the process that writes it, so that a reader on the same machine tells a run still going from one
+whose process is gone (``load_result``: status ``stopped``).
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class RunRecorder:
             "versions": versions(),
             "seed": cfg.seed,
             "started_at": datetime.now(UTC).isoformat(),
+            "process": {"host": platform.node(), "pid": os.getpid()},
             "rounds": [],
             "final": None,
         }
@@ -256,6 +259,26 @@ def load_result(run_dir: Path) -> dict[str, Any]:
         raise NotARunError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(result, dict) or not {"run_name", "config", "rounds"} <= set(result):
         raise NotARunError(f"{path}: not a clipfed result (it lacks run_name, config or rounds)")
+    return _with_liveness(result)
+
+
+def _with_liveness(result: dict[str, Any]) -> dict[str, Any]:
+    """A ``running`` result whose writing process is gone (killed with SIGKILL, the machine
+    rebooted: nothing could record it) reads as ``stopped``, with why in ``stopped_why``, so no
+    table calls a dead run running. Only on the machine that ran it; a result that records no
+    process (written before clipfed recorded it) keeps its status."""
+    process = result.get("process") or {}
+    if result.get("status") != "running" or process.get("host") != platform.node() or "pid" not in process:
+        return result
+    try:
+        os.kill(int(process["pid"]), 0)
+    except ProcessLookupError:
+        rounds = sum(1 for e in result["rounds"] if e.get("round", 0) >= 1)
+        return {**result, "status": "stopped",
+                "stopped_why": f"its process (pid {process['pid']} on {process['host']}) is gone after "
+                               f"round {rounds}; nothing updates this run"}
+    except PermissionError:  # alive, another user's
+        pass
     return result
 
 
@@ -322,7 +345,7 @@ def marked_rounds(result: dict[str, Any], mark: str) -> tuple[int, int]:
 
 
 def run_status(result: dict[str, Any]) -> str:
-    """The run's status (``completed``, ``failed``, ``interrupted``, ``running``), with a mark
+    """The run's status (``completed``, ``failed``, ``interrupted``, ``running``, ``stopped``), with a mark
     where its defense never aggregated or skipped rounds, or had too few updates to filter, so a
     table never shows such a row as a plain result."""
     status = str(result.get("status", "completed"))
