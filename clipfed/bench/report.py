@@ -220,9 +220,9 @@ _DURABLE_HEADERS = {"asr_end": "ASR at window end", "asr_max": "window max ASR",
 def _durable_cell(runs: list[tuple[dict[str, Any], DurableMetrics]], key: str) -> str:
     """Mean ± std of one durable metric over the completed seeds that have it; ``n/a (why)`` where
     none has (the first seed's reason), and how many seeds lack it where some do. A row whose runs
-    are all still running, or stopped (a long suite read mid-way), shows what its rounds so far give,
-    marked ``(partial: running)`` or ``(partial: stopped)``: a window that has closed has its ASR, a lifespan already reached is
-    final, pooled detection counts the rounds so far."""
+    are all still running, or stopped (a long suite read mid-way), shows what its rounds so far
+    give, marked ``(partial: running)`` or ``(partial: stopped)``: a window that has closed has its
+    ASR, a lifespan already reached is final, pooled detection counts the rounds so far."""
     done = [m for r, m in runs if r.get("status", "completed") == "completed"]
     unfinished = {str(r.get("status")) for r, _ in runs}
     partial = bool(runs) and not done and unfinished <= {"running", "stopped"}
@@ -242,7 +242,8 @@ def _durable_cell(runs: list[tuple[dict[str, Any], DurableMetrics]], key: str) -
                   f"{sum(int(m.values.get('attacked_rounds') or 0) for m in covered)}]")
     shown += f" ({len(missing)}/{len(runs)} seeds n/a)" if missing else ""
     label = "/".join(sorted(unfinished))
-    return shown + (f" (partial: {label})" if partial and key != "floor" else "")  # a floor is read from a completed run
+    # a floor is read from a completed run
+    return shown + (f" (partial: {label})" if partial and key != "floor" else "")
 
 
 def durable_table(rows: list[Row]) -> str:
