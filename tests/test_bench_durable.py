@@ -345,8 +345,11 @@ def test_tables_name_teacher_seeds_and_status_and_mark_rows_in_the_table() -> No
     partial = durable_table([_rows()[0], Row("iid", "badnets", "fedavg", [running])])
     assert "| **running** | 0.970 (partial: running) | 0.970 (partial: running) | n/a (the run ends at round 6 " \
            "(running), 2 rounds after the window; +10 is round 14) |" in partial, partial
-    stopped = durable_table([_rows()[0], Row("iid", "badnets", "fedavg", [{**running, "status": "stopped"}])])
-    assert "| **stopped** | 0.970 (partial: stopped) | 0.970 (partial: stopped) |" in stopped, stopped
+    for status in ("stopped", "interrupted"):
+        stopped = durable_table([_rows()[0], Row("iid", "badnets", "fedavg", [{**running, "status": status}])])
+        assert f"| **{status}** | 0.970 (partial: {status}) | 0.970 (partial: {status}) |" in stopped, stopped
+    failed = durable_table([_rows()[0], Row("iid", "badnets", "fedavg", [{**running, "status": "failed"}])])
+    assert "partial" not in failed, "a failed run's rounds are not the row's numbers"
 
 
 def test_a_run_that_left_no_result_is_a_failed_row(tmp_path: Path) -> None:

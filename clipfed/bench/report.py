@@ -220,12 +220,13 @@ _DURABLE_HEADERS = {"asr_end": "ASR at window end", "asr_max": "window max ASR",
 def _durable_cell(runs: list[tuple[dict[str, Any], DurableMetrics]], key: str) -> str:
     """Mean ± std of one durable metric over the completed seeds that have it; ``n/a (why)`` where
     none has (the first seed's reason), and how many seeds lack it where some do. A row whose runs
-    are all still running, or stopped (a long suite read mid-way), shows what its rounds so far
-    give, marked ``(partial: running)`` or ``(partial: stopped)``: a window that has closed has its
-    ASR, a lifespan already reached is final, pooled detection counts the rounds so far."""
+    are all still running, stopped or interrupted (a long suite read mid-way) shows what its rounds
+    so far give, marked ``(partial: running)`` (``stopped``, ``interrupted``): a window that has
+    closed has its ASR, a lifespan already reached is final, pooled detection counts the rounds so
+    far. A failed run's rounds are not shown as the row's."""
     done = [m for r, m in runs if r.get("status", "completed") == "completed"]
     unfinished = {str(r.get("status")) for r, _ in runs}
-    partial = bool(runs) and not done and unfinished <= {"running", "stopped"}
+    partial = bool(runs) and not done and unfinished <= {"running", "stopped", "interrupted"}
     if partial:
         done = [m for _, m in runs]
     values = [v for m in done if (v := m.values.get(key)) is not None]
