@@ -274,17 +274,16 @@ class ClipFedDefense(DefenseStrategy):
                 features = model.features(x)
                 logits = model.head(features)
                 losses: dict[str, torch.Tensor] = {}
-                if cfg.clipfed_lambda_kl and anchor is not None:
-                    with torch.no_grad():
-                        targets, taught = kd_targets(self.teacher_logits[idx], anchor(x), self.train_y[idx],
-                                                     temperature)
+                if cfg.clipfed_lambda_kl:
+                    if anchor is None:
+                        targets = F.softmax(self.teacher_logits[idx] / temperature, 1)
+                    else:
+                        with torch.no_grad():
+                            targets, taught = kd_targets(self.teacher_logits[idx], anchor(x), self.train_y[idx],
+                                                         temperature)
+                        teacher_share.append(taught.float().mean())
                     losses["kl"] = cfg.clipfed_lambda_kl * temperature**2 * F.kl_div(
                         F.log_softmax(logits / temperature, 1), targets, reduction="batchmean")
-                    teacher_share.append(taught.float().mean())
-                elif cfg.clipfed_lambda_kl:
-                    losses["kl"] = cfg.clipfed_lambda_kl * temperature**2 * F.kl_div(
-                        F.log_softmax(logits / temperature, 1),
-                        F.softmax(self.teacher_logits[idx] / temperature, 1), reduction="batchmean")
                 if cfg.clipfed_lambda_pc:
                     projected = F.normalize(self.projector(features), dim=1)
                     losses["pc"] = cfg.clipfed_lambda_pc * F.cross_entropy(
