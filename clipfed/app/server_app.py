@@ -52,41 +52,42 @@ def main(grid: Grid, context: Context) -> None:
     train, test, split = load_federated(cfg)
     device = resolve_device(cfg.device)  # before the run folder: an absent GPU stops the run here
     recorder = RunRecorder.create(cfg, resumed=previous)
-    recorder.payload["unused_keys"] = unused_keys(cfg)  # set, but read by no part of this run
-    for note in recorder.payload["unused_keys"]:
-        log(WARNING, "[clipfed] %s: it changes nothing in this run", note)
-    if warning := few_updates_note(cfg):
-        log(WARNING, "[clipfed] %s", warning)
-    recorder.note_device(device, cfg.amp)
-    evaluator = BackdoorEvaluator(eval_subset(test, cfg.eval_samples), create_attack(cfg), cfg.eval_batch_size,
-                                  device, cfg.amp, trigger_pool(train, split, cfg.seed), cfg.seed)
-    model = initial_model(cfg)
-    strategy: DefenseStrategy | None = None
-    sent: dict[str, ArrayRecord] = {}  # "global": the model the clients of the next round receive
+    try:  # from here on the run folder exists: however the run ends, its status says how
+        recorder.payload["unused_keys"] = unused_keys(cfg)  # set, but read by no part of this run
+        for note in recorder.payload["unused_keys"]:
+            log(WARNING, "[clipfed] %s: it changes nothing in this run", note)
+        if warning := few_updates_note(cfg):
+            log(WARNING, "[clipfed] %s", warning)
+        recorder.note_device(device, cfg.amp)
+        evaluator = BackdoorEvaluator(eval_subset(test, cfg.eval_samples), create_attack(cfg), cfg.eval_batch_size,
+                                      device, cfg.amp, trigger_pool(train, split, cfg.seed), cfg.seed)
+        model = initial_model(cfg)
+        strategy: DefenseStrategy | None = None
+        sent: dict[str, ArrayRecord] = {}  # "global": the model the clients of the next round receive
 
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        trigger_seconds = 0.0
-        if evaluator.rederives and server_round > 0 and cfg.attacks_in(server_round):  # as this round's attackers
+        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            trigger_seconds = 0.0
+            if evaluator.rederives and server_round > 0 and cfg.attacks_in(server_round):  # as this round's attackers
+                started = time.perf_counter()
+                model.load_state_dict(sent["global"].to_torch_state_dict())
+                evaluator.rederive_trigger(model, server_round)
+                trigger_seconds = time.perf_counter() - started
+            sent["global"] = arrays
             started = time.perf_counter()
-            model.load_state_dict(sent["global"].to_torch_state_dict())
-            evaluator.rederive_trigger(model, server_round)
-            trigger_seconds = time.perf_counter() - started
-        sent["global"] = arrays
-        started = time.perf_counter()
-        model.load_state_dict(arrays.to_torch_state_dict())
-        result = evaluator(model)
-        recorder.on_evaluation(server_round, result, time.perf_counter() - started, trigger_seconds)
-        if server_round > 0 and strategy is not None:
-            snapshot(server_round, arrays, strategy.state_dict(), cfg, evaluator.trigger_memory).save(recorder.run_dir)
-        # a MetricRecord holds numbers only: a metric that could not be computed is left out
-        metrics: dict[str, Any] = {"diverged": int(result.diverged)}
-        metrics |= {key: value for key, value in (("ma", result.ma), ("asr", result.asr), ("racc", result.racc))
-                    if value is not None}
-        if None not in result.per_class_acc:
-            metrics["per-class-acc"] = result.per_class_acc
-        return MetricRecord(metrics)
+            model.load_state_dict(arrays.to_torch_state_dict())
+            result = evaluator(model)
+            recorder.on_evaluation(server_round, result, time.perf_counter() - started, trigger_seconds)
+            if server_round > 0 and strategy is not None:
+                snapshot(server_round, arrays, strategy.state_dict(), cfg,
+                         evaluator.trigger_memory).save(recorder.run_dir)
+            # a MetricRecord holds numbers only: a metric that could not be computed is left out
+            metrics: dict[str, Any] = {"diverged": int(result.diverged)}
+            metrics |= {key: value for key, value in (("ma", result.ma), ("asr", result.asr), ("racc", result.racc))
+                        if value is not None}
+            if None not in result.per_class_acc:
+                metrics["per-class-acc"] = result.per_class_acc
+            return MetricRecord(metrics)
 
-    try:
         defense_inputs: dict[str, Any] = {}
         if DEFENSES.get(cfg.defense).needs_server_data:
             from clipfed.data_synth.provider import (
@@ -123,6 +124,9 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_fn=evaluate,
             first_round=first_round,
         )
+    except KeyboardInterrupt:  # Ctrl-C, or a stop signal raised as ``Interrupted``: resumable, not failed
+        recorder.finish(status="interrupted")
+        raise
     except BaseException:
         recorder.finish(status="failed")
         raise

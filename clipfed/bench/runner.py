@@ -9,14 +9,17 @@ the new run resumes from it.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -28,9 +31,12 @@ from clipfed.config import ConfigError, RunConfig, default_of
 from clipfed.data import malicious_clients
 from clipfed.defense.sampler import draw
 from clipfed.engines.inprocess import run_inprocess
+from clipfed.engines.launch import interruptible
 from clipfed.errors import UserError
 from clipfed.runs.checkpoint import CHECKPOINT_FILE, load_resume
 from clipfed.runs.results import RESULT_FILE, load_result
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -324,6 +330,18 @@ def _server_data_cells(suite: Suite, out: Path, cells: list[Cell]) -> list[int]:
     return list(first.values())
 
 
+def _in_worker(task: Callable[..., T], *args: Any) -> T:
+    """Run a bench task in a pool worker. A run stopped by a signal has recorded `interrupted` by
+    the time it raises here; the worker then exits instead of taking up a run queued before the
+    stop (a pool queues one more than it runs, beyond the reach of ``cancel_futures``)."""
+    try:
+        return task(*args)
+    except KeyboardInterrupt as stop:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + int(getattr(stop, "signum", signal.SIGINT)))
+
+
 def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
               workers: int = 1) -> list[tuple[Cell, Path]]:
     """Run every cell in ``workers`` processes of ``threads`` torch threads each (small models run
@@ -339,7 +357,10 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
     warm: dict[tuple[str, int | None], str] = {}
     total = sum(c.config(suite, out).num_server_rounds for c in cells)
     phases = [[i for i, c in enumerate(cells) if c.pretrain], [i for i, c in enumerate(cells) if not c.pretrain]]
-    with (tqdm(total=total, unit="round", desc=f"bench {suite.name}", dynamic_ncols=True) as bar,
+    # SIGTERM and SIGHUP stop the suite as Ctrl-C does: no run starts, each worker's run records
+    # `interrupted` (run_inprocess) and the workers exit, rather than wait orphaned for work.
+    with (interruptible(),
+          tqdm(total=total, unit="round", desc=f"bench {suite.name}", dynamic_ncols=True) as bar,
           ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool):
         for number, phase in enumerate(phases):
             configs = {i: cells[i].config(suite, out, warm.get(cells[i].warm_key(suite), "")) for i in phase}
@@ -348,8 +369,9 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
                 first.setdefault(configs[i].run_name, i)
             shared = {i: first[configs[i].run_name] for i in phase if first[configs[i].run_name] != i}
             bar.total -= sum(configs[i].num_server_rounds for i in shared)
-            futures = {(pool.submit(run_pretrain, configs[i], suite.plateau, threads) if cells[i].pretrain
-                        else pool.submit(run_cell, configs[i], threads)): i for i in phase if i not in shared}
+            futures = {(pool.submit(_in_worker, run_pretrain, configs[i], suite.plateau, threads) if cells[i].pretrain
+                        else pool.submit(_in_worker, run_cell, configs[i], threads)): i
+                       for i in phase if i not in shared}
             prepared = {pool.submit(prepare_server_data, cells[i].config(suite, out), threads): cells[i].name
                         for i in (_server_data_cells(suite, out, cells) if number == 0 else [])}
             try:
@@ -382,6 +404,11 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
                     else:  # a finished run of the same config: keep the ETA about real work
                         bar.total -= rounds
                         bar.refresh()
+            except KeyboardInterrupt:  # Ctrl-C or a stop signal, to the bench alone or its whole group
+                for worker in active_children():
+                    worker.terminate()  # its run records `interrupted`, then the worker exits (_in_worker)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)  # runs under way finish; none start
                 raise

@@ -83,13 +83,19 @@ class InProcessGrid(Grid):
 
 
 def run_inprocess(cfg: RunConfig, threads: int = 1) -> Path:
-    """Run ``cfg`` through ``server_app.main`` on an ``InProcessGrid``; return the run folder."""
+    """Run ``cfg`` through ``server_app.main`` on an ``InProcessGrid``; return the run folder.
+
+    SIGINT, SIGTERM and SIGHUP raise ``launch.Interrupted`` here (in the main thread: a bench
+    worker's too), so a run stopped from outside records ``interrupted`` and keeps its checkpoint
+    to resume from, as a ``flwr run`` does; Python's default SIGTERM would end the process with
+    the result still saying ``running``."""
     from clipfed.app.server_app import main
+    from clipfed.engines.launch import interruptible
     from clipfed.runs.results import default_run_name
 
     if not cfg.run_name:
         cfg = cfg.model_copy(update={"run_name": default_run_name(cfg)})
-    with server_identity():
+    with interruptible(), server_identity():
         main(InProcessGrid(cfg, threads), Context(run_id=1, node_id=SERVER_NODE_ID, node_config={},
                                                   state=RecordDict(), run_config=cfg.to_flower()))
     return Path(cfg.out_dir) / cfg.run_name

@@ -57,6 +57,11 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
         self.signum = signum
 
+    def __reduce__(self) -> tuple[type[Interrupted], tuple[int, str]]:
+        """Pickle as (signum, message): a bench worker's interrupted run sends it to the parent,
+        and the default (the message alone) would not rebuild, breaking the whole pool."""
+        return type(self), (self.signum, str(self))
+
 
 @dataclass(frozen=True)
 class RunOutcome:
@@ -201,9 +206,13 @@ _held: list[int] | None = None  # signals that arrived while cleanup ran; None: 
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    global _held
     if _held is not None:
         _held.append(signum)
         return
+    # One stop is enough: what it unwinds (a run recording `interrupted`, processes being stopped)
+    # must not be cut short by the next signal, such as a bench pool's terminate() after Ctrl-C.
+    _held = []
     raise Interrupted(signum)
 
 
@@ -214,17 +223,21 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 @contextmanager
 def interruptible() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP raise ``Interrupted``, so ``finally`` blocks stop what a run started
-    (Python's default SIGTERM ends the process at once, leaving every child running). Only the
-    main thread may set handlers; elsewhere this does nothing."""
+    (Python's default SIGTERM ends the process at once, leaving every child running); only the
+    first one raises, later ones until the block ends are held and dropped. Only the main thread
+    may set handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _held
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
+    outer = _held
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _held = outer  # signals held after the first stop are dropped with it
 
 
 class _Cleanup:
