@@ -125,8 +125,42 @@ def test_the_server_dataset_keys_are_read_only_where_a_defense_builds_one() -> N
                if _own_reads(ast.parse(path.read_text())) & set(SERVER_DATA_KEYS)}
     assert {r for r in readers if not r.startswith(builders)} - checkers == {"clipfed/app/server_app.py",
                                                                              "clipfed/bench/runner.py"}
-    for path in ("clipfed/app/server_app.py", "clipfed/bench/runner.py"):
-        assert "needs_server_data" in (root / path).read_text(), path
+
+
+@pytest.mark.parametrize("defense", ["fedavg", "teacher-only"])  # teacher-only: the branch is reached
+def test_the_server_dataset_is_built_only_for_a_defense_that_needs_one(
+        defense: str, fake_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two callers above, by behaviour: the ServerApp and the bench's server-data phase build
+    nothing for FedAvg (so a teacher-* key there changes nothing, as its note says) and build one
+    for teacher-only."""
+    from clipfed.bench.runner import _server_data_cells, plan
+    from clipfed.bench.suites import Suite
+    from clipfed.data_synth import provider
+    from clipfed.engines.inprocess import run_inprocess
+
+    class Built(Exception):
+        pass
+
+    def build(*args: object, **kwargs: object) -> None:
+        raise Built
+
+    monkeypatch.setattr(provider, "synth_config_for", build)
+    monkeypatch.setattr(provider, "obtain_server_dataset", build)
+    keys = load_run_config({"defense": defense, "teacher-pool": "train-split", "num-clients": 2,
+                            "num-malicious": 0, "num-server-rounds": 1, "local-steps": 1, "eval-samples": 20,
+                            "partition": "iid", "data-dir": str(fake_data_dir), "out-dir": str(tmp_path),
+                            "run-name": defense})
+    suite = Suite(name="s", description="", seeds=(0,), pretrain_rounds=1, defenses=(), attacks=("badnets",),
+                  settings={"iid": {}}, base={})
+    cells = [c for c in plan(suite, variants=[]) if c.row in ("pretrain", f"{defense}-no-attack", defense)]
+    if defense == "fedavg":
+        assert run_inprocess(keys).name == defense
+        assert _server_data_cells(suite, tmp_path, cells) == []
+    else:
+        with pytest.raises(Built):
+            run_inprocess(keys)
+        with pytest.raises(Built):
+            _server_data_cells(suite, tmp_path, cells)
 
 
 @pytest.mark.parametrize("keys", [
