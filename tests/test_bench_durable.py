@@ -20,6 +20,7 @@ from clipfed.bench.style import canonical_order, row_styles
 from clipfed.bench.suites import (
     A3FL_DURABLE_KEYS,
     DURABLE_CPU_HOURS,
+    DURABLE_CPU_LT_HOURS,
     DURABLE_CPU_WINDOW,
     DURABLE_GPU_HOURS,
     SUITES,
@@ -104,6 +105,12 @@ def test_the_durable_suites_are_sized_as_stated() -> None:
         assert cfg.num_server_rounds == rounds and cfg.attack_epochs == 3 * cfg.local_epochs
         shot = next(c for c in plan(suite, attacks=["single-shot"]) if c.row == "fedavg").config(suite, Path("/x"))
         assert shot.attack_update == "scaling" and shot.attack_start_round == shot.attack_end_round
+    # issue 20's second split: CIFAR-10-LT with its own warm start, selectable with --settings
+    lt = plan(cpu, attacks=["badnets"], settings=["cifar10lt-dir0.5"], variants=[])
+    assert [c.row for c in lt] == ["pretrain", "fedavg-no-attack", "teacher-only", *cpu.defenses]
+    cfg = lt[-1].config(cpu, Path("/tmp/x"))
+    assert (cfg.dataset, cfg.imbalance_factor, cfg.dirichlet_alpha, cfg.num_clients) == ("cifar10-lt", 0.01, 0.5, 100)
+    assert {c.setting for c in plan(cpu, attacks=["badnets"], variants=[])} == {"cifar10-dir0.5", "cifar10lt-dir0.5"}
 
 
 def test_durable_suites_bound_pgd_near_a_benign_update_and_make_a3fl_feasible_stating_both() -> None:
@@ -120,13 +127,18 @@ def test_durable_suites_bound_pgd_near_a_benign_update_and_make_a3fl_feasible_st
         assert f"pgd-eps {eps:g}, near a benign update's L2 norm" in suite.description
         assert "a departure from its official defaults (200 and 1)" in suite.description
     assert "1394 passes over a shard instead of 50" in SUITES["durable"].description
-    assert "would take about 63 hours (these: 2.2)" in SUITES["durable"].description
-    assert f"about {DURABLE_CPU_HOURS:.0f} hours of rounds and A3FL trigger searches" in SUITES["durable"].description
+    assert "would take about 63 hours on CIFAR-10 (these: 2.2)" in SUITES["durable"].description
+    assert (f"about {DURABLE_CPU_HOURS:.0f} hours of rounds and A3FL trigger searches run by run on CIFAR-10 "
+            f"and {DURABLE_CPU_LT_HOURS:.0f} on CIFAR-10-LT") in SUITES["durable"].description
     rows = 14  # 6 defenses, 2 controls, 2 strong-teacher rows, 4 ablation rows (lean, history, two-sided, better-of)
     runs = rows * 7 - 3 * 3  # pgd, constrain-scale and clipfed-aware share BadNets' 3 control runs
     base = runs * DURABLE_CPU_WINDOW.rounds * (12 * 450 / 1_500 + 19_000 / 3_800 + 2.5 + 1) / 3600
     searches = 20 * (rows + rows - 1) * 50 * 450 / 1_500 / 3600  # server + 1 expected attacker, 12 attacked rows
     assert pytest.approx(base + searches) == DURABLE_CPU_HOURS
+    shard = 11_165 / 100  # CIFAR-10-LT's clients' images (long_tail_counts of the 4,500 a class left) over 100
+    base = runs * DURABLE_CPU_WINDOW.rounds * (12 * 112 / 1_500 + 19_000 / 3_800 + 2.5 + 1) / 3600
+    searches = 20 * (rows + rows - 1) * 50 * 112 / 1_500 / 3600
+    assert round(shard) == 112 and pytest.approx(base + searches) == DURABLE_CPU_LT_HOURS
     rows = 10  # the GPU suite has no ablation rows
     runs = rows * 7 - 3 * 3
     base = runs * 200 * (24 * 450 / 5_000 + 19_000 / 20_000 + 3.0 + 1) / 3600  # `paper`'s rates

@@ -237,6 +237,7 @@ _DURABLE_COMMON: dict[str, Any] = {"num-clients": 100, "num-malicious": 10, "fra
 # a 20-round mean): cheaper than the whole test set, and a plateau is a trend, not a final number.
 _DURABLE_PRETRAIN_KEYS = {"eval-samples": 2000}
 _SHARD = 450  # the mean client shard: 90% of CIFAR-10's 50,000 training images over 100 clients
+_SHARD_LT = 112  # CIFAR-10-LT (imbalance 0.01) of the 45,000 left after the public pool: 11,165 over 100 clients
 _ATTACKERS_PER_ROUND = 10 * 0.1  # 10 attackers of 100 clients, 10 sampled a round: 1 expected
 
 # A3FL departs from its official defaults (200 outer epochs, a fresh adversarial copy every pass:
@@ -284,12 +285,13 @@ def _hours(rounds: int, train_images: float, train_rate: float, eval_rate: float
     return rounds * (train_images / train_rate + 19_000 / eval_rate + server_seconds + 1.0) / 3600
 
 
-def _a3fl_hours(window: Window, rows: int, train_rate: float, keys: dict[str, Any] = A3FL_DURABLE_KEYS) -> float:
+def _a3fl_hours(window: Window, rows: int, train_rate: float, keys: dict[str, Any] = A3FL_DURABLE_KEYS,
+                shard: int = _SHARD) -> float:
     """Estimated hours of the a3fl column's trigger searches on top of its rounds: in each window
     round of each row, the server's re-derivation and (but in FedAvg without attack) the expected
     sampled attacker's own, each `a3fl_passes` over a shard at the training rate."""
     searches = window.attack_rounds * (rows + (rows - 1) * _ATTACKERS_PER_ROUND)
-    return searches * a3fl_passes(keys) * _SHARD / train_rate / 3600
+    return searches * a3fl_passes(keys) * shard / train_rate / 3600
 
 
 # CPU (2 cores): the CNN, 1 benign local epoch (about 450 images a shard); W = 20 attacked rounds,
@@ -311,9 +313,15 @@ def _durable_runs(rows: int) -> int:
             * (len(CONTROL_DEFENSES) + sum(v["defense"] == "teacher-only" for v in STRONG_TEACHER_VARIANTS.values())))
 
 
-DURABLE_CPU_HOURS = (_hours(_durable_runs(_DURABLE_CPU_ROWS) * DURABLE_CPU_WINDOW.rounds,
-                            9 * _SHARD + 3 * _SHARD, 1_500, 3_800, 2.5)
-                     + _a3fl_hours(DURABLE_CPU_WINDOW, _DURABLE_CPU_ROWS, 1_500))
+def _durable_cpu_hours(shard: int) -> float:
+    """One setting's estimate: 9 benign shards and one attacker's 3 epochs a round."""
+    return (_hours(_durable_runs(_DURABLE_CPU_ROWS) * DURABLE_CPU_WINDOW.rounds, 9 * shard + 3 * shard,
+                   1_500, 3_800, 2.5)
+            + _a3fl_hours(DURABLE_CPU_WINDOW, _DURABLE_CPU_ROWS, 1_500, shard=shard))
+
+
+DURABLE_CPU_HOURS = _durable_cpu_hours(_SHARD)  # CIFAR-10 Dirichlet 0.5
+DURABLE_CPU_LT_HOURS = _durable_cpu_hours(_SHARD_LT)  # CIFAR-10-LT: smaller shards, the same evaluation
 # GPU (one H100-class): `paper`'s ResNet-18 setting (2 local epochs at batch 64, crop+flip); W = D =
 # 100; BackFed's attackers train 6 epochs at lr 0.05. Rates as `paper`'s estimate (not measured).
 DURABLE_GPU_WINDOW = Window(attack_rounds=100, clean_rounds=100)
@@ -328,7 +336,7 @@ def _a3fl_note(window: Window, rows: int, train_rate: float, unit: str) -> str:
             f"{A3FL_DURABLE_KEYS['a3fl-adv-every']}, a departure from its official defaults (200 and 1), whose "
             f"trigger search of {a3fl_passes({})} passes over a shard instead of {a3fl_passes(A3FL_DURABLE_KEYS)}, "
             "made by each sampled attacker and again by the server's re-derivation every window round, would "
-            f"take about {official:.0f} {unit} (these: {ours:.1f})")
+            f"take about {official:.0f} {unit} on CIFAR-10 (these: {ours:.1f})")
 
 
 def _pgd_note(eps: float, benign: str) -> str:
@@ -402,7 +410,8 @@ SUITES: dict[str, Suite] = {
         Suite(
             name="durable",
             description=f"the durable protocol, CPU size (2 cores): CNN, 100 clients, 10 a round, 10 attackers "
-                        f"acting when sampled, CIFAR-10 Dirichlet 0.5, whole test set; attack window "
+                        f"acting when sampled, CIFAR-10 Dirichlet 0.5 and CIFAR-10-LT (imbalance 0.01, Dirichlet "
+                        f"0.5), whole test set; attack window "
                         f"W={DURABLE_CPU_WINDOW.attack_rounds} then D={DURABLE_CPU_WINDOW.clean_rounds} clean "
                         "rounds after a warm start trained to a plateau per seed (MA gain < 1 point between "
                         "20-round means, 60 to 300 rounds); attackers' budget --budget backfed-3x (3 local epochs "
@@ -416,9 +425,10 @@ SUITES: dict[str, Suite] = {
                         "that and low proto shifts at 2.0; clipfed-better-of: each server image distilled towards "
                         "the teacher or the round's aggregate, whichever knows its label better; "
                         "seed 0; about "
-                        f"{DURABLE_CPU_HOURS:.0f} hours of rounds and A3FL trigger searches run by run (estimated)",
+                        f"{DURABLE_CPU_HOURS:.0f} hours of rounds and A3FL trigger searches run by run on CIFAR-10 "
+                        f"and {DURABLE_CPU_LT_HOURS:.0f} on CIFAR-10-LT (estimated)",
             base=_DURABLE_COMMON | {"model": "cnn", "local-epochs": 1},
-            settings={"cifar10-dir0.5": _DIRICHLET},
+            settings={"cifar10-dir0.5": _DIRICHLET, "cifar10lt-dir0.5": _LONG_TAIL},
             defenses=DURABLE_DEFENSES,
             attacks=DURABLE_ATTACKS,
             seeds=(0,),
