@@ -143,6 +143,26 @@ def test_a_closed_terminal_sighup_interrupts_like_ctrl_c() -> None:
     assert caught.value.signum == signal.SIGHUP
 
 
+def test_only_the_first_stop_signal_raises_until_the_outermost_block_ends() -> None:
+    """A second signal (a bench pool's terminate() after a group-wide SIGTERM, a second Ctrl-C) must
+    not cut short what the first one unwinds, such as a run recording `interrupted`; nested blocks
+    keep it held for the outer one; after the block a stop raises again."""
+    unwound = []
+    with pytest.raises(Interrupted) as caught, interruptible():
+        try:
+            with interruptible():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            unwound.append("recorded")
+    assert unwound == ["recorded"] and caught.value.signum == signal.SIGTERM
+    with pytest.raises(Interrupted), interruptible():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+
+
 def tiny_run_config(data_dir: Path, out_dir: Path, name: str, rounds: int = 50) -> dict[str, object]:
     return {"num-clients": 2, "num-malicious": 0, "num-server-rounds": rounds, "local-steps": 1,
             "eval-samples": 50, "partition": "iid", "data-dir": str(data_dir), "out-dir": str(out_dir),

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import active_children, get_context
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -337,9 +337,28 @@ def _in_worker(task: Callable[..., T], *args: Any) -> T:
     try:
         return task(*args)
     except KeyboardInterrupt as stop:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(128 + int(getattr(stop, "signum", signal.SIGINT)))
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:  # a closed terminal (SIGHUP) makes flushing fail; the worker must exit all the same
+            os._exit(128 + int(getattr(stop, "signum", signal.SIGINT)))
+
+
+def _stop_workers(pool: ProcessPoolExecutor, grace: float = 60.0) -> None:
+    """Stop a bench's workers: SIGTERM (a run under way records `interrupted`, then its worker exits),
+    SIGKILL for one still alive ``grace`` s later (stuck in a long native call), then shut the pool
+    down, cancelling what has not started. The bench holds further signals meanwhile (one stop at a
+    time, ``interruptible``), so this is what bounds how long stopping takes."""
+    workers = list((pool._processes or {}).values())  # the pool's own, not every child of this process
+    for worker in workers:
+        worker.terminate()
+    deadline = time.monotonic() + grace
+    for worker in workers:
+        worker.join(max(deadline - time.monotonic(), 0.0))
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
@@ -357,11 +376,9 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
     warm: dict[tuple[str, int | None], str] = {}
     total = sum(c.config(suite, out).num_server_rounds for c in cells)
     phases = [[i for i, c in enumerate(cells) if c.pretrain], [i for i, c in enumerate(cells) if not c.pretrain]]
-    # SIGTERM and SIGHUP stop the suite as Ctrl-C does: no run starts, each worker's run records
-    # `interrupted` (run_inprocess) and the workers exit, rather than wait orphaned for work.
-    with (interruptible(),
-          tqdm(total=total, unit="round", desc=f"bench {suite.name}", dynamic_ncols=True) as bar,
-          ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool):
+
+    def run_phases(pool: ProcessPoolExecutor, bar: tqdm) -> None:
+        nonlocal warm
         for number, phase in enumerate(phases):
             configs = {i: cells[i].config(suite, out, warm.get(cells[i].warm_key(suite), "")) for i in phase}
             first: dict[str, int] = {}  # run name -> the first cell of the phase with it: a shared control runs once
@@ -372,8 +389,8 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
             futures = {(pool.submit(_in_worker, run_pretrain, configs[i], suite.plateau, threads) if cells[i].pretrain
                         else pool.submit(_in_worker, run_cell, configs[i], threads)): i
                        for i in phase if i not in shared}
-            prepared = {pool.submit(prepare_server_data, cells[i].config(suite, out), threads): cells[i].name
-                        for i in (_server_data_cells(suite, out, cells) if number == 0 else [])}
+            prepared = {pool.submit(_in_worker, prepare_server_data, cells[i].config(suite, out), threads):
+                        cells[i].name for i in (_server_data_cells(suite, out, cells) if number == 0 else [])}
             try:
                 pending: list[Future[Any]] = [*futures, *prepared]
                 for future in as_completed(pending):
@@ -404,14 +421,20 @@ def run_suite(suite: Suite, out: Path, cells: list[Cell], threads: int = 2,
                     else:  # a finished run of the same config: keep the ETA about real work
                         bar.total -= rounds
                         bar.refresh()
-            except KeyboardInterrupt:  # Ctrl-C or a stop signal, to the bench alone or its whole group
-                for worker in active_children():
-                    worker.terminate()  # its run records `interrupted`, then the worker exits (_in_worker)
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-            except BaseException:
+            except Exception:
                 pool.shutdown(wait=True, cancel_futures=True)  # runs under way finish; none start
                 raise
-            run_dirs |= {i: run_dirs[j] for i, j in shared.items()}
+            run_dirs.update({i: run_dirs[j] for i, j in shared.items()})
             warm = {cells[i].warm_key(suite): str(run_dirs[i]) for i in phases[0]}
+
+    # SIGTERM and SIGHUP stop the suite as Ctrl-C does, wherever they arrive: no run starts, each
+    # worker's run records `interrupted` (run_inprocess) and the workers exit (_stop_workers).
+    with (interruptible(),
+          tqdm(total=total, unit="round", desc=f"bench {suite.name}", dynamic_ncols=True) as bar,
+          ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool):
+        try:
+            run_phases(pool, bar)
+        except KeyboardInterrupt:
+            _stop_workers(pool)
+            raise
     return [(cell, run_dirs[i]) for i, cell in enumerate(cells)]

@@ -231,13 +231,15 @@ def interruptible() -> Iterator[None]:
         return
     global _held
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
+    outermost = previous[signal.SIGINT] is not _raise_interrupted
     outer = _held
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _held = outer  # signals held after the first stop are dropped with it
+        if outermost:  # an inner block leaves a stop it raised held for the outer one's unwinding
+            _held = outer  # signals held after the first stop are dropped with it
 
 
 class _Cleanup:
@@ -256,6 +258,8 @@ class _Cleanup:
         global _held
         arrived, _held = _held or [], self.outer
         if self.outer is None and arrived and kind is None and sys.exc_info()[1] is None:
+            if signal.getsignal(signal.SIGINT) is _raise_interrupted:
+                _held = []  # as _raise_interrupted: the stop raised here unwinds without a second one
             raise Interrupted(arrived[0])
 
 
