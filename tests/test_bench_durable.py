@@ -110,6 +110,12 @@ def test_the_durable_suites_are_sized_as_stated() -> None:
     assert [c.row for c in lt] == ["pretrain", "fedavg-no-attack", "teacher-only", *cpu.defenses]
     cfg = lt[-1].config(cpu, Path("/tmp/x"))
     assert (cfg.dataset, cfg.imbalance_factor, cfg.dirichlet_alpha, cfg.num_clients) == ("cifar10-lt", 0.01, 0.5, 100)
+    # 4 epochs over its ~112-image shards (about the CIFAR-10 setting's 450 images a round); BackFed's 3x stays 3x
+    assert (cfg.local_epochs, cfg.attack_epochs, cfg.attack_lr) == (4, 12, 0.05)
+    assert lt[0].config(cpu, Path("/tmp/x")).local_epochs == 4, "its warm start trains as its clients do"
+    assert plan(cpu, attacks=["badnets"], settings=["cifar10lt-dir0.5"], variants=[],
+                budget="equal")[-1].config(cpu, Path("/tmp/x")).attack_epochs == 0, "equal: the benign epochs"
+    assert "4 local epochs over its smaller shards" in cpu.description
     assert {c.setting for c in plan(cpu, attacks=["badnets"], variants=[])} == {"cifar10-dir0.5", "cifar10lt-dir0.5"}
 
 
@@ -136,7 +142,7 @@ def test_durable_suites_bound_pgd_near_a_benign_update_and_make_a3fl_feasible_st
     searches = 20 * (rows + rows - 1) * 50 * 450 / 1_500 / 3600  # server + 1 expected attacker, 12 attacked rows
     assert pytest.approx(base + searches) == DURABLE_CPU_HOURS
     shard = 11_165 / 100  # CIFAR-10-LT's clients' images (long_tail_counts of the 4,500 a class left) over 100
-    base = runs * DURABLE_CPU_WINDOW.rounds * (12 * 112 / 1_500 + 19_000 / 3_800 + 2.5 + 1) / 3600
+    base = runs * DURABLE_CPU_WINDOW.rounds * (12 * 4 * 112 / 1_500 + 19_000 / 3_800 + 2.5 + 1) / 3600  # 4 epochs
     searches = 20 * (rows + rows - 1) * 50 * 112 / 1_500 / 3600
     assert round(shard) == 112 and pytest.approx(base + searches) == DURABLE_CPU_LT_HOURS
     rows = 10  # the GPU suite has no ablation rows

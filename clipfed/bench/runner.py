@@ -198,7 +198,7 @@ def plan(suite: Suite, defenses: Iterable[str] | None = None, attacks: Iterable[
                     values = {**suite.base, **suite.overrides, **suite.settings[setting], "seed": seed, **keys}
                     shot = single_shot_round(values, column.single_shot, suite.window.attack_rounds)
                     keys |= suite.window.keys(first=shot, last=shot)
-                attacked = {**keys, **attacker_keys}
+                attacked = {**keys, **suite.budget_for(attacker_keys, setting)}
                 label, control = control_of(attack, keys)
                 shared = "" if label == attack else label
                 # no client trains, so the attackers' keys change nothing; they stay so that the config

@@ -145,10 +145,25 @@ class Suite:
     plateau: Plateau | None = None  # train the warm start on until it plateaus
     window: Window | None = None  # an attack window then clean rounds (the durable protocol)
     attack_variants: dict[str, AttackVariant] = field(default_factory=dict)
-    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)  # attackers' budgets by name; first: default
+    # attackers' budgets by name (first: the default); `attack-epochs` is for the base's local epochs
+    # and scales with a setting's own (``Suite.budget_for``)
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The user's `clipfed bench -c` keys (e.g. their own teacher), set on every cell that reads them
     # (``Cell.config``); never a key the grid sets per cell (``grid_keys``)
     overrides: dict[str, Any] = field(default_factory=dict)
+
+    def budget_for(self, keys: dict[str, Any], setting: str) -> dict[str, Any]:
+        """A budget's keys in ``setting``: a setting that trains k times the base's local epochs
+        gives its attackers k times the budget's ``attack-epochs``, so that BackFed's 3x stays 3x."""
+        base = self.base.get("local-epochs", 1)
+        epochs = self.settings[setting].get("local-epochs", base)
+        if "attack-epochs" not in keys or epochs == base:
+            return keys
+        scaled = keys["attack-epochs"] * epochs / base
+        if scaled != int(scaled):
+            raise ValueError(f"suite {self.name!r}: setting {setting!r}'s local-epochs {epochs} do not scale "
+                             f"attack-epochs {keys['attack-epochs']} (base {base}) to whole epochs")
+        return {**keys, "attack-epochs": int(scaled)}
 
 
 _CPU_BASE: dict[str, Any] = {
@@ -238,6 +253,11 @@ _DURABLE_COMMON: dict[str, Any] = {"num-clients": 100, "num-malicious": 10, "fra
 _DURABLE_PRETRAIN_KEYS = {"eval-samples": 2000}
 _SHARD = 450  # the mean client shard: 90% of CIFAR-10's 50,000 training images over 100 clients
 _SHARD_LT = 112  # CIFAR-10-LT (imbalance 0.01) of the 45,000 left after the public pool: 11,165 over 100 clients
+# The durable CIFAR-10-LT setting trains 4 local epochs (attackers 12: budgets scale with a setting's
+# epochs), so that a client sees about the 450 images a round of the CIFAR-10 setting: at 1 epoch
+# (2 SGD steps on 112 images) a 140-round warm start reached only MA 0.10-0.21, and the plateau
+# rule stopped it there on noise.
+_DURABLE_LT_EPOCHS = 4
 _ATTACKERS_PER_ROUND = 10 * 0.1  # 10 attackers of 100 clients, 10 sampled a round: 1 expected
 
 # A3FL departs from its official defaults (200 outer epochs, a fresh adversarial copy every pass:
@@ -313,15 +333,16 @@ def _durable_runs(rows: int) -> int:
             * (len(CONTROL_DEFENSES) + sum(v["defense"] == "teacher-only" for v in STRONG_TEACHER_VARIANTS.values())))
 
 
-def _durable_cpu_hours(shard: int) -> float:
-    """One setting's estimate: 9 benign shards and one attacker's 3 epochs a round."""
-    return (_hours(_durable_runs(_DURABLE_CPU_ROWS) * DURABLE_CPU_WINDOW.rounds, 9 * shard + 3 * shard,
+def _durable_cpu_hours(shard: int, epochs: int) -> float:
+    """One setting's estimate: 9 benign clients' ``epochs`` over a shard and one attacker's 3x a
+    round; A3FL's searches pass over the shard itself."""
+    return (_hours(_durable_runs(_DURABLE_CPU_ROWS) * DURABLE_CPU_WINDOW.rounds, (9 + 3) * epochs * shard,
                    1_500, 3_800, 2.5)
             + _a3fl_hours(DURABLE_CPU_WINDOW, _DURABLE_CPU_ROWS, 1_500, shard=shard))
 
 
-DURABLE_CPU_HOURS = _durable_cpu_hours(_SHARD)  # CIFAR-10 Dirichlet 0.5
-DURABLE_CPU_LT_HOURS = _durable_cpu_hours(_SHARD_LT)  # CIFAR-10-LT: smaller shards, the same evaluation
+DURABLE_CPU_HOURS = _durable_cpu_hours(_SHARD, 1)  # CIFAR-10 Dirichlet 0.5
+DURABLE_CPU_LT_HOURS = _durable_cpu_hours(_SHARD_LT, _DURABLE_LT_EPOCHS)  # CIFAR-10-LT
 # GPU (one H100-class): `paper`'s ResNet-18 setting (2 local epochs at batch 64, crop+flip); W = D =
 # 100; BackFed's attackers train 6 epochs at lr 0.05. Rates as `paper`'s estimate (not measured).
 DURABLE_GPU_WINDOW = Window(attack_rounds=100, clean_rounds=100)
@@ -364,7 +385,8 @@ SUITES: dict[str, Suite] = {
                         "per setting, MA/ASR on a fixed class-balanced 500-image test subset (about 1.5 "
                         "hours with --workers 2 on 2 cores)",
             base=_STANDARD_BASE,
-            settings={"cifar10-dir0.5": _DIRICHLET, "cifar10lt-dir0.5": _LONG_TAIL},
+            settings={"cifar10-dir0.5": _DIRICHLET,
+                      "cifar10lt-dir0.5": _LONG_TAIL | {"local-epochs": _DURABLE_LT_EPOCHS}},
             defenses=(*_ALL_CLASSIC, "clipfed"),
             attacks=("badnets", "blended", "dba", "frequency"),
             seeds=(0, 1, 2),
@@ -411,8 +433,8 @@ SUITES: dict[str, Suite] = {
             name="durable",
             description=f"the durable protocol, CPU size (2 cores): CNN, 100 clients, 10 a round, 10 attackers "
                         f"acting when sampled, CIFAR-10 Dirichlet 0.5 and CIFAR-10-LT (imbalance 0.01, Dirichlet "
-                        f"0.5), whole test set; attack window "
-                        f"W={DURABLE_CPU_WINDOW.attack_rounds} then D={DURABLE_CPU_WINDOW.clean_rounds} clean "
+                        f"0.5, {_DURABLE_LT_EPOCHS} local epochs over its smaller shards), whole test set; attack "
+                        f"window W={DURABLE_CPU_WINDOW.attack_rounds} then D={DURABLE_CPU_WINDOW.clean_rounds} clean "
                         "rounds after a warm start trained to a plateau per seed (MA gain < 1 point between "
                         "20-round means, 60 to 300 rounds); attackers' budget --budget backfed-3x (3 local epochs "
                         "at lr 0.05; benign: 1 at 0.02) or equal; single-shot: 5 attackers in one round, model "
@@ -428,7 +450,8 @@ SUITES: dict[str, Suite] = {
                         f"{DURABLE_CPU_HOURS:.0f} hours of rounds and A3FL trigger searches run by run on CIFAR-10 "
                         f"and {DURABLE_CPU_LT_HOURS:.0f} on CIFAR-10-LT (estimated)",
             base=_DURABLE_COMMON | {"model": "cnn", "local-epochs": 1},
-            settings={"cifar10-dir0.5": _DIRICHLET, "cifar10lt-dir0.5": _LONG_TAIL},
+            settings={"cifar10-dir0.5": _DIRICHLET,
+                      "cifar10lt-dir0.5": _LONG_TAIL | {"local-epochs": _DURABLE_LT_EPOCHS}},
             defenses=DURABLE_DEFENSES,
             attacks=DURABLE_ATTACKS,
             seeds=(0,),
