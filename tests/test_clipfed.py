@@ -36,10 +36,11 @@ def run_cfg(data_dir: Path, **overrides: object) -> RunConfig:
                                   "poison-rate": 0.6, "patch-size": 6, **overrides})
 
 
-def train_copy(initial: dict, images: np.ndarray, labels: np.ndarray, seed: int, epochs: int = 3) -> dict:
+def train_copy(initial: dict, images: np.ndarray, labels: np.ndarray, seed: int, epochs: int = 3,
+               lr: float = 0.02) -> dict:
     model = create_model("cnn", 10)
     model.load_state_dict(initial)
-    train_local(model, images, labels, epochs=epochs, batch_size=16, lr=0.02, momentum=0.9,
+    train_local(model, images, labels, epochs=epochs, batch_size=16, lr=lr, momentum=0.9,
                 weight_decay=0.0, generator=torch.Generator().manual_seed(seed))
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
@@ -149,19 +150,24 @@ def test_kd_targets_take_whichever_knows_the_label_better() -> None:
     softened, _ = kd_targets(teacher, anchor, labels, temperature=2.0)
     np.testing.assert_allclose(softened.sum(1).numpy(), [1.0, 1.0], atol=1e-6)
     assert softened[0, 0] < 0.9  # temperature flattens the chosen distribution
+    diverged = torch.full_like(anchor, float("nan"))  # NaN compares False: it must not win the choice
+    targets, taught = kd_targets(teacher, diverged, labels, temperature=1.0)
+    assert taught.tolist() == [True, True] and torch.isfinite(targets).all()
 
 
 def test_better_of_leaves_a_model_that_knows_the_server_labels_to_itself(fake_data_dir: Path,  # type: ignore[no-untyped-def]
                                                                          server_data) -> None:
-    """A model trained on the server labels until it is surer of them than the teacher is taught
-    by the teacher on few images; a fresh model, which knows nothing, on most."""
+    """A model trained on the server images' labels (clean and trigger-like copies: what
+    ``post_align`` draws from) until it is surer of them than the teacher is taught by the teacher
+    on few images; a fresh model, which knows nothing, on most. At lr 0.005 for 5 epochs it reaches
+    0.96 on them; at 0.02, used before, the toy CNN diverged within 8 epochs on one CPU and not on
+    another, and a NaN model's share then read 0."""
     cfg = run_cfg(fake_data_dir, **{"clipfed-pre": False, "clipfed-post-steps": 3,
                                     "clipfed-kd-target": "better-of"})
     strategy = create_defense(cfg, server_data=server_data)
     torch.manual_seed(0)
     fresh = create_model("cnn", 10).state_dict()
-    clean = np.flatnonzero(server_data.clean)
-    learned = train_copy(fresh, np.asarray(server_data.images[clean]), server_data.labels[clean], seed=0, epochs=15)
+    learned = train_copy(fresh, np.asarray(server_data.images), server_data.labels, seed=0, epochs=5, lr=0.005)
     strategy.post_align(1, arrays_of({k: v.numpy() for k, v in fresh.items()}))
     fresh_share = strategy.details["kd_teacher_share"]["first"]
     strategy.post_align(1, arrays_of(learned))

@@ -110,7 +110,7 @@ def kd_targets(teacher_logits: torch.Tensor, anchor_logits: torch.Tensor, labels
                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Distillation targets under ``clipfed-kd-target = "better-of"``: per image, the softened
     teacher's distribution or the round's aggregate's own, whichever gives its label the higher
-    probability (at temperature 1; a tie goes to the teacher).
+    probability (at temperature 1; a tie, or a non-finite aggregate, goes to the teacher).
 
     Distilling towards a teacher weaker than the aggregate costs what the federation learned
     beyond it (issue 20); this keeps the teacher's pull where it knows better, which is where a
@@ -129,7 +129,9 @@ def kd_targets(teacher_logits: torch.Tensor, anchor_logits: torch.Tensor, labels
     def knows(logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(1).gather(1, labels[:, None]).squeeze(1)
 
-    taught = knows(teacher_logits) >= knows(anchor_logits)
+    # the teacher unless the aggregate knows strictly better: a tie, or an aggregate whose
+    # probability is NaN (a diverged model), goes to the teacher
+    taught = ~(knows(anchor_logits) > knows(teacher_logits))
     chosen = torch.where(taught[:, None], teacher_logits.float(), anchor_logits.float())
     return F.softmax(chosen / temperature, 1), taught
 
