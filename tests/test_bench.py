@@ -286,3 +286,23 @@ def test_columns_that_stamp_one_trigger_share_their_control_runs(fake_data_dir: 
         ("fedavg-no-attack", "pgd"), ("teacher-only", "pgd"), ("fedavg", "pgd")]
     found, missing = existing_runs(suite, cells, tmp_path)
     assert found == runs and missing == []
+
+
+@pytest.mark.parametrize("committed", [
+    "bench-standard/runs/cifar10-dir0.5--fedavg--badnets--s0-23b3cf2c",
+    "bench-standard/runs/cifar10lt-dir0.5--fedavg--badnets--s0-915c4a65",
+    "bench-durable/runs/cifar10-dir0.5--clipfed--badnets--s0-3d231298",
+    "bench-durable/runs/cifar10lt-dir0.5--fedavg-no-attack--badnets--s0-fd7bbb42",
+])
+def test_suites_still_plan_the_configs_of_their_committed_runs(committed: str) -> None:
+    """A suite's setting edited for another suite (the durable CIFAR-10-LT's 4 local epochs once
+    reached the standard suite's LT setting too) changes the config hashes of every run already
+    made: `clipfed bench` would then rerun them all instead of reusing them."""
+    run = Path(__file__).resolve().parents[1] / "docs" / committed
+    result = json.loads((run / "result.json").read_text())
+    suite = SUITES[committed.split("/")[0].removeprefix("bench-")]
+    setting, row, attack, seed = run.name.rsplit("-", 1)[0].split("--")
+    cell = next(c for c in plan(suite, attacks=[attack], settings=[setting], seeds=[int(seed[1:])], variants=[])
+                if c.row == row)
+    cfg = cell.config(suite, Path(result["config"]["out-dir"]).parent, result["config"]["init-model"])
+    assert (cfg.run_name, cfg.config_hash()) == (run.name, result["config_hash"])

@@ -54,12 +54,7 @@ def test_ctrl_c_in_process_records_interrupted_and_resumes(fake_data_dir: Path, 
 
 def _wait_for_round(result: Path, process: subprocess.Popen[str], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if any(r["round"] >= 1 for r in json.loads(result.read_text())["rounds"]):
-                return
-        except (OSError, json.JSONDecodeError, KeyError):
-            pass
+    while not any(r["round"] >= 1 for r in _rounds(result)):
         assert process.poll() is None, process.communicate()[1][-3000:]
         assert time.monotonic() < deadline, f"{result} never recorded round 1"
         time.sleep(0.3)

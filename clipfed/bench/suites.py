@@ -258,6 +258,7 @@ _SHARD_LT = 112  # CIFAR-10-LT (imbalance 0.01) of the 45,000 left after the pub
 # (2 SGD steps on 112 images) a 140-round warm start reached only MA 0.10-0.21, and the plateau
 # rule stopped it there on noise.
 _DURABLE_LT_EPOCHS = 4
+_DURABLE_LONG_TAIL = _LONG_TAIL | {"local-epochs": _DURABLE_LT_EPOCHS}
 _ATTACKERS_PER_ROUND = 10 * 0.1  # 10 attackers of 100 clients, 10 sampled a round: 1 expected
 
 # A3FL departs from its official defaults (200 outer epochs, a fresh adversarial copy every pass:
@@ -385,8 +386,7 @@ SUITES: dict[str, Suite] = {
                         "per setting, MA/ASR on a fixed class-balanced 500-image test subset (about 1.5 "
                         "hours with --workers 2 on 2 cores)",
             base=_STANDARD_BASE,
-            settings={"cifar10-dir0.5": _DIRICHLET,
-                      "cifar10lt-dir0.5": _LONG_TAIL | {"local-epochs": _DURABLE_LT_EPOCHS}},
+            settings={"cifar10-dir0.5": _DIRICHLET, "cifar10lt-dir0.5": _LONG_TAIL},
             defenses=(*_ALL_CLASSIC, "clipfed"),
             attacks=("badnets", "blended", "dba", "frequency"),
             seeds=(0, 1, 2),
@@ -450,8 +450,7 @@ SUITES: dict[str, Suite] = {
                         f"{DURABLE_CPU_HOURS:.0f} hours of rounds and A3FL trigger searches run by run on CIFAR-10 "
                         f"and {DURABLE_CPU_LT_HOURS:.0f} on CIFAR-10-LT (estimated)",
             base=_DURABLE_COMMON | {"model": "cnn", "local-epochs": 1},
-            settings={"cifar10-dir0.5": _DIRICHLET,
-                      "cifar10lt-dir0.5": _LONG_TAIL | {"local-epochs": _DURABLE_LT_EPOCHS}},
+            settings={"cifar10-dir0.5": _DIRICHLET, "cifar10lt-dir0.5": _DURABLE_LONG_TAIL},
             defenses=DURABLE_DEFENSES,
             attacks=DURABLE_ATTACKS,
             seeds=(0,),
