@@ -26,7 +26,7 @@ demo: install
 	$(VENV)/bin/clipfed demo
 
 test: install
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=25
 
 lint: install
 	$(VENV)/bin/ruff check clipfed tests
@@ -34,7 +34,7 @@ lint: install
 	$(VENV)/bin/lint-imports --no-logo
 
 test-fast: install
-	$(PY) -m pytest -q -rs -m "not e2e"
+	$(PY) -m pytest -q -rs --durations=25 -m "not e2e"
 
 # docker-compose.yml brought up for real (tests/test_docker_compose.py): builds the images offline
 # (docker/build-offline.sh), 2 rounds of CLIP-Fed on 4 SuperNodes, `down -v`. Needs a running
