@@ -292,7 +292,7 @@ def test_columns_that_stamp_one_trigger_share_their_control_runs(fake_data_dir: 
     "bench-standard/runs/cifar10-dir0.5--fedavg--badnets--s0-23b3cf2c",
     "bench-standard/runs/cifar10lt-dir0.5--fedavg--badnets--s0-915c4a65",
     "bench-durable/runs/cifar10-dir0.5--clipfed--badnets--s0-3d231298",
-    "bench-durable/runs/cifar10lt-dir0.5--fedavg-no-attack--badnets--s0-fd7bbb42",
+    "bench-durable/runs/cifar10-dir0.5--flame--pgd--s0-21547110",
 ])
 def test_suites_still_plan_the_configs_of_their_committed_runs(committed: str) -> None:
     """A suite's setting edited for another suite (the durable CIFAR-10-LT's 4 local epochs once
@@ -306,3 +306,20 @@ def test_suites_still_plan_the_configs_of_their_committed_runs(committed: str) -
                 if c.row == row)
     cfg = cell.config(suite, Path(result["config"]["out-dir"]).parent, result["config"]["init-model"])
     assert (cfg.run_name, cfg.config_hash()) == (run.name, result["config_hash"])
+
+
+def test_the_durable_long_tail_targets_its_rarest_class(tmp_path: Path) -> None:
+    """With LT's head class as the target a clean model already sends a fifth of the triggered
+    images there (ASR's clean floor 0.21 in the first LT runs), so the durable LT setting targets
+    the class with the fewest training images, in every run of it, controls and warm start
+    included; CIFAR-10's settings keep class 0, the target of their committed runs."""
+    import numpy as np
+
+    from clipfed.data.partition import long_tail_counts
+
+    suite = SUITES["durable"]
+    long_tail = suite.settings["cifar10lt-dir0.5"]
+    rarest = int(np.argmin(long_tail_counts(np.full(10, 5000), long_tail["imbalance-factor"])))
+    for cell in plan(suite, settings=["cifar10lt-dir0.5", "cifar10-dir0.5"], variants=[]):
+        expected = rarest if cell.setting == "cifar10lt-dir0.5" else 0
+        assert cell.config(suite, tmp_path).target_label == expected, cell.name
