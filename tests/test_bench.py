@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import SHARED_ASSETS
 
@@ -26,6 +27,7 @@ from clipfed.bench.report import (
 from clipfed.bench.runner import existing_runs, plan, run_suite
 from clipfed.bench.suites import SUITES, Suite, control_of
 from clipfed.cli import main
+from clipfed.data.partition import long_tail_counts
 from clipfed.defense import list_defenses
 from clipfed.errors import UserError
 
@@ -313,10 +315,6 @@ def test_the_durable_long_tail_targets_its_rarest_class(tmp_path: Path) -> None:
     images there (ASR's clean floor 0.21 in the first LT runs), so the durable LT setting targets
     the class with the fewest training images, in every run of it, controls and warm start
     included; CIFAR-10's settings keep class 0, the target of their committed runs."""
-    import numpy as np
-
-    from clipfed.data.partition import long_tail_counts
-
     suite = SUITES["durable"]
     long_tail = suite.settings["cifar10lt-dir0.5"]
     rarest = int(np.argmin(long_tail_counts(np.full(10, 5000), long_tail["imbalance-factor"])))

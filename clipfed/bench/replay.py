@@ -94,7 +94,8 @@ def replay(result: dict[str, Any], rule: Rule) -> Replay:
                         "(defense clipfed, clipfed-pre on); nothing to replay")
     history: dict[int, float] = {}
     low_history: dict[int, float] = {}
-    tp = fp = fn = clean_fp = clean_benign = same = 0
+    counts = [0] * 5  # tp, fp, fn, clean_fp, clean_benign
+    same = 0
     for entry in rounds:
         scores = entry["defense"]["scores"]
         if missing := [s for s in rule.signals + rule.low_signals if s not in scores]:
@@ -110,15 +111,19 @@ def replay(result: dict[str, Any], rule: Rule) -> Replay:
             low = running_scores(low_history, partitions, lowness, rule.weight)
         excluded = {partitions[i] for i in flagged(running, rule.threshold, low, rule.low_threshold)}
         same += excluded == set(entry.get("excluded", []))
-        malicious = set(entry.get("malicious", []))
-        if malicious:
-            tp += len(excluded & malicious)
-            fp += len(excluded - malicious)
-            fn += len((malicious & set(partitions)) - excluded)
-        else:
-            clean_fp += len(excluded)
-            clean_benign += len(partitions)
+        counts = [total + n for total, n in zip(counts, round_counts(entry, partitions, excluded), strict=True)]
+    tp, fp, fn, clean_fp, clean_benign = counts
     return Replay(rule, tp, fp, fn, clean_fp, clean_benign, len(rounds), same)
+
+
+def round_counts(entry: dict[str, Any], partitions: list[int], excluded: set[int]) -> tuple[int, int, int, int, int]:
+    """One round's detection counts for ``excluded`` among its clients ``partitions``: (tp, fp,
+    fn, 0, 0) in a round in which a sampled client attacked (``entry["malicious"]``), else
+    (0, 0, 0, false positives, benign clients), the false-positive rate's parts."""
+    malicious = set(entry.get("malicious", []))
+    if malicious:
+        return len(excluded & malicious), len(excluded - malicious), len((malicious & set(partitions)) - excluded), 0, 0
+    return 0, 0, 0, len(excluded), len(partitions)
 
 
 def pooled(replays: Sequence[Replay]) -> list[Replay]:

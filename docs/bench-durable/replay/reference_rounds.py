@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from clipfed.bench.replay import scored_rounds
+from clipfed.bench.replay import Rule, round_counts, scored_rounds
 from clipfed.defense.scoring import flagged, running_scores
 
 RUNS = Path("docs/bench-durable/runs")
@@ -45,15 +45,14 @@ def z_against(values: torch.Tensor, past: list[torch.Tensor], form: str) -> torc
 
 
 def replay(result: dict, signals: tuple[str, ...], weight: float, threshold: float, low: tuple[str, ...],
-           rounds_back: int, form: str) -> tuple[int, int, int, int, int] | None:
+           rounds_back: int, form: str) -> list[int]:
+    """Pooled (tp, fp, fn, clean_fp, clean_benign) of the rule on ``result``'s scored rounds."""
     history: dict[int, float] = {}
     low_history: dict[int, float] = {}
     past: dict[tuple[str, int], deque[torch.Tensor]] = {}
-    tp = fp = fn = clean_fp = clean_benign = 0
+    counts = [0] * 5
     for entry in scored_rounds(result):
         scores = entry["defense"]["scores"]
-        if any(s not in scores for s in signals + low):
-            return None
         partitions = [int(p) for p in scores["partition"]]
 
         def combined(names: tuple[str, ...], sign: int, scores: dict = scores) -> torch.Tensor:
@@ -67,16 +66,9 @@ def replay(result: dict, signals: tuple[str, ...], weight: float, threshold: flo
 
         running = running_scores(history, partitions, combined(signals, 1), weight)
         lowness = running_scores(low_history, partitions, combined(low, -1), weight) if low else None
-        excluded = {partitions[i] for i in flagged(running, threshold, lowness, 2.0)}
-        malicious = set(entry.get("malicious", []))
-        if malicious:
-            tp += len(excluded & malicious)
-            fp += len(excluded - malicious)
-            fn += len((malicious & set(partitions)) - excluded)
-        else:
-            clean_fp += len(excluded)
-            clean_benign += len(partitions)
-    return tp, fp, fn, clean_fp, clean_benign
+        excluded = {partitions[i] for i in flagged(running, threshold, lowness, Rule.low_threshold)}
+        counts = [total + n for total, n in zip(counts, round_counts(entry, partitions, excluded), strict=True)]
+    return counts
 
 
 def main() -> None:
@@ -91,8 +83,8 @@ def main() -> None:
             ((0, "pooled"), (5, "pooled"), (10, "pooled"), (20, "pooled"), (5, "scale"), (10, "scale"), (20, "scale"))):
         cells = {}
         for attack, runs in results.items():
-            counts = [c for r in runs if (c := replay(r, signals, weight, threshold, low, rounds_back, form))]
-            if counts:
+            if runs:  # every run of ``results`` recorded every signal
+                counts = [replay(r, signals, weight, threshold, low, rounds_back, form) for r in runs]
                 tp, fp, fn, cfp, cb = (sum(x) for x in zip(*counts, strict=True))
                 cells[attack] = (tp / (tp + fp) if tp + fp else 0.0, tp / (tp + fn) if tp + fn else 0.0, cfp / cb)
         f1 = min(2 * p * r / (p + r) if p + r else 0.0 for p, r, _ in cells.values())
