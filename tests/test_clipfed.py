@@ -53,9 +53,8 @@ def state_of(arrays) -> dict:  # type: ignore[no-untyped-def]
 def real_setup(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Real CIFAR-10: a server dataset from the seed-0 public pool and a briefly pre-trained model.
 
-    From its first use on, the module's tests compute with 2 torch threads: which of 8 briefly trained clients
-    the scoring flags depends on the float order (at 1 thread the two attackers score 0.93 and 0.59,
-    under the threshold; at 2 they are flagged, as when these expectations were written)."""
+    From its first use on, the module's tests compute with 2 torch threads (for speed: the
+    scoring test below holds at 1 thread too)."""
     if not (SHARED_ASSETS / "cifar10").exists():
         pytest.skip("needs the offline CIFAR-10 in shared/assets")
     with torch_threads(2):
@@ -75,9 +74,14 @@ def _real_setup(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 
 
 def test_scoring_flags_backdoored_models_among_benign_ones(real_setup) -> None:  # type: ignore[no-untyped-def]
+    """Two BadNets attackers among 8 label-skewed clients, 2 epochs each from a briefly trained
+    model. At poison rate 0.5 the second attacker's imprint was float noise: combined score 1.03
+    against the threshold 1.5 on this CPU and on CI (0.59-1.53 over thread counts and epochs),
+    so it was flagged on one machine and not on another. At 0.8 the attackers score 2.41-2.43
+    and 4.18-4.46 and the benign clients at most 0.47, at 1 and at 2 threads (measured)."""
     server_data, train, initial = real_setup
     cfg = RunConfig.from_flower({"defense": "clipfed", "num-clients": 8, "num-malicious": 2,
-                                 "poison-rate": 0.5, "data-dir": str(SHARED_ASSETS)})
+                                 "poison-rate": 0.8, "data-dir": str(SHARED_ASSETS)})
     attack = create_attack(cfg)
     rng = np.random.default_rng(0)
     replies = []

@@ -73,6 +73,39 @@ def test_multikrum_averages_the_m_best_and_agrees_with_flwr() -> None:
     np.testing.assert_allclose(result, reference, rtol=1e-5)
 
 
+@pytest.mark.parametrize("defense", ["krum", "multikrum", "bulyan"])
+def test_krum_family_selects_by_the_exact_distances_when_weights_dwarf_updates(defense: str) -> None:
+    """Weights of size 10 and updates of size 1e-3 (as after a round at a small lr): the
+    distances flwr's formula gives over float32 weights are mostly rounding, which decides the
+    selection (and differs between CPUs); over float64 updates the rule picks what exact
+    distances pick. Honest updates lie at graded distances from their centre, so the right
+    choice is unique and the gaps are far above float64's rounding."""
+    rng = np.random.default_rng(3)
+    dim, n = 4000, 11
+    base = (10 + rng.standard_normal(dim)).astype(np.float32)
+    centre = 1e-3 * rng.standard_normal(dim)
+    spread = [0.2 + 0.1 * i for i in range(n)]  # client i's distance from the centre grows with i
+    vectors = [(centre + s * 1e-3 * rng.standard_normal(dim)) for s in spread]
+    exact = [(base.astype(np.float64) + v).astype(np.float32).astype(np.float64) - base for v in vectors]
+    distances = np.array([[np.sum((a - b) ** 2) for b in exact] for a in exact])
+    f = 2
+    scores = [np.sort(np.delete(row, i))[:n - f - 2].sum() for i, row in enumerate(distances)]
+    ranked = [int(i) for i in np.argsort(scores)]
+    result, report = run(defense, [v.astype(np.float32) for v in vectors], base=base, **{"num-clients": 12})
+    kept = sorted(set(range(n)) - set(report.excluded))
+    if defense == "krum":
+        assert kept == [ranked[0]]
+    elif defense == "multikrum":
+        assert kept == sorted(ranked[:n - f])
+    else:  # flwr's Bulyan: the theta = n - 2f best Krum scores, then per coordinate the mean of the
+        theta, beta = n - 2 * f, n - 4 * f  # beta values closest to their median
+        chosen = np.stack([exact[i] for i in ranked[:theta]])
+        order = np.argsort(np.abs(chosen - np.median(chosen, axis=0)), axis=0)[:beta]
+        expected = np.take_along_axis(chosen, order, axis=0).mean(axis=0)
+        assert result is not None
+        np.testing.assert_allclose(result, expected, atol=4e-6)  # float32 weights of size 10
+
+
 def test_median_and_trimmed_mean_match_numpy_and_scipy() -> None:
     vectors = crafted(honest=7, outliers=3)
     result, _ = run("median", vectors)

@@ -1,6 +1,7 @@
 """Bulyan (El Mhamdi et al. 2018), computed by flwr's Bulyan: Multi-Krum selection, then a
 coordinate-wise trimmed mean around the median. Needs n >= 4f + 3 updates per round; with fewer
-the round keeps the previous model and the report says why."""
+the round keeps the previous model and the report says why. The Multi-Krum selection scores
+float64 updates, as Krum's does (``krum.multikrum_over_updates`` says why)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from logging import WARNING
 from flwr.app import ArrayRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp.strategy import Bulyan
-from flwr.serverapp.strategy.multikrum import select_multikrum
 
+from clipfed.defense.krum import multikrum_over_updates
 from clipfed.defense.registry import DEFENSES
 from clipfed.defense.replies import detached
 from clipfed.defense.strategy import DefenseStrategy
@@ -27,7 +28,8 @@ class BulyanDefense(DefenseStrategy):
             self.details["skipped"] = reason
             return None
         self.num_malicious_nodes = f
-        self.selection_rule = select_multikrum
+        assert self.global_arrays is not None
+        self.selection_rule = multikrum_over_updates(self.global_arrays, self.parameter_keys)
         parameters, _ = aggregate_with(Bulyan, self, server_round, detached(replies, self.parameter_keys))
         assert parameters is not None
         return self.with_statistics(parameters, replies)
