@@ -86,7 +86,8 @@ def test_krum_family_selects_by_the_exact_distances_when_weights_dwarf_updates(d
     centre = 1e-3 * rng.standard_normal(dim)
     spread = [0.2 + 0.1 * i for i in range(n)]  # client i's distance from the centre grows with i
     vectors = [(centre + s * 1e-3 * rng.standard_normal(dim)) for s in spread]
-    exact = [(base.astype(np.float64) + v).astype(np.float32).astype(np.float64) - base for v in vectors]
+    sent = [(base + v.astype(np.float32)).astype(np.float32) for v in vectors]  # as run() sends them
+    exact = [w.astype(np.float64) - base for w in sent]
     distances = np.array([[np.sum((a - b) ** 2) for b in exact] for a in exact])
     f = 2
     scores = [np.sort(np.delete(row, i))[:n - f - 2].sum() for i, row in enumerate(distances)]
@@ -97,13 +98,12 @@ def test_krum_family_selects_by_the_exact_distances_when_weights_dwarf_updates(d
         assert kept == [ranked[0]]
     elif defense == "multikrum":
         assert kept == sorted(ranked[:n - f])
-    else:  # flwr's Bulyan: the theta = n - 2f best Krum scores, then per coordinate the mean of the
-        theta, beta = n - 2 * f, n - 4 * f  # beta values closest to their median
-        chosen = np.stack([exact[i] for i in ranked[:theta]])
-        order = np.argsort(np.abs(chosen - np.median(chosen, axis=0)), axis=0)[:beta]
-        expected = np.take_along_axis(chosen, order, axis=0).mean(axis=0)
+    else:  # flwr's Bulyan itself, told the theta = n - 2f updates exact distances rank best
+        theta = n - 2 * f
+        told = Bulyan(num_malicious_nodes=f, selection_rule=lambda contents, *_: [contents[i] for i in ranked[:theta]])
+        expected = flwr_reference(told, sent) - base
         assert result is not None
-        np.testing.assert_allclose(result, expected, atol=4e-6)  # float32 weights of size 10
+        np.testing.assert_array_equal(result, expected)
 
 
 def test_median_and_trimmed_mean_match_numpy_and_scipy() -> None:

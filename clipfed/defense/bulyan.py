@@ -28,8 +28,9 @@ class BulyanDefense(DefenseStrategy):
             self.details["skipped"] = reason
             return None
         self.num_malicious_nodes = f
+        keys = self.parameter_keys  # raises when no global model was recorded this round
         assert self.global_arrays is not None
-        self.selection_rule = multikrum_over_updates(self.global_arrays, self.parameter_keys)
+        self.selection_rule = multikrum_over_updates(self.global_arrays, keys)
         parameters, _ = aggregate_with(Bulyan, self, server_round, detached(replies, self.parameter_keys))
         assert parameters is not None
         return self.with_statistics(parameters, replies)
