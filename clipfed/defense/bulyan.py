@@ -31,6 +31,6 @@ class BulyanDefense(DefenseStrategy):
         keys = self.parameter_keys  # raises when no global model was recorded this round
         assert self.global_arrays is not None
         self.selection_rule = multikrum_over_updates(self.global_arrays, keys)
-        parameters, _ = aggregate_with(Bulyan, self, server_round, detached(replies, self.parameter_keys))
+        parameters, _ = aggregate_with(Bulyan, self, server_round, detached(replies, keys))
         assert parameters is not None
         return self.with_statistics(parameters, replies)

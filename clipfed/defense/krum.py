@@ -21,7 +21,6 @@ from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp.strategy.multikrum import select_multikrum
 
 from clipfed.defense.registry import DEFENSES
-from clipfed.defense.replies import detached
 from clipfed.defense.strategy import DefenseStrategy
 
 SelectionRule = Callable[[list[RecordDict], int, int], list[RecordDict]]
@@ -65,13 +64,12 @@ class _KrumFamily(DefenseStrategy):
         raise NotImplementedError
 
     def select(self, server_round: int, replies: list[Message]) -> list[Message]:
-        keys = self.parameter_keys  # raises when no global model was recorded this round
+        keys = self.parameter_keys  # distances over parameters, not statistics; raises without a global model
         assert self.global_arrays is not None
-        views = detached(replies, keys)  # distances over parameters, not statistics
-        contents = [m.content for m in views]
         rule = multikrum_over_updates(self.global_arrays, keys)
-        chosen_ids = {id(c) for c in rule(contents, self.assumed_attackers(), self.to_select(len(replies)))}
-        return [m for m, v in zip(replies, views, strict=True) if id(v.content) in chosen_ids]
+        chosen = rule([m.content for m in replies], self.assumed_attackers(), self.to_select(len(replies)))
+        chosen_ids = {id(c) for c in chosen}
+        return [m for m in replies if id(m.content) in chosen_ids]
 
 
 @DEFENSES.register("krum")
